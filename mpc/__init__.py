@@ -1,0 +1,74 @@
+"""mpc: secure multi-party computation on torch tensors.
+
+Core (``ring``, ``fixedpoint``, ``prg``, ``config``, ``context``, ``errors``) and
+the user layer (``tensor``, ``api``).  The entry points that start parties,
+``run``, ``run_threads`` and ``init``, are implemented in ``parties`` (the
+outer layer, which alone imports zmq and multiprocessing) and re-exported here
+on first use, so that importing the core never loads the transport.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .api import current_context, share, use_context
+from .config import MPCConfig
+from .context import CommStats, PartyContext
+from .errors import (
+    ClosedError,
+    CommunicationError,
+    ConfigError,
+    DesyncError,
+    EncodingError,
+    MPCError,
+    PartyFailed,
+    PeerAborted,
+    PeerLost,
+    PeerTimeout,
+    ProtocolError,
+    SecurityError,
+    WireError,
+)
+from .fixedpoint import FixedPoint
+from .tensor import SecretTensor, cat, conv2d, stack
+
+__all__ = [
+    "share",
+    "current_context",
+    "use_context",
+    "SecretTensor",
+    "cat",
+    "stack",
+    "conv2d",
+    "MPCConfig",
+    "FixedPoint",
+    "PartyContext",
+    "CommStats",
+    "MPCError",
+    "ConfigError",
+    "EncodingError",
+    "ProtocolError",
+    "SecurityError",
+    "CommunicationError",
+    "DesyncError",
+    "WireError",
+    "PeerTimeout",
+    "PeerAborted",
+    "PeerLost",
+    "ClosedError",
+    "PartyFailed",
+    "run",
+    "run_threads",
+    "init",
+]
+
+_ENTRY_POINTS = {"run": "parties.runner", "run_threads": "parties.simulator", "init": "parties.runner"}
+
+
+def __getattr__(name: str) -> Any:
+    # The facade's one lazy import: the entry points live in the outer layer.
+    if name in _ENTRY_POINTS:
+        import importlib
+
+        return getattr(importlib.import_module(_ENTRY_POINTS[name]), name)
+    raise AttributeError(f"module 'mpc' has no attribute {name!r}")

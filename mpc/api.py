@@ -1,0 +1,62 @@
+"""The user-facing functions: share a tensor, find the party context.
+
+The party context is passed explicitly wherever it can be: every
+``SecretTensor`` carries its own.  Only ``share`` needs one from outside; it
+takes ``ctx=`` or else the context that the entry point (``mpc.run``,
+``mpc.init``, the thread simulator) made current for this thread.  That
+current context is a ``contextvars.ContextVar``, so each party thread of the
+in-process simulator sees its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
+import torch
+
+from .context import PartyContext
+from .errors import ProtocolError
+from .tensor import SecretTensor
+
+__all__ = ["share", "current_context", "use_context"]
+
+_current: contextvars.ContextVar[PartyContext | None] = contextvars.ContextVar("mpc_party_context", default=None)
+
+
+def current_context() -> PartyContext:
+    ctx = _current.get()
+    if ctx is None:
+        raise ProtocolError(
+            "no party context here: call ctx = mpc.init() in a launched script, run the function "
+            "through mpc.run(fn, parties=N), or pass ctx= explicitly"
+        )
+    return ctx
+
+
+@contextlib.contextmanager
+def use_context(ctx: PartyContext) -> Iterator[PartyContext]:
+    """Make ``ctx`` the current context of this thread inside the block."""
+    token = _current.set(ctx)
+    try:
+        yield ctx
+    finally:
+        _current.reset(token)
+
+
+def set_context(ctx: PartyContext | None) -> None:
+    """Set the current context for the rest of this thread (used by ``mpc.init``)."""
+    _current.set(ctx)
+
+
+def share(value: torch.Tensor | float | int | None, owner: int, ctx: PartyContext | None = None) -> SecretTensor:
+    """Secret-share ``value`` held by party ``owner``; every other party passes ``None``.
+
+    The shape and dtype travel as public metadata; the value is refused at the
+    owner, before anything is sent, if it is NaN, infinite or outside the
+    fixed-point range.
+    """
+    ctx = current_context() if ctx is None else ctx
+    sh, dtype = ctx.suite.share_input(ctx, value, owner)
+    return SecretTensor(ctx, sh, dtype)

@@ -1,0 +1,71 @@
+"""Cryptographic pseudo-random streams: AES-256 in counter mode.
+
+Every share, mask and correlated value in the toolkit comes from a ``Prg``.  A
+``Prg`` is keyed by 32 bytes that come from ``os.urandom`` (directly, or
+through a seed sent over an authenticated link), never from torch's or numpy's
+generators.  Two parties holding the same seed draw the same stream, which is
+what lets the dealer send one share per correlated value (seed compression).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+__all__ = ["Prg", "SEED_BYTES", "new_seed"]
+
+SEED_BYTES = 32
+
+
+def new_seed() -> bytes:
+    """A fresh 32-byte seed from the operating system's CSPRNG."""
+    return os.urandom(SEED_BYTES)
+
+
+class Prg:
+    """A deterministic AES-256-CTR stream of random ring elements and bytes."""
+
+    def __init__(self, seed: bytes) -> None:
+        if not isinstance(seed, bytes | bytearray) or len(seed) != SEED_BYTES:
+            raise ValueError(f"a Prg seed must be {SEED_BYTES} bytes")
+        cipher = Cipher(algorithms.AES(bytes(seed)), modes.CTR(b"\x00" * 16))
+        self._enc = cipher.encryptor()
+        self._zeros = np.zeros(0, dtype=np.uint8)
+
+    def __repr__(self) -> str:  # never show the key
+        return "Prg(<secret seed>)"
+
+    def bytes(self, n: int) -> np.ndarray:
+        """``n`` pseudo-random bytes as a uint8 array."""
+        if n <= 0:
+            return np.empty(0, dtype=np.uint8)
+        if self._zeros.size < n:
+            self._zeros = np.zeros(max(n, 1 << 16), dtype=np.uint8)
+        out = np.empty(n + 15, dtype=np.uint8)
+        self._enc.update_into(memoryview(self._zeros[:n]), out)
+        return out[:n]
+
+    def int64(self, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
+        """Uniform elements of Z_2^64 with the given shape."""
+        shape = tuple(int(s) for s in shape)
+        n = 1
+        for s in shape:
+            n *= s
+        raw = self.bytes(8 * n)
+        return torch.from_numpy(raw.view(np.int64).copy()).reshape(shape)
+
+    def bits(self, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
+        """Uniform 0/1 int64 values with the given shape."""
+        shape = tuple(int(s) for s in shape)
+        n = 1
+        for s in shape:
+            n *= s
+        raw = self.bytes(n)
+        return torch.from_numpy((raw & 1).astype(np.int64)).reshape(shape)
+
+    def seed(self) -> bytes:
+        """A new 32-byte seed drawn from this stream (to derive a sub-stream)."""
+        return bytes(self.bytes(SEED_BYTES))

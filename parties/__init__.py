@@ -1,0 +1,1 @@
+"""Party runtime: transports, dealer, runners, launcher and CLI (the outer layer)."""

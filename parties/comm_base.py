@@ -1,0 +1,267 @@
+"""The communicator logic shared by every transport: tags, buffering, deadlines, counting.
+
+A transport supplies three primitives: post frames to a peer, poll for the next
+incoming frames (with the transport's idea of who sent them) and close.  All
+checks and all accounting happen here, once.
+
+Messages of one link arrive in order.  A receive takes the next message of the
+awaited peer; messages from other peers that arrive meanwhile are buffered by
+sender.  The header's sequence number and operation must be the ones this party
+expects, else ``DesyncError`` names both sides' operations.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import abstractmethod
+from collections import deque
+from collections.abc import Callable, Mapping
+
+import torch
+
+from mpc.context import Communicator, CommStats, Expect
+from mpc.errors import ClosedError, DesyncError, PeerAborted, PeerTimeout, SecurityError, WireError
+
+from . import wire
+
+__all__ = ["BufferedCommunicator", "Frames"]
+
+log = logging.getLogger("mpc.comm")
+
+# (header bytes, payload bytes, identity the transport authenticated or None)
+Frames = tuple[bytes | memoryview, bytes | memoryview, int | None]
+Recorder = Callable[[int, bytes, bytes], None]
+
+ABORT_TEXT_LIMIT = 400
+
+
+class BufferedCommunicator(Communicator):
+    def __init__(
+        self,
+        rank: int,
+        world_size: int,
+        timeout: float,
+        max_message_bytes: int,
+        recorder: Recorder | None = None,
+    ) -> None:
+        self.rank = rank
+        self.world_size = world_size
+        self.timeout = float(timeout)
+        self.max_message_bytes = int(max_message_bytes)
+        self.stats = CommStats()
+        self._recorder = recorder
+        nodes = world_size + 1
+        self._out_seq = [0] * nodes
+        self._in_seq = [0] * nodes
+        self._buf: list[deque[tuple[wire.Header, bytes | memoryview]]] = [deque() for _ in range(nodes)]
+        self._bye: set[int] = set()
+        self._state = "open"
+
+    # ----- transport primitives ---------------------------------------------------
+    @abstractmethod
+    def _post(self, peer: int, header: bytes, payload: bytes | memoryview, final: bool = False) -> None:
+        """Queue frames for ``peer``; ``final`` (bye, abort) must never block."""
+
+    @abstractmethod
+    def _poll(self, timeout: float) -> Frames | None: ...
+
+    @abstractmethod
+    def _close_transport(self) -> None: ...
+
+    # ----- naming -------------------------------------------------------------------
+    def name(self, node: int) -> str:
+        return "the dealer" if node == self.world_size else f"party {node}"
+
+    def _check_open(self) -> None:
+        if self._state != "open":
+            raise ClosedError(f"the communicator of {self.name(self.rank)} is {self._state}")
+
+    # ----- sending ------------------------------------------------------------------
+    def _send(self, peer: int, kind: int, op: str, tensor: torch.Tensor | None) -> int:
+        if not 0 <= peer <= self.world_size or peer == self.rank:
+            raise ValueError(f"{self.name(self.rank)} cannot send to node {peer}")
+        if tensor is None:
+            payload: bytes | memoryview = b""
+            header = wire.encode_header(kind, self.rank, self._out_seq[peer], op, torch.uint8, (0,), 0)
+        else:
+            payload = wire.payload_of(tensor)
+            header = wire.encode_header(
+                kind, self.rank, self._out_seq[peer], op, tensor.dtype, tuple(tensor.shape), payload.nbytes
+            )
+        self._out_seq[peer] += 1
+        self._post(peer, header, payload, kind != wire.KIND_DATA)
+        return len(payload)
+
+    def exchange(
+        self, op: str, sends: Mapping[int, torch.Tensor], recvs: Mapping[int, Expect]
+    ) -> dict[int, torch.Tensor]:
+        self._check_open()
+        dealer = self.world_size
+        stats, opstats = self.stats, self.stats.op(op)
+        if any(p != dealer for p in sends) or any(p != dealer for p in recvs):
+            stats.rounds += 1
+            opstats.rounds += 1
+        for peer, tensor in sends.items():
+            n = self._send(peer, wire.KIND_DATA, op, tensor)
+            if peer == dealer:
+                stats.dealer_messages += 1
+                stats.dealer_bytes_sent += n
+            else:
+                stats.messages_sent += 1
+                stats.bytes_sent += n
+                opstats.messages_sent += 1
+                opstats.bytes_sent += n
+        deadline = time.monotonic() + self.timeout
+        out: dict[int, torch.Tensor] = {}
+        for peer, expect in recvs.items():
+            h, payload = self._next(peer, op, deadline)
+            out[peer] = self._accept(peer, op, expect, h, payload)
+            n = h.nbytes
+            if peer == dealer:
+                stats.dealer_messages += 1
+                stats.dealer_bytes_recv += n
+            else:
+                stats.messages_recv += 1
+                stats.bytes_recv += n
+                opstats.messages_recv += 1
+                opstats.bytes_recv += n
+        return out
+
+    def recv_any(self, peer: int, timeout: float | None = None) -> tuple[str, torch.Tensor] | None:
+        """The next data message from ``peer`` whatever its operation; ``None`` once it said bye."""
+        self._check_open()
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        try:
+            h, payload = self._next(peer, "<any>", deadline)
+        except DesyncError:
+            if peer in self._bye and not self._buf[peer]:
+                return None
+            raise
+        t = wire.decode_payload(h, payload, peer)
+        self.stats.dealer_messages += 1
+        self.stats.dealer_bytes_recv += h.nbytes
+        return h.op, t
+
+    # ----- receiving ------------------------------------------------------------------
+    def _next(self, peer: int, op: str, deadline: float) -> tuple[wire.Header, bytes | memoryview]:
+        while not self._buf[peer]:
+            if peer in self._bye:
+                raise DesyncError(
+                    f"{self.name(peer)} finished its program while {self.name(self.rank)} still expected "
+                    f"'{op}' from it: the parties run different programs",
+                    peer,
+                )
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise PeerTimeout(
+                    f"{self.name(self.rank)} waited {self.timeout:g}s for '{op}' from {self.name(peer)} "
+                    f"and got nothing: {self.name(peer)} is dead, stuck or unreachable",
+                    peer,
+                )
+            frames = self._poll(left)
+            if frames is not None:
+                self._ingest(frames)
+        return self._buf[peer].popleft()
+
+    def _ingest(self, frames: Frames) -> None:
+        hbuf, payload, auth = frames
+        h = wire.decode_header(hbuf, self.max_message_bytes, auth)
+        sender = h.sender
+        if not 0 <= sender <= self.world_size or sender == self.rank:
+            raise WireError(f"a frame names sender {sender}, which is not a peer of {self.name(self.rank)}", auth)
+        if auth is not None and auth != sender:
+            raise SecurityError(
+                f"a frame claims to come from {self.name(sender)} but was sent with the key of {self.name(auth)}"
+            )
+        if self._recorder is not None:
+            self._recorder(sender, bytes(hbuf), bytes(payload))
+        if h.kind == wire.KIND_ABORT:
+            reason = bytes(payload[:ABORT_TEXT_LIMIT]).decode("utf-8", "replace")
+            raise PeerAborted(f"{self.name(sender)} failed and stopped the run: {reason}", sender)
+        if h.kind == wire.KIND_BYE:
+            self._bye.add(sender)
+            return
+        if len(payload) != h.nbytes:
+            raise WireError(
+                f"{self.name(sender)} sent {len(payload)} payload bytes for '{h.op}', its header declared {h.nbytes}",
+                sender,
+            )
+        self._buf[sender].append((h, payload))
+
+    def _accept(self, peer: int, op: str, expect: Expect, h: wire.Header, payload) -> torch.Tensor:
+        expected_seq = self._in_seq[peer]
+        self._in_seq[peer] += 1
+        if h.seq != expected_seq or h.op != op:
+            raise DesyncError(
+                f"{self.name(peer)} sent '{h.op}' (message #{h.seq}) where {self.name(self.rank)} expected "
+                f"'{op}' (message #{expected_seq}): the parties run different programs",
+                peer,
+            )
+        if h.dtype != expect.dtype or (expect.shape is not None and tuple(expect.shape) != h.shape):
+            raise DesyncError(
+                f"{self.name(peer)} sent '{op}' with shape {h.shape} ({h.dtype}) where {self.name(self.rank)} "
+                f"expected shape {expect.shape} ({expect.dtype}): the parties disagree on shapes",
+                peer,
+            )
+        return wire.decode_payload(h, payload, peer)
+
+    # ----- lifecycle --------------------------------------------------------------------
+    def abort(self, reason: str) -> None:
+        if self._state != "open":
+            return
+        text = reason.encode("utf-8", "replace")[:ABORT_TEXT_LIMIT]
+        for peer in range(self.world_size + 1):
+            if peer != self.rank:
+                try:
+                    self._send(peer, wire.KIND_ABORT, "abort", torch.frombuffer(bytearray(text), dtype=torch.uint8) if text else None)
+                except Exception:  # best effort: the peer may be gone already
+                    pass
+        self._state = "aborted"
+        self._close_transport()
+
+    def close(self, wait_for: list[int] | None = None) -> None:
+        """Say bye to every peer, wait (bounded) for the byes of ``wait_for``, then close."""
+        if self._state != "open":
+            return
+        try:
+            for peer in range(self.world_size + 1):
+                if peer != self.rank:
+                    self._send(peer, wire.KIND_BYE, "bye", None)
+            deadline = time.monotonic() + self.timeout
+            for peer in wait_for if wait_for is not None else self._default_barrier():
+                while peer not in self._bye:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise PeerTimeout(f"{self.name(peer)} did not finish within {self.timeout:g}s", peer)
+                    frames = self._poll(left)
+                    if frames is not None:
+                        self._ingest(frames)
+                if self._buf[peer]:
+                    h = self._buf[peer][0][0]
+                    raise DesyncError(
+                        f"{self.name(peer)} sent '{h.op}' that {self.name(self.rank)} never received: "
+                        "the parties run different programs",
+                        peer,
+                    )
+        finally:
+            self._state = "closed"
+            self._close_transport()
+
+    def _default_barrier(self) -> list[int]:
+        if self.rank == self.world_size:  # the dealer waits for every party
+            return list(range(self.world_size))
+        return [p for p in range(self.world_size) if p != self.rank]
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    def __enter__(self) -> BufferedCommunicator:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is not None:
+            self.abort(f"{type(exc).__name__}")
+        else:
+            self.close()

@@ -1,0 +1,125 @@
+"""The in-process simulator: one thread per party and one for the dealer.
+
+Same setup, protocols and dealer code as real runs, over the in-memory
+transport (default) or ZeroMQ ``inproc://`` sockets.  A party's exception is
+re-raised in the caller with a note naming the party; the others are stopped
+by the abort notice it sends.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from mpc.api import use_context
+from mpc.config import MPCConfig
+from mpc.errors import CommunicationError, PartyFailed, PeerAborted
+
+from .comm_base import BufferedCommunicator
+from .dealer import serve_dealer
+from .memory import MemoryCommunicator, MemoryHub
+from .party import setup_party
+from .zmq_comm import inproc_communicators
+
+__all__ = ["run_threads"]
+
+
+def run_threads(
+    fn: Callable[..., Any],
+    parties: int = 2,
+    config: MPCConfig | None = None,
+    *,
+    transport: str = "memory",
+    received: dict[int, list] | None = None,
+    join_timeout: float = 600.0,
+    **options: Any,
+) -> list[Any]:
+    """Run ``fn(ctx)`` in ``parties`` threads; return their results in rank order.
+
+    ``received``: if a dict is given, ``received[r]`` becomes the list of
+    ``(sender, header bytes, payload bytes)`` frames party ``r`` received (the
+    dealer is ``parties``), for secrecy tests.
+    """
+    config = config or MPCConfig(**options)
+    if not isinstance(parties, int) or parties < 2:
+        raise PartyFailed("launcher", f"parties must be an integer >= 2, got {parties!r}")
+    n = parties
+    comms = _make_comms(n, config, transport, received)
+    results: list[Any] = [None] * n
+    errors: dict[int | str, tuple[float, BaseException, str]] = {}
+
+    def party(rank: int) -> None:
+        comm = comms[rank]
+        try:
+            ctx = setup_party(comm, config)
+            with use_context(ctx):
+                results[rank] = fn(ctx)
+            comm.close()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+            errors[rank] = (time.monotonic(), exc, traceback.format_exc())
+            comm.abort(f"{type(exc).__name__} in party {rank}")
+
+    def dealer() -> None:
+        comm = comms[n]
+        try:
+            serve_dealer(comm, config)
+        except BaseException as exc:  # noqa: BLE001
+            errors["dealer"] = (time.monotonic(), exc, traceback.format_exc())
+            comm.abort(f"{type(exc).__name__} in the dealer")
+
+    threads = [threading.Thread(target=party, args=(r,), name=f"mpc-party-{r}", daemon=True) for r in range(n)]
+    threads.append(threading.Thread(target=dealer, name="mpc-dealer", daemon=True))
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + join_timeout
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    alive = [t.name for t in threads if t.is_alive()]
+    if alive:
+        for c in comms:
+            c.abort("the simulator timed out")
+        raise PartyFailed("launcher", f"threads {alive} did not finish within {join_timeout:g}s")
+    _context_cleanup(comms)
+    if errors:
+        who, (_, exc, _tb) = root_cause(errors)
+        exc.add_note(f"(raised in {'the dealer' if who == 'dealer' else f'party {who}'})")
+        raise exc
+    return results
+
+
+def root_cause(errors: dict) -> tuple[Any, tuple]:
+    """The failure that started it: not an echo (abort notice, timeout) of another's failure."""
+
+    def rank_key(item):
+        who, (t, exc, _tb) = item
+        echo = isinstance(exc, PeerAborted) or isinstance(exc, CommunicationError) and exc.peer is not None
+        return (echo, t)
+
+    return min(errors.items(), key=rank_key)
+
+
+def _make_comms(n: int, config: MPCConfig, transport: str, received: dict | None) -> list[BufferedCommunicator]:
+    def recorder(rank: int):
+        if received is None:
+            return None
+        log: list = received.setdefault(rank, [])
+        return lambda sender, h, p: log.append((sender, h, p))
+
+    if transport == "memory":
+        hub = MemoryHub(n)
+        return [
+            MemoryCommunicator(hub, r, config.timeout, config.max_message_bytes, recorder(r)) for r in range(n + 1)
+        ]
+    if transport == "inproc":
+        return inproc_communicators(n, config, recorder)
+    raise PartyFailed("launcher", f"unknown simulator transport {transport!r}; use 'memory' or 'inproc'")
+
+
+def _context_cleanup(comms: list[BufferedCommunicator]) -> None:
+    for c in comms:
+        term = getattr(c, "terminate_context", None)
+        if term is not None:
+            term()

@@ -1,0 +1,141 @@
+"""The wire format: one fixed-size header frame, then the raw tensor buffer.
+
+Header (little-endian, 188 bytes)::
+
+    magic   4s   b"MPCW"
+    version u8   1
+    kind    u8   1 data, 2 abort, 3 bye
+    dtype   u8   code from DTYPES
+    ndim    u8   0..16
+    sender  u32  party id of the sender (the dealer is id n)
+    seq     u64  per-link sequence number
+    nbytes  u64  payload length, must equal prod(shape) * itemsize
+    op      32s  operation name, ASCII, NUL-padded
+    shape   16 x i64
+
+Nothing from the wire is ever unpickled or evaluated: a payload becomes an
+array only after its header passed every check, and only with the declared,
+checked size.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mpc.errors import WireError
+
+__all__ = ["Header", "DTYPES", "HEADER_SIZE", "KIND_DATA", "KIND_ABORT", "KIND_BYE", "encode_header", "decode_header", "decode_payload"]
+
+MAGIC = b"MPCW"
+VERSION = 1
+KIND_DATA, KIND_ABORT, KIND_BYE = 1, 2, 3
+MAX_NDIM = 16
+OP_BYTES = 32
+_FMT = struct.Struct("<4sBBBBIQQ32s16q")
+HEADER_SIZE = _FMT.size
+
+DTYPES: dict[int, torch.dtype] = {
+    1: torch.int64,
+    2: torch.int32,
+    3: torch.int16,
+    4: torch.int8,
+    5: torch.uint8,
+    6: torch.bool,
+    7: torch.float64,
+    8: torch.float32,
+}
+_CODES = {v: k for k, v in DTYPES.items()}
+_NP = {
+    torch.int64: np.int64,
+    torch.int32: np.int32,
+    torch.int16: np.int16,
+    torch.int8: np.int8,
+    torch.uint8: np.uint8,
+    torch.bool: np.bool_,
+    torch.float64: np.float64,
+    torch.float32: np.float32,
+}
+
+
+@dataclass(frozen=True)
+class Header:
+    kind: int
+    sender: int
+    seq: int
+    op: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    nbytes: int
+
+
+def _who(peer: int | None) -> str:
+    return "an unidentified peer" if peer is None else f"party {peer}"
+
+
+def encode_header(kind: int, sender: int, seq: int, op: str, dtype: torch.dtype, shape: tuple[int, ...], nbytes: int) -> bytes:
+    opb = op.encode("ascii")
+    if len(opb) > OP_BYTES:
+        raise ValueError(f"operation name {op!r} is longer than {OP_BYTES} bytes")
+    if len(shape) > MAX_NDIM:
+        raise ValueError(f"tensors of more than {MAX_NDIM} dimensions cannot be sent")
+    if dtype not in _CODES:
+        raise ValueError(f"dtype {dtype} cannot be sent")
+    dims = list(shape) + [0] * (MAX_NDIM - len(shape))
+    return _FMT.pack(MAGIC, VERSION, kind, _CODES[dtype], len(shape), sender, seq, nbytes, opb, *dims)
+
+
+def decode_header(buf: bytes | memoryview, max_bytes: int, peer: int | None = None) -> Header:
+    """Parse and check a header frame; every failure is a ``WireError`` naming the peer."""
+    who = _who(peer)
+    if len(buf) != HEADER_SIZE:
+        raise WireError(f"{who} sent a header of {len(buf)} bytes, expected {HEADER_SIZE}", peer)
+    magic, version, kind, code, ndim, sender, seq, nbytes, opb, *dims = _FMT.unpack(buf)
+    if magic != MAGIC:
+        raise WireError(f"{who} sent a frame with a wrong magic number {magic!r}: not an mpc peer", peer)
+    if version != VERSION:
+        raise WireError(f"{who} speaks wire version {version}, this party speaks {VERSION}: upgrade both", peer)
+    if kind not in (KIND_DATA, KIND_ABORT, KIND_BYE):
+        raise WireError(f"{who} sent an unknown message kind {kind}", peer)
+    if code not in DTYPES:
+        raise WireError(f"{who} sent a payload of forbidden dtype code {code}", peer)
+    if ndim > MAX_NDIM:
+        raise WireError(f"{who} sent a {ndim}-dimensional shape (at most {MAX_NDIM})", peer)
+    try:
+        op = opb.rstrip(b"\x00").decode("ascii")
+    except UnicodeDecodeError:
+        raise WireError(f"{who} sent an operation name that is not ASCII", peer) from None
+    shape = tuple(dims[:ndim])
+    if any(d < 0 for d in shape) or any(dims[ndim:]):
+        raise WireError(f"{who} sent a malformed shape {tuple(dims[:ndim])}", peer)
+    dtype = DTYPES[code]
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    numel = 1
+    for d in shape:
+        numel *= d
+        if numel * itemsize > max_bytes:
+            raise WireError(
+                f"{who} declared a tensor of shape {shape} ({dtype}), over the {max_bytes}-byte message limit", peer
+            )
+    if nbytes != numel * itemsize:
+        raise WireError(f"{who} declared {nbytes} payload bytes for shape {shape} of {dtype}", peer)
+    return Header(kind, sender, seq, op, dtype, shape, nbytes)
+
+
+def decode_payload(h: Header, buf: bytes | memoryview, peer: int | None = None) -> torch.Tensor:
+    if len(buf) != h.nbytes:
+        raise WireError(f"{_who(peer)} sent {len(buf)} payload bytes for '{h.op}', its header declared {h.nbytes}", peer)
+    arr = np.frombuffer(buf, dtype=_NP[h.dtype]).copy()
+    return torch.from_numpy(arr).reshape(h.shape)
+
+
+def payload_of(t: torch.Tensor) -> memoryview:
+    """The raw bytes of a CPU tensor (no copy when it is already contiguous)."""
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    t = t.contiguous()
+    return memoryview(t.numpy()).cast("B")

@@ -1,0 +1,247 @@
+"""ZeroMQ transport: one PULL socket per node, one PUSH link to each peer.
+
+Each node binds a PULL socket at its own address and connects a PUSH socket to
+every peer it talks to (parties to all parties and the dealer; the dealer to
+all parties).  Frames are ``[header, raw buffer]``; large buffers go with
+``copy=False``.  ZeroMQ's I/O thread sends while this thread receives, so the
+sends and receives of one round overlap and large exchanges cannot deadlock.
+
+With CURVE keys every link is encrypted and both ends are authenticated: the
+server side runs a ZAP handler that admits only the public keys of the cluster,
+and every received frame carries the ZAP ``User-Id`` (the sender's key), which
+must belong to the party named in the header.  Socket monitors turn a dropped
+connection into ``PeerLost`` and a refused handshake into ``SecurityError`` at
+once, instead of at the timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import zmq
+import zmq.auth.thread
+from zmq.utils.monitor import recv_monitor_message
+
+from mpc.config import MPCConfig
+from mpc.errors import ConfigError, PeerLost, PeerTimeout, SecurityError, WireError
+
+from .comm_base import BufferedCommunicator, Frames, Recorder
+
+__all__ = ["CurveKeys", "ZmqCommunicator", "inproc_communicators"]
+
+log = logging.getLogger("mpc.zmq")
+
+BIG = 1 << 16
+CLOSE_LINGER_MS = 2000
+_MON_EVENTS = zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_CONNECTED
+
+
+@dataclass(frozen=True)
+class CurveKeys:
+    """This node's CURVE key pair and every node's public key (index = node id)."""
+
+    public: bytes
+    secret: bytes
+    node_keys: tuple[bytes, ...]
+
+    def __repr__(self) -> str:
+        return f"CurveKeys(public={self.public!r}, secret=<hidden>)"
+
+
+class _AllowList:
+    """ZAP credentials provider: admit exactly the cluster's keys; remember refusals."""
+
+    def __init__(self, keys: Sequence[bytes]) -> None:
+        self.keys = set(keys)
+        self.refused: list[bytes] = []
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        if key in self.keys:
+            return True
+        self.refused.append(key)
+        log.warning("refused a connection from an unknown CURVE key %s", key.decode("ascii", "replace"))
+        return False
+
+
+class ZmqCommunicator(BufferedCommunicator):
+    def __init__(
+        self,
+        rank: int,
+        world_size: int,
+        addresses: Sequence[str],
+        config: MPCConfig,
+        *,
+        curve: CurveKeys | None = None,
+        context: zmq.Context | None = None,
+        recorder: Recorder | None = None,
+        authenticator: bool = True,
+    ) -> None:
+        super().__init__(rank, world_size, config.timeout, config.max_message_bytes, recorder)
+        if len(addresses) != world_size + 1:
+            raise ConfigError(f"need {world_size + 1} addresses (parties and dealer), got {len(addresses)}")
+        self._own_context = context is None
+        self._zctx = zmq.Context() if context is None else context
+        self._curve = curve
+        self._auth: zmq.auth.thread.ThreadAuthenticator | None = None
+        self._allow: _AllowList | None = None
+        self._key_rank: dict[bytes, int] = {}
+        self._lost: set[int] = set()
+        self._connected: set[int] = set()
+        self._refused_by: set[int] = set()
+        try:
+            self._open(addresses, authenticator)
+        except BaseException:
+            self._close_transport(linger=0)
+            raise
+
+    def _open(self, addresses: Sequence[str], authenticator: bool) -> None:
+        curve = self._curve
+        if curve is not None:
+            if len(curve.node_keys) != self.world_size + 1:
+                raise ConfigError("CURVE setup needs one public key per party and for the dealer")
+            self._key_rank = {k: i for i, k in enumerate(curve.node_keys)}
+            if authenticator:
+                self._allow = _AllowList(k for i, k in enumerate(curve.node_keys) if i != self.rank)
+                self._auth = zmq.auth.thread.ThreadAuthenticator(self._zctx, log=logging.getLogger("mpc.zap"))
+                self._auth.start()
+                self._auth.configure_curve_callback(domain="*", credentials_provider=self._allow)
+        pull = self._zctx.socket(zmq.PULL)
+        self._pull = pull
+        pull.setsockopt(zmq.LINGER, 0)
+        pull.setsockopt(zmq.RCVHWM, 0)
+        pull.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
+        if curve is not None:
+            pull.curve_secretkey = curve.secret
+            pull.curve_publickey = curve.public
+            pull.curve_server = True
+            pull.zap_domain = b"mpc"
+        own = addresses[self.rank]
+        try:
+            pull.bind(own)
+        except zmq.ZMQError as exc:
+            hint = " (address already in use: another process holds this port)" if exc.errno == zmq.EADDRINUSE else ""
+            raise ConfigError(f"{self.name(self.rank)} cannot listen on {own}: {exc.strerror}{hint}") from None
+        self._poller = zmq.Poller()
+        self._poller.register(pull, zmq.POLLIN)
+        self._push: dict[int, zmq.Socket] = {}
+        self._monitors: dict[zmq.Socket, int] = {}
+        peers = range(self.world_size) if self.rank == self.world_size else range(self.world_size + 1)
+        for peer in peers:
+            if peer == self.rank:
+                continue
+            s = self._zctx.socket(zmq.PUSH)
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.SNDHWM, 0)
+            s.setsockopt(zmq.SNDTIMEO, int(self.timeout * 1000))
+            if curve is not None:
+                s.curve_secretkey = curve.secret
+                s.curve_publickey = curve.public
+                s.curve_serverkey = curve.node_keys[peer]
+            mon = s.get_monitor_socket(_MON_EVENTS)
+            self._monitors[mon] = peer
+            self._poller.register(mon, zmq.POLLIN)
+            try:
+                s.connect(addresses[peer])
+            except zmq.ZMQError as exc:
+                raise ConfigError(f"{self.name(self.rank)} cannot connect to {self.name(peer)} at {addresses[peer]}: {exc.strerror}") from None
+            self._push[peer] = s
+
+    # ----- transport primitives ---------------------------------------------------
+    def _post(self, peer: int, header: bytes, payload, final: bool = False) -> None:
+        s = self._push[peer]
+        flags = zmq.NOBLOCK if final else 0
+        try:
+            s.send(header, zmq.SNDMORE | flags)
+            s.send(payload, flags, copy=len(payload) < BIG)
+        except zmq.Again:
+            if final:  # a bye or abort to a peer that is gone: nothing to tell it
+                return
+            raise PeerTimeout(f"{self.name(self.rank)} could not send to {self.name(peer)} within {self.timeout:g}s", peer) from None
+
+    def _poll(self, timeout: float) -> Frames | None:
+        self._raise_lost()
+        events = dict(self._poller.poll(max(1, min(int(timeout * 1000), 1000))))
+        for mon, peer in self._monitors.items():
+            if mon in events:
+                self._monitor_event(mon, peer)
+        if self._pull in events:
+            frames = self._pull.recv_multipart(copy=False)
+            if len(frames) != 2:
+                raise WireError(f"a peer of {self.name(self.rank)} sent a message of {len(frames)} frames, expected 2")
+            auth = None
+            if self._curve is not None:
+                uid = frames[0].get("User-Id")
+                auth = self._key_rank.get(uid.encode("ascii")) if uid else None
+                if auth is None:
+                    raise SecurityError(f"{self.name(self.rank)} received a frame without an authenticated cluster key")
+            return frames[0].bytes, frames[1].buffer, auth
+        self._raise_lost()
+        return None
+
+    def _monitor_event(self, mon: zmq.Socket, peer: int) -> None:
+        while mon.poll(0):
+            ev = recv_monitor_message(mon)["event"]
+            if ev in (zmq.EVENT_CONNECTED, zmq.EVENT_HANDSHAKE_SUCCEEDED):
+                self._connected.add(peer)
+            elif ev == zmq.EVENT_DISCONNECTED and peer not in self._bye:
+                self._lost.add(peer)
+            elif ev in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
+                self._refused_by.add(peer)
+
+    def _raise_lost(self) -> None:
+        if self._refused_by:
+            peer = min(self._refused_by)
+            raise SecurityError(
+                f"{self.name(peer)} refused the CURVE handshake of {self.name(self.rank)}: the key this party "
+                f"uses is not the one {self.name(peer)}'s cluster file lists for it (check the key files and "
+                "the cluster file), or the peer runs with a different --insecure setting"
+            )
+        for peer in sorted(self._lost):
+            if peer not in self._bye and not self._buf[peer]:
+                raise PeerLost(
+                    f"the connection from {self.name(self.rank)} to {self.name(peer)} dropped before "
+                    f"{self.name(peer)} finished: it crashed or was killed",
+                    peer,
+                )
+
+    def _close_transport(self, linger: int | None = None) -> None:
+        if getattr(self, "_closed_sockets", False):
+            return
+        self._closed_sockets = True
+        ms = CLOSE_LINGER_MS if linger is None else linger
+        for mon in getattr(self, "_monitors", {}):
+            mon.close(linger=0)
+        for s in getattr(self, "_push", {}).values():
+            try:
+                s.disable_monitor()
+            except zmq.ZMQError:
+                pass
+            s.close(linger=ms)
+        pull = getattr(self, "_pull", None)
+        if pull is not None:
+            pull.close(linger=0)
+        if self._auth is not None:
+            self._auth.stop()
+        if self._own_context:
+            self._zctx.term()
+
+    def terminate_context(self) -> None:
+        """Terminate a shared context (inproc simulator) after every node closed."""
+        if not self._own_context and not self._zctx.closed:
+            self._zctx.term()
+
+
+def inproc_communicators(
+    n: int, config: MPCConfig, recorder: Callable[[int], Recorder | None]
+) -> list[ZmqCommunicator]:
+    """ZeroMQ ``inproc://`` communicators for the thread simulator (one shared context)."""
+    zctx = zmq.Context()
+    tag = os.urandom(6).hex()
+    addresses = [f"inproc://mpc-{tag}-{i}" for i in range(n + 1)]
+    comms: list[ZmqCommunicator] = []
+    for r in range(n + 1):
+        comms.append(ZmqCommunicator(r, n, addresses, config, context=zctx, recorder=recorder(r)))
+    return comms

@@ -1,0 +1,201 @@
+"""Correlated randomness from a dealer, seed-compressed.
+
+Every party ``i`` shares a 32-byte seed with the dealer and expands it with
+AES-CTR (``mpc.prg.Prg``).  A correlation has *random* parts (uniform, drawn by
+every party from its own stream, e.g. the Beaver masks ``a`` and ``b``) and
+*derived* parts (a function of the random totals, e.g. ``c = a * b``).
+Parties ``0..n-2`` draw their derived shares from their streams as well; only
+party ``n-1`` receives its derived shares from the dealer, computed as
+``derived(total) - sum(other shares)``.  So the dealer sends one ring element
+per derived element, to one party, and never receives anything but the public
+request (kind and shapes) from party ``n-1``.
+
+The same generator code runs in the dealer process and in the in-process
+simulator (``DealerGenerator``), so what is tested is what is deployed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from mpc.context import Communicator, CorrelationSource, Expect
+from mpc.errors import ProtocolError
+from mpc.prg import Prg
+from mpc.ring import logical_rshift, msb
+
+__all__ = [
+    "Correlation",
+    "CORRELATIONS",
+    "DealerSource",
+    "DealerGenerator",
+    "pack_shapes",
+    "unpack_shapes",
+    "OP_MUL",
+    "OP_MATMUL",
+    "OP_CONV2D",
+]
+
+OP_MUL, OP_MATMUL, OP_CONV2D = 0, 1, 2
+MAX_PARAMS = 64
+
+
+def pack_shapes(*shapes: Sequence[int]) -> tuple[int, ...]:
+    out: list[int] = []
+    for s in shapes:
+        out.append(len(s))
+        out.extend(int(d) for d in s)
+    return tuple(out)
+
+
+def unpack_shapes(params: Sequence[int], count: int) -> tuple[list[tuple[int, ...]], tuple[int, ...]]:
+    shapes, i = [], 0
+    for _ in range(count):
+        n = int(params[i])
+        shapes.append(tuple(int(d) for d in params[i + 1 : i + 1 + n]))
+        i += 1 + n
+    return shapes, tuple(int(p) for p in params[i:])
+
+
+def _bilinear(op: int, a: torch.Tensor, b: torch.Tensor, extra: tuple[int, ...]) -> torch.Tensor:
+    if op == OP_MUL:
+        return a * b
+    if op == OP_MATMUL:
+        return a @ b
+    if op == OP_CONV2D:
+        sh, sw, ph, pw, dh, dw, groups = extra
+        return F.conv2d(a, b, stride=(sh, sw), padding=(ph, pw), dilation=(dh, dw), groups=groups)
+    raise ProtocolError(f"unknown bilinear operation code {op}")
+
+
+def _triple_shapes(params):
+    (sa, sb), _ = unpack_shapes(params[1:], 2)
+    return [sa, sb]
+
+
+def _triple_derive(r, params):
+    _, extra = unpack_shapes(params[1:], 2)
+    return [_bilinear(int(params[0]), r[0], r[1], extra)]
+
+
+def _trunc_derive(r, params):
+    f = int(params[0])
+    return [logical_rshift(r[0], f), msb(r[0])]
+
+
+@dataclass(frozen=True)
+class Correlation:
+    """A kind of correlated randomness: its random parts and how derived parts follow."""
+
+    name: str
+    random_shapes: Callable[[tuple[int, ...]], list[tuple[int, ...]]]
+    derive: Callable[[list[torch.Tensor], tuple[int, ...]], list[torch.Tensor]]
+
+    def derived_shapes(self, params: tuple[int, ...]) -> list[tuple[int, ...]]:
+        meta = [torch.empty(s, dtype=torch.int64, device="meta") for s in self.random_shapes(params)]
+        try:
+            return [tuple(t.shape) for t in self.derive(meta, params)]
+        except (RuntimeError, ValueError, IndexError) as exc:
+            raise ProtocolError(f"bad parameters for correlation {self.name!r}: {exc}") from None
+
+
+CORRELATIONS: dict[str, Correlation] = {
+    # (a, b, c = a op b): op is elementwise mul, matmul or conv2d (params[0]).
+    "triple": Correlation("triple", _triple_shapes, _triple_derive),
+    # (a, a*a) for squaring.
+    "square": Correlation("square", lambda p: [tuple(p)], lambda r, p: [r[0] * r[0]]),
+    # (r, r >> f, msb(r)) for exact truncation; params = (f, *shape).
+    "trunc": Correlation("trunc", lambda p: [tuple(p[1:])], _trunc_derive),
+}
+
+
+def _lookup(kind: str) -> Correlation:
+    try:
+        return CORRELATIONS[kind]
+    except KeyError:
+        raise ProtocolError(f"unknown correlation kind {kind!r}") from None
+
+
+class Handle:
+    """One requested correlation: random parts now, derived parts on ``derived()``."""
+
+    def __init__(self, randoms: list[torch.Tensor], fetch: Callable[[], list[torch.Tensor]]) -> None:
+        self.randoms = randoms
+        self._fetch = fetch
+        self._derived: list[torch.Tensor] | None = None
+
+    def derived(self) -> list[torch.Tensor]:
+        if self._derived is None:
+            self._derived = self._fetch()
+        return self._derived
+
+
+class DealerSource(CorrelationSource):
+    """A party's view of the dealer: expand from the seed, or (last party) ask for corrections."""
+
+    def __init__(self, comm: Communicator, seed: bytes, rank: int, world_size: int) -> None:
+        self._comm = comm
+        self._prg = Prg(seed)
+        self._rank = rank
+        self._last = rank == world_size - 1
+
+    def request(self, kind: str, params: tuple[int, ...]) -> Handle:
+        corr = _lookup(kind)
+        if len(params) > MAX_PARAMS:
+            raise ProtocolError(f"too many parameters for correlation {kind!r}")
+        randoms = [self._prg.int64(s) for s in corr.random_shapes(params)]
+        shapes = corr.derived_shapes(params)
+        if not self._last:
+            derived = [self._prg.int64(s) for s in shapes]
+            return Handle(randoms, lambda: derived)
+        dealer = self._comm.dealer_id
+        self._comm.send(dealer, f"corr:{kind}", torch.tensor(params, dtype=torch.int64))
+        sizes = [_numel(s) for s in shapes]
+
+        def fetch() -> list[torch.Tensor]:
+            flat = self._comm.recv(dealer, f"corr:{kind}", Expect((sum(sizes),)))
+            return [p.reshape(s) for p, s in zip(flat.split(sizes), shapes, strict=True)]
+
+        return Handle(randoms, fetch)
+
+    def get(self, kind: str, params: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
+        h = self.request(kind, params)
+        return (*h.randoms, *h.derived())
+
+
+def _numel(shape: Sequence[int]) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
+
+
+class DealerGenerator:
+    """The dealer's side: all parties' streams, and the last party's corrections."""
+
+    def __init__(self, seeds: Sequence[bytes]) -> None:
+        self._prgs = [Prg(s) for s in seeds]
+
+    def correction(self, kind: str, params: tuple[int, ...]) -> torch.Tensor:
+        corr = _lookup(kind)
+        if len(params) > MAX_PARAMS:
+            raise ProtocolError(f"too many parameters for correlation {kind!r}")
+        rshapes = corr.random_shapes(params)
+        dshapes = corr.derived_shapes(params)
+        n = len(self._prgs)
+        totals: list[torch.Tensor] | None = None
+        derived_sum: list[torch.Tensor] | None = None
+        for i, prg in enumerate(self._prgs):
+            rs = [prg.int64(s) for s in rshapes]
+            totals = rs if totals is None else [t + r for t, r in zip(totals, rs, strict=True)]
+            if i < n - 1:
+                ds = [prg.int64(s) for s in dshapes]
+                derived_sum = ds if derived_sum is None else [t + d for t, d in zip(derived_sum, ds, strict=True)]
+        assert totals is not None
+        wanted = corr.derive(totals, params)
+        if derived_sum is not None:
+            wanted = [w - d for w, d in zip(wanted, derived_sum, strict=True)]
+        return torch.cat([w.reshape(-1) for w in wanted]) if wanted else torch.empty(0, dtype=torch.int64)
