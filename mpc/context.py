@@ -124,7 +124,7 @@ class CorrelationSource(ABC):
     def get(self, kind: str, params: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
         """This party's shares of one correlation of ``kind`` with public ``params``."""
 
-    def prefetch(self, kind: str, params: tuple[int, ...]) -> "Pending":
+    def prefetch(self, kind: str, params: tuple[int, ...]) -> Pending:
         """Start fetching a correlation; ``.wait()`` returns what ``get`` would."""
         value = self.get(kind, params)
         return Pending(lambda: value)

@@ -98,7 +98,9 @@ class PartyFailed(MPCError):
     ``remote_traceback`` the traceback text printed in that party.
     """
 
-    def __init__(self, rank: int | str, message: str, remote_traceback: str = "") -> None:
+    def __init__(
+        self, rank: int | str, message: str, remote_traceback: str = "", error_type: str | None = None
+    ) -> None:
         who = "dealer" if rank == "dealer" else f"party {rank}"
         text = f"{who} failed: {message}"
         if remote_traceback:
@@ -106,3 +108,4 @@ class PartyFailed(MPCError):
         super().__init__(text)
         self.rank = rank
         self.remote_traceback = remote_traceback
+        self.error_type = error_type

@@ -52,25 +52,23 @@ class FixedPoint:
         if t.dtype == torch.bool or not t.is_floating_point():
             t64 = t.to(torch.int64)
             if t64.numel():
-                big = int(t64.abs().max())
-                if big >= self.bound:
-                    raise EncodingError(
-                        f"{what}: integer magnitude {big} is outside the fixed-point range "
-                        f"|v| < 2^{62 - 2 * self.frac_bits} (frac_bits={self.frac_bits})"
-                    )
+                if int(t64.abs().max()) >= self.bound:
+                    raise EncodingError(self._range_message(what))
             return t64 * self.scale
         t64 = t.to(torch.float64)
         if t64.numel():
             if not bool(torch.isfinite(t64).all()):
                 raise EncodingError(f"{what}: contains NaN or infinity, which cannot be encoded")
-            big = float(t64.abs().max())
-            if big >= self.bound:
-                raise EncodingError(
-                    f"{what}: magnitude {big:.4g} is outside the fixed-point range "
-                    f"|v| < 2^{62 - 2 * self.frac_bits} = {self.bound:.4g} (frac_bits={self.frac_bits}); "
-                    "rescale the data or lower frac_bits"
-                )
+            if float(t64.abs().max()) >= self.bound:
+                raise EncodingError(self._range_message(what))
         return torch.round(t64 * self.scale).to(torch.int64)
+
+    def _range_message(self, what: str) -> str:
+        # Names the allowed range, never the offending value (error texts must not leak data).
+        return (
+            f"{what}: has values outside the fixed-point range |v| < 2^{62 - 2 * self.frac_bits} "
+            f"= {self.bound:.4g} (frac_bits={self.frac_bits}); rescale the data or lower frac_bits"
+        )
 
     def decode(self, ring: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Decode ring elements to ``dtype`` (floats keep fractions, ints round, bools threshold)."""

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 
 import torch
 
-from mpc.context import Communicator, CommStats, Expect
+from mpc.context import CommStats, Communicator, Expect
 from mpc.errors import ClosedError, DesyncError, PeerAborted, PeerTimeout, SecurityError, WireError
 
 from . import wire
@@ -98,13 +98,15 @@ class BufferedCommunicator(Communicator):
     ) -> dict[int, torch.Tensor]:
         self._check_open()
         dealer = self.world_size
-        stats, opstats = self.stats, self.stats.op(op)
-        if any(p != dealer for p in sends) or any(p != dealer for p in recvs):
+        stats = self.stats
+        with_parties = any(p != dealer for p in sends) or any(p != dealer for p in recvs)
+        opstats = stats.op(op) if with_parties else None
+        if opstats is not None:
             stats.rounds += 1
             opstats.rounds += 1
         for peer, tensor in sends.items():
             n = self._send(peer, wire.KIND_DATA, op, tensor)
-            if peer == dealer:
+            if peer == dealer or opstats is None:
                 stats.dealer_messages += 1
                 stats.dealer_bytes_sent += n
             else:
@@ -118,7 +120,7 @@ class BufferedCommunicator(Communicator):
             h, payload = self._next(peer, op, deadline)
             out[peer] = self._accept(peer, op, expect, h, payload)
             n = h.nbytes
-            if peer == dealer:
+            if peer == dealer or opstats is None:
                 stats.dealer_messages += 1
                 stats.dealer_bytes_recv += n
             else:

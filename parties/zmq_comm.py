@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -36,6 +37,9 @@ log = logging.getLogger("mpc.zmq")
 
 BIG = 1 << 16
 CLOSE_LINGER_MS = 2000
+# A dropped connection is fatal only if the peer's bye has not arrived this long after
+# (its last frames travel on the other connection of the pair and may come later).
+LOST_GRACE = 1.0
 _MON_EVENTS = zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_CONNECTED
 
 
@@ -88,7 +92,7 @@ class ZmqCommunicator(BufferedCommunicator):
         self._auth: zmq.auth.thread.ThreadAuthenticator | None = None
         self._allow: _AllowList | None = None
         self._key_rank: dict[bytes, int] = {}
-        self._lost: set[int] = set()
+        self._lost: dict[int, float] = {}
         self._connected: set[int] = set()
         self._refused_by: set[int] = set()
         try:
@@ -107,7 +111,7 @@ class ZmqCommunicator(BufferedCommunicator):
                 self._allow = _AllowList(k for i, k in enumerate(curve.node_keys) if i != self.rank)
                 self._auth = zmq.auth.thread.ThreadAuthenticator(self._zctx, log=logging.getLogger("mpc.zap"))
                 self._auth.start()
-                self._auth.configure_curve_callback(domain="*", credentials_provider=self._allow)
+                self._auth.configure_curve_callback(domain="mpc", credentials_provider=self._allow)
         pull = self._zctx.socket(zmq.PULL)
         self._pull = pull
         pull.setsockopt(zmq.LINGER, 0)
@@ -163,7 +167,8 @@ class ZmqCommunicator(BufferedCommunicator):
 
     def _poll(self, timeout: float) -> Frames | None:
         self._raise_lost()
-        events = dict(self._poller.poll(max(1, min(int(timeout * 1000), 1000))))
+        wait_ms = max(1, min(int(timeout * 1000), 1000 if not self._lost else int(LOST_GRACE * 250)))
+        events = dict(self._poller.poll(wait_ms))
         for mon, peer in self._monitors.items():
             if mon in events:
                 self._monitor_event(mon, peer)
@@ -187,7 +192,7 @@ class ZmqCommunicator(BufferedCommunicator):
             if ev in (zmq.EVENT_CONNECTED, zmq.EVENT_HANDSHAKE_SUCCEEDED):
                 self._connected.add(peer)
             elif ev == zmq.EVENT_DISCONNECTED and peer not in self._bye:
-                self._lost.add(peer)
+                self._lost.setdefault(peer, time.monotonic())
             elif ev in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
                 self._refused_by.add(peer)
 
@@ -199,8 +204,9 @@ class ZmqCommunicator(BufferedCommunicator):
                 f"uses is not the one {self.name(peer)}'s cluster file lists for it (check the key files and "
                 "the cluster file), or the peer runs with a different --insecure setting"
             )
-        for peer in sorted(self._lost):
-            if peer not in self._bye and not self._buf[peer]:
+        now = time.monotonic()
+        for peer, since in sorted(self._lost.items()):
+            if peer not in self._bye and not self._buf[peer] and now - since > LOST_GRACE:
                 raise PeerLost(
                     f"the connection from {self.name(self.rank)} to {self.name(peer)} dropped before "
                     f"{self.name(peer)} finished: it crashed or was killed",

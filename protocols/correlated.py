@@ -71,9 +71,48 @@ def _bilinear(op: int, a: torch.Tensor, b: torch.Tensor, extra: tuple[int, ...])
     raise ProtocolError(f"unknown bilinear operation code {op}")
 
 
+def _bilinear_shape(op: int, sa: tuple[int, ...], sb: tuple[int, ...], extra: tuple[int, ...]) -> tuple[int, ...]:
+    """The output shape of ``a op b``, computed without running it (errors say why)."""
+    if op == OP_MUL:
+        return tuple(torch.broadcast_shapes(sa, sb))
+    if op == OP_MATMUL:
+        if not sa or not sb:
+            raise ValueError("matmul needs tensors of at least one dimension")
+        a2 = sa if len(sa) > 1 else (1, *sa)
+        b2 = sb if len(sb) > 1 else (*sb, 1)
+        if a2[-1] != b2[-2]:
+            raise ValueError(f"matmul shapes {sa} and {sb} do not match")
+        batch = tuple(torch.broadcast_shapes(a2[:-2], b2[:-2]))
+        out = (*batch, a2[-2], b2[-1])
+        if len(sa) == 1:
+            out = out[:-2] + out[-1:]
+        if len(sb) == 1:
+            out = out[:-1]
+        return out
+    if op == OP_CONV2D:
+        if len(sa) != 4 or len(sb) != 4 or len(extra) != 7:
+            raise ValueError("conv2d needs a 4-d input (N, C, H, W) and a 4-d kernel")
+        sh, sw, ph, pw, dh, dw, groups = extra
+        n, c, h, w = sa
+        o, cg, kh, kw = sb
+        if groups < 1 or c != cg * groups or o % groups or min(sh, sw, dh, dw) < 1 or min(ph, pw) < 0:
+            raise ValueError(f"conv2d input {sa}, kernel {sb} and groups {groups} do not match")
+        oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+        ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        if oh < 1 or ow < 1:
+            raise ValueError(f"conv2d kernel {sb} is larger than the padded input {sa}")
+        return (n, o, oh, ow)
+    raise ValueError(f"unknown bilinear operation code {op}")
+
+
 def _triple_shapes(params):
     (sa, sb), _ = unpack_shapes(params[1:], 2)
     return [sa, sb]
+
+
+def _triple_out(params):
+    (sa, sb), extra = unpack_shapes(params[1:], 2)
+    return [_bilinear_shape(int(params[0]), sa, sb, extra)]
 
 
 def _triple_derive(r, params):
@@ -92,23 +131,23 @@ class Correlation:
 
     name: str
     random_shapes: Callable[[tuple[int, ...]], list[tuple[int, ...]]]
+    derived_shape_fn: Callable[[tuple[int, ...]], list[tuple[int, ...]]]
     derive: Callable[[list[torch.Tensor], tuple[int, ...]], list[torch.Tensor]]
 
     def derived_shapes(self, params: tuple[int, ...]) -> list[tuple[int, ...]]:
-        meta = [torch.empty(s, dtype=torch.int64, device="meta") for s in self.random_shapes(params)]
         try:
-            return [tuple(t.shape) for t in self.derive(meta, params)]
+            return [tuple(s) for s in self.derived_shape_fn(params)]
         except (RuntimeError, ValueError, IndexError) as exc:
             raise ProtocolError(f"bad parameters for correlation {self.name!r}: {exc}") from None
 
 
 CORRELATIONS: dict[str, Correlation] = {
     # (a, b, c = a op b): op is elementwise mul, matmul or conv2d (params[0]).
-    "triple": Correlation("triple", _triple_shapes, _triple_derive),
+    "triple": Correlation("triple", _triple_shapes, _triple_out, _triple_derive),
     # (a, a*a) for squaring.
-    "square": Correlation("square", lambda p: [tuple(p)], lambda r, p: [r[0] * r[0]]),
+    "square": Correlation("square", lambda p: [tuple(p)], lambda p: [tuple(p)], lambda r, p: [r[0] * r[0]]),
     # (r, r >> f, msb(r)) for exact truncation; params = (f, *shape).
-    "trunc": Correlation("trunc", lambda p: [tuple(p[1:])], _trunc_derive),
+    "trunc": Correlation("trunc", lambda p: [tuple(p[1:])], lambda p: [tuple(p[1:])] * 2, _trunc_derive),
 }
 
 

@@ -1,0 +1,152 @@
+"""``mpc launch``: a script in N party processes plus the dealer on this machine.
+
+The launcher writes a private run directory (mode 0700) with a cluster file on
+free loopback ports and fresh CURVE keys for every node, then starts
+``mpc dealer`` and ``mpc party`` for each id: the same code path as a run
+across hosts.  Every output line is prefixed with its process; the exit code is
+non-zero when any process fails, and then the others are stopped.  Ctrl-C stops
+every process it started.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from .cluster import Cluster, Node, free_tcp_addresses, write_cluster
+from .keys import keygen
+
+__all__ = ["launch"]
+
+STOP_GRACE = 3.0
+
+
+def _pump(stream, prefix: str, out) -> None:
+    for line in iter(stream.readline, b""):
+        out.write(prefix + line.decode("utf-8", "replace"))
+        out.flush()
+    stream.close()
+
+
+def write_local_run(run_dir: Path, n: int, insecure: bool, options: dict) -> tuple[Path, list[Path | None]]:
+    addrs = free_tcp_addresses(n + 1)
+    pubs: list[str | None] = []
+    secrets: list[Path | None] = []
+    for i in range(n + 1):
+        if insecure:
+            pubs.append(None)
+            secrets.append(None)
+            continue
+        pub, sec = keygen(run_dir / "keys", "dealer" if i == n else f"party{i}")
+        pubs.append(pub.read_text().strip())
+        secrets.append(sec)
+    nodes = [Node(i, addrs[i], pubs[i]) for i in range(n)]
+    cluster = Cluster(tuple(nodes), Node("dealer", addrs[n], pubs[n]), options)
+    path = run_dir / "cluster.toml"
+    write_cluster(cluster, path)
+    return path, secrets
+
+
+def launch(
+    n: int,
+    script: str,
+    args: list[str],
+    *,
+    stats: bool = False,
+    timeout: float | None = None,
+    insecure: bool = False,
+    frac_bits: int | None = None,
+) -> int:
+    if n < 2:
+        print("mpc launch: -n must be at least 2", file=sys.stderr)
+        return 2
+    if not Path(script).is_file():
+        print(f"mpc launch: script {script} not found", file=sys.stderr)
+        return 2
+    options: dict = {}
+    if timeout is not None:
+        options["timeout"] = float(timeout)
+    if frac_bits is not None:
+        options["frac_bits"] = int(frac_bits)
+    run_dir = Path(tempfile.mkdtemp(prefix="mpc-run-"))
+    os.chmod(run_dir, 0o700)
+    procs: dict[str, subprocess.Popen] = {}
+    pumps: list[threading.Thread] = []
+    try:
+        cluster_path, secrets = write_local_run(run_dir, n, insecure, options)
+        base = [sys.executable, "-m", "parties.cli"]
+        cmds: dict[str, list[str]] = {}
+        for i in range(n + 1):
+            who = "dealer" if i == n else f"party {i}"
+            cmd = base + (["dealer"] if i == n else ["party"]) + ["--cluster", str(cluster_path)]
+            if i < n:
+                cmd += ["--id", str(i)]
+            cmd += ["--insecure"] if insecure else ["--key", str(secrets[i])]
+            if i < n:
+                cmd += (["--stats"] if stats else []) + [script, *args]
+            cmds[who] = cmd
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        for who, cmd in cmds.items():
+            p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            procs[who] = p
+            t = threading.Thread(target=_pump, args=(p.stdout, f"[{who}] ", sys.stdout), daemon=True)
+            t.start()
+            pumps.append(t)
+        return _supervise(procs)
+    except KeyboardInterrupt:
+        print("mpc launch: interrupted, stopping every process", file=sys.stderr)
+        return 130
+    finally:
+        _stop_all(procs)
+        for t in pumps:
+            t.join(2.0)
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _supervise(procs: dict[str, subprocess.Popen]) -> int:
+    parties = {w: p for w, p in procs.items() if w != "dealer"}
+    while True:
+        for who, p in procs.items():
+            code = p.poll()
+            if code is not None and code != 0:
+                print(f"mpc launch: {who} exited with code {code}; stopping the others", file=sys.stderr)
+                return code if code > 0 else 1
+        if all(p.poll() == 0 for p in parties.values()):
+            dealer = procs.get("dealer")
+            if dealer is not None:
+                try:
+                    code = dealer.wait(STOP_GRACE * 3)
+                except subprocess.TimeoutExpired:
+                    print("mpc launch: the dealer did not finish after every party did", file=sys.stderr)
+                    return 1
+                if code != 0:
+                    print(f"mpc launch: the dealer exited with code {code}", file=sys.stderr)
+                    return code if code > 0 else 1
+            return 0
+        time.sleep(0.05)
+
+
+def _stop_all(procs: dict[str, subprocess.Popen]) -> None:
+    for p in procs.values():
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + STOP_GRACE
+    for p in procs.values():
+        try:
+            p.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait(1.0)
