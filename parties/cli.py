@@ -74,14 +74,18 @@ def _secret(args) -> bytes | None:
 
 
 def _print_stats(rank: int, stats: dict) -> None:
-    lines = [f"stats of party {rank}: rounds={stats['rounds']} sent={stats['bytes_sent']} B "
-             f"received={stats['bytes_recv']} B messages={stats['messages_sent']}/{stats['messages_recv']} "
-             f"dealer={stats['dealer_bytes_recv']} B"]
+    lines = [
+        f"stats of party {rank}: rounds={stats['rounds']} sent={stats['bytes_sent']} B "
+        f"received={stats['bytes_recv']} B messages={stats['messages_sent']}/{stats['messages_recv']} "
+        f"dealer={stats['dealer_bytes_recv']} B"
+    ]
     lines.append(f"{'operation':<20} {'rounds':>7} {'bytes sent':>12} {'bytes recv':>12}")
     for op, s in stats["by_op"].items():
         lines.append(f"{op:<20} {s['rounds']:>7} {s['bytes_sent']:>12} {s['bytes_recv']:>12}")
     print("\n".join(lines), file=sys.stderr)
-    print("MPC_STATS " + json.dumps({"party": rank, **{k: v for k, v in stats.items() if k != 'by_op'}}), file=sys.stderr)
+    print(
+        "MPC_STATS " + json.dumps({"party": rank, **{k: v for k, v in stats.items() if k != "by_op"}}), file=sys.stderr
+    )
 
 
 def _party(args) -> int:
@@ -141,8 +145,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "launch":
         script_args = args.args[1:] if args.args[:1] == ["--"] else args.args
         return launch(
-            args.parties, args.script, script_args, stats=args.stats, timeout=args.timeout,
-            insecure=args.insecure, frac_bits=args.frac_bits,
+            args.parties,
+            args.script,
+            script_args,
+            stats=args.stats,
+            timeout=args.timeout,
+            insecure=args.insecure,
+            frac_bits=args.frac_bits,
         )
     prefix = "" if args.cmd == "dealer" else ""
     configure_logging(prefix)

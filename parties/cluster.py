@@ -81,7 +81,7 @@ def _node(raw: Any, where: str, source: str, node_id: int | str) -> Node:
         raise ConfigError(f"{source}: {where} has unknown keys {sorted(unknown)}")
     addr = raw.get("address")
     if not isinstance(addr, str) or not addr.startswith(_SCHEMES):
-        raise ConfigError(f"{source}: {where} needs address = \"tcp://HOST:PORT\" (or ipc://, inproc://), got {addr!r}")
+        raise ConfigError(f'{source}: {where} needs address = "tcp://HOST:PORT" (or ipc://, inproc://), got {addr!r}')
     if addr.startswith("tcp://"):
         host, _, port = addr[6:].rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:

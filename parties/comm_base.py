@@ -216,7 +216,12 @@ class BufferedCommunicator(Communicator):
         for peer in range(self.world_size + 1):
             if peer != self.rank:
                 try:
-                    self._send(peer, wire.KIND_ABORT, "abort", torch.frombuffer(bytearray(text), dtype=torch.uint8) if text else None)
+                    self._send(
+                        peer,
+                        wire.KIND_ABORT,
+                        "abort",
+                        torch.frombuffer(bytearray(text), dtype=torch.uint8) if text else None,
+                    )
                 except Exception:  # best effort: the peer may be gone already
                     pass
         self._state = "aborted"

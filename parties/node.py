@@ -49,9 +49,7 @@ def open_comm(
     return ZmqCommunicator(node_id, n, cluster.addresses, config, curve=curve)
 
 
-def open_party(
-    cluster: Cluster, rank: int, config: MPCConfig, secret: bytes | None, insecure: bool
-) -> PartyContext:
+def open_party(cluster: Cluster, rank: int, config: MPCConfig, secret: bytes | None, insecure: bool) -> PartyContext:
     if rank == cluster.world_size:
         raise ConfigError(f"id {rank} is the dealer's; parties are 0..{rank - 1}")
     comm = open_comm(cluster, rank, config, secret, insecure)

@@ -48,7 +48,9 @@ def _local_cluster(n: int, insecure: bool, options: dict[str, Any]) -> tuple[Clu
     return Cluster(tuple(nodes[:n]), dealer, options), [k[1] for k in keys]
 
 
-def _party_main(cluster: Cluster, rank: int, secret: bytes | None, insecure: bool, fn: Callable, conn: Connection) -> None:
+def _party_main(
+    cluster: Cluster, rank: int, secret: bytes | None, insecure: bool, fn: Callable, conn: Connection
+) -> None:
     ctx = None
     try:
         config = cluster.config()
@@ -58,7 +60,9 @@ def _party_main(cluster: Cluster, rank: int, secret: bytes | None, insecure: boo
         ctx.comm.close()
         conn.send_bytes(pickle.dumps(("ok", result, ctx.stats.as_dict())))
     except BaseException as exc:  # noqa: BLE001 - reported to the caller
-        conn.send_bytes(pickle.dumps(("err", f"{type(exc).__name__}: {exc}", traceback.format_exc(), type(exc).__name__)))
+        conn.send_bytes(
+            pickle.dumps(("err", f"{type(exc).__name__}: {exc}", traceback.format_exc(), type(exc).__name__))
+        )
         if ctx is not None:
             ctx.comm.abort(f"{type(exc).__name__} in party {rank}")
 
@@ -71,7 +75,9 @@ def _dealer_main(cluster: Cluster, secret: bytes | None, insecure: bool, conn: C
         served = serve_dealer(comm, config)
         conn.send_bytes(pickle.dumps(("ok", served, None)))
     except BaseException as exc:  # noqa: BLE001
-        conn.send_bytes(pickle.dumps(("err", f"{type(exc).__name__}: {exc}", traceback.format_exc(), type(exc).__name__)))
+        conn.send_bytes(
+            pickle.dumps(("err", f"{type(exc).__name__}: {exc}", traceback.format_exc(), type(exc).__name__))
+        )
         if comm is not None:
             comm.abort(f"{type(exc).__name__} in the dealer")
 
@@ -111,7 +117,9 @@ def run(
         for who in [*range(parties), "dealer"]:
             recv, send = spawn.Pipe(duplex=False)
             if who == "dealer":
-                p = spawn.Process(target=_dealer_main, args=(cluster, secrets[parties], insecure, send), name="mpc-dealer")
+                p = spawn.Process(
+                    target=_dealer_main, args=(cluster, secrets[parties], insecure, send), name="mpc-dealer"
+                )
             else:
                 p = spawn.Process(
                     target=_party_main, args=(cluster, who, secrets[who], insecure, fn, send), name=f"mpc-party-{who}"

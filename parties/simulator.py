@@ -110,9 +110,7 @@ def _make_comms(n: int, config: MPCConfig, transport: str, received: dict | None
 
     if transport == "memory":
         hub = MemoryHub(n)
-        return [
-            MemoryCommunicator(hub, r, config.timeout, config.max_message_bytes, recorder(r)) for r in range(n + 1)
-        ]
+        return [MemoryCommunicator(hub, r, config.timeout, config.max_message_bytes, recorder(r)) for r in range(n + 1)]
     if transport == "inproc":
         return inproc_communicators(n, config, recorder)
     raise PartyFailed("launcher", f"unknown simulator transport {transport!r}; use 'memory' or 'inproc'")

@@ -28,7 +28,17 @@ import torch
 
 from mpc.errors import WireError
 
-__all__ = ["Header", "DTYPES", "HEADER_SIZE", "KIND_DATA", "KIND_ABORT", "KIND_BYE", "encode_header", "decode_header", "decode_payload"]
+__all__ = [
+    "Header",
+    "DTYPES",
+    "HEADER_SIZE",
+    "KIND_DATA",
+    "KIND_ABORT",
+    "KIND_BYE",
+    "encode_header",
+    "decode_header",
+    "decode_payload",
+]
 
 MAGIC = b"MPCW"
 VERSION = 1
@@ -76,7 +86,9 @@ def _who(peer: int | None) -> str:
     return "an unidentified peer" if peer is None else f"party {peer}"
 
 
-def encode_header(kind: int, sender: int, seq: int, op: str, dtype: torch.dtype, shape: tuple[int, ...], nbytes: int) -> bytes:
+def encode_header(
+    kind: int, sender: int, seq: int, op: str, dtype: torch.dtype, shape: tuple[int, ...], nbytes: int
+) -> bytes:
     opb = op.encode("ascii")
     if len(opb) > OP_BYTES:
         raise ValueError(f"operation name {op!r} is longer than {OP_BYTES} bytes")
@@ -127,7 +139,9 @@ def decode_header(buf: bytes | memoryview, max_bytes: int, peer: int | None = No
 
 def decode_payload(h: Header, buf: bytes | memoryview, peer: int | None = None) -> torch.Tensor:
     if len(buf) != h.nbytes:
-        raise WireError(f"{_who(peer)} sent {len(buf)} payload bytes for '{h.op}', its header declared {h.nbytes}", peer)
+        raise WireError(
+            f"{_who(peer)} sent {len(buf)} payload bytes for '{h.op}', its header declared {h.nbytes}", peer
+        )
     arr = np.frombuffer(buf, dtype=_NP[h.dtype]).copy()
     return torch.from_numpy(arr).reshape(h.shape)
 

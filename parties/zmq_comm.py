@@ -40,7 +40,13 @@ CLOSE_LINGER_MS = 2000
 # A dropped connection is fatal only if the peer's bye has not arrived this long after
 # (its last frames travel on the other connection of the pair and may come later).
 LOST_GRACE = 1.0
-_MON_EVENTS = zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_CONNECTED
+_MON_EVENTS = (
+    zmq.EVENT_DISCONNECTED
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_CONNECTED
+)
 
 
 @dataclass(frozen=True)
@@ -150,7 +156,9 @@ class ZmqCommunicator(BufferedCommunicator):
             try:
                 s.connect(addresses[peer])
             except zmq.ZMQError as exc:
-                raise ConfigError(f"{self.name(self.rank)} cannot connect to {self.name(peer)} at {addresses[peer]}: {exc.strerror}") from None
+                raise ConfigError(
+                    f"{self.name(self.rank)} cannot connect to {self.name(peer)} at {addresses[peer]}: {exc.strerror}"
+                ) from None
             self._push[peer] = s
 
     # ----- transport primitives ---------------------------------------------------
@@ -163,7 +171,9 @@ class ZmqCommunicator(BufferedCommunicator):
         except zmq.Again:
             if final:  # a bye or abort to a peer that is gone: nothing to tell it
                 return
-            raise PeerTimeout(f"{self.name(self.rank)} could not send to {self.name(peer)} within {self.timeout:g}s", peer) from None
+            raise PeerTimeout(
+                f"{self.name(self.rank)} could not send to {self.name(peer)} within {self.timeout:g}s", peer
+            ) from None
 
     def _poll(self, timeout: float) -> Frames | None:
         self._raise_lost()

@@ -39,9 +39,7 @@ _CODE_DTYPES = {v: k for k, v in DTYPE_CODES.items()}
 MAX_NDIM = 16
 
 
-def share_input(
-    ctx: PartyContext, value: torch.Tensor | None, owner: int
-) -> tuple[torch.Tensor, torch.dtype]:
+def share_input(ctx: PartyContext, value: torch.Tensor | None, owner: int) -> tuple[torch.Tensor, torch.dtype]:
     """Share ``value`` held by ``owner``; returns this party's share and the public dtype."""
     n = ctx.world_size
     if not isinstance(owner, int) or not 0 <= owner < n:
@@ -64,8 +62,7 @@ def share_input(
         return mine, t.dtype
     if value is not None:
         raise ProtocolError(
-            f"party {ctx.rank} is not the owner (owner={owner}) and must pass None; "
-            "only the owner's tensor is shared"
+            f"party {ctx.rank} is not the owner (owner={owner}) and must pass None; only the owner's tensor is shared"
         )
     meta = ctx.comm.exchange("share", {}, {owner: Expect(None)})[owner]
     if meta.dim() != 1 or meta.numel() < 2 or int(meta[0]) not in _CODE_DTYPES or int(meta[1]) != meta.numel() - 2:

@@ -87,8 +87,16 @@ def party(ctx, epochs: int = 5, batch: int = 32, lr: float = 0.05) -> dict:
     # Plaintext check, with the rows in the same order (concatenated by owner).
     order = torch.cat([torch.nonzero(rows_of(o, world, n)).reshape(-1) for o in range(world)])
     xp, yp = x_train[order], y_train[order].reshape(-1, 1)
-    wp, bp = train(xp, yp, torch.zeros(FEATURES, 1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64),
-                   epochs, batch, lr, sigmoid_poly)
+    wp, bp = train(
+        xp,
+        yp,
+        torch.zeros(FEATURES, 1, dtype=torch.float64),
+        torch.zeros(1, dtype=torch.float64),
+        epochs,
+        batch,
+        lr,
+        sigmoid_poly,
+    )
     out = {
         "party": rank,
         "mean_max_error": float((mean_open - xp.mean(0)).abs().max()),
@@ -107,8 +115,10 @@ def report(results: list[dict]) -> None:
     r0 = results[0]
     print(f"joint mean of {len(results)} parties' rows: max |secret - plaintext| = {r0['mean_max_error']:.2e}")
     print(f"joint covariance ({FEATURES}x{FEATURES}):      max |secret - plaintext| = {r0['cov_max_error']:.2e}")
-    print(f"logistic regression, test accuracy: secret {r0['test_accuracy_secret']:.3f}   "
-          f"plaintext {r0['test_accuracy_plaintext']:.3f}")
+    print(
+        f"logistic regression, test accuracy: secret {r0['test_accuracy_secret']:.3f}   "
+        f"plaintext {r0['test_accuracy_plaintext']:.3f}"
+    )
     if "model_max_error" in r0:
         print(f"model revealed to party 0 only:    max |secret - plaintext| = {r0['model_max_error']:.2e}")
     for r in results:
