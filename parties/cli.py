@@ -22,6 +22,7 @@ from mpc.api import set_context
 from mpc.errors import MPCError
 
 from .cluster import load_cluster
+from .comm_base import abort_reason
 from .dealer import serve_dealer
 from .keys import keygen, load_secret_key
 from .launch import launch
@@ -113,7 +114,7 @@ def _party(args) -> int:
             return code
     except BaseException as exc:
         traceback.print_exc()
-        ctx.comm.abort(f"{type(exc).__name__} in party {args.id}")
+        ctx.comm.abort(abort_reason(exc, f"party {args.id}"))
         return 1
     ctx.comm.close()
     if args.stats:
@@ -126,8 +127,8 @@ def _dealer(args) -> int:
     comm = open_comm(cluster, cluster.world_size, cluster.config(), _secret(args), args.insecure)
     try:
         serve_dealer(comm, cluster.config(), idle_timeout=args.idle_timeout)
-    except BaseException:
-        comm.abort("the dealer failed")
+    except BaseException as exc:
+        comm.abort(abort_reason(exc, "the dealer"))
         raise
     return 0
 

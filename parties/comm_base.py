@@ -21,11 +21,19 @@ from collections.abc import Callable, Mapping
 import torch
 
 from mpc.context import CommStats, Communicator, Expect
-from mpc.errors import ClosedError, DesyncError, PeerAborted, PeerTimeout, SecurityError, WireError
+from mpc.errors import (
+    ClosedError,
+    CommunicationError,
+    DesyncError,
+    PeerAborted,
+    PeerTimeout,
+    SecurityError,
+    WireError,
+)
 
 from . import wire
 
-__all__ = ["BufferedCommunicator", "Frames"]
+__all__ = ["BufferedCommunicator", "Frames", "abort_reason"]
 
 log = logging.getLogger("mpc.comm")
 
@@ -34,6 +42,21 @@ Frames = tuple[bytes | memoryview, bytes | memoryview, int | None]
 Recorder = Callable[[int, bytes, bytes], None]
 
 ABORT_TEXT_LIMIT = 400
+
+
+def abort_reason(exc: BaseException, who: str) -> str:
+    """The abort notice a failing node sends: its error's type and, when a peer caused it, that peer.
+
+    An echo (this node stopped because another one aborted) passes the original
+    reason on unchanged, so every party names the node that failed first, not
+    the neighbour that told it.  Only the toolkit's own communication errors are
+    quoted: they name peers, operations and shapes, never values.
+    """
+    if isinstance(exc, PeerAborted) and getattr(exc, "reason", ""):
+        return exc.reason
+    if isinstance(exc, CommunicationError) and exc.peer is not None:
+        return f"{type(exc).__name__} in {who}: {exc}"
+    return f"{type(exc).__name__} in {who}"
 
 
 class BufferedCommunicator(Communicator):
@@ -133,9 +156,10 @@ class BufferedCommunicator(Communicator):
     def recv_any(self, peer: int, timeout: float | None = None) -> tuple[str, torch.Tensor] | None:
         """The next data message from ``peer`` whatever its operation; ``None`` once it said bye."""
         self._check_open()
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        waited = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + waited
         try:
-            h, payload = self._next(peer, "<any>", deadline)
+            h, payload = self._next(peer, "<any>", deadline, waited)
         except DesyncError:
             if peer in self._bye and not self._buf[peer]:
                 return None
@@ -146,7 +170,9 @@ class BufferedCommunicator(Communicator):
         return h.op, t
 
     # ----- receiving ------------------------------------------------------------------
-    def _next(self, peer: int, op: str, deadline: float) -> tuple[wire.Header, bytes | memoryview]:
+    def _next(
+        self, peer: int, op: str, deadline: float, waited: float | None = None
+    ) -> tuple[wire.Header, bytes | memoryview]:
         while not self._buf[peer]:
             if peer in self._bye:
                 raise DesyncError(
@@ -157,7 +183,8 @@ class BufferedCommunicator(Communicator):
             left = deadline - time.monotonic()
             if left <= 0:
                 raise PeerTimeout(
-                    f"{self.name(self.rank)} waited {self.timeout:g}s for '{op}' from {self.name(peer)} "
+                    f"{self.name(self.rank)} waited {self.timeout if waited is None else waited:g}s for '{op}' "
+                    f"from {self.name(peer)} "
                     f"and got nothing: {self.name(peer)} is dead, stuck or unreachable",
                     peer,
                 )
@@ -180,7 +207,9 @@ class BufferedCommunicator(Communicator):
             self._recorder(sender, bytes(hbuf), bytes(payload))
         if h.kind == wire.KIND_ABORT:
             reason = bytes(payload[:ABORT_TEXT_LIMIT]).decode("utf-8", "replace")
-            raise PeerAborted(f"{self.name(sender)} failed and stopped the run: {reason}", sender)
+            err = PeerAborted(f"{self.name(sender)} failed and stopped the run: {reason}", sender)
+            err.reason = reason  # type: ignore[attr-defined] - forwarded by abort_reason
+            raise err
         if h.kind == wire.KIND_BYE:
             self._bye.add(sender)
             return
@@ -269,6 +298,6 @@ class BufferedCommunicator(Communicator):
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc is not None:
-            self.abort(f"{type(exc).__name__}")
+            self.abort(abort_reason(exc, self.name(self.rank)))
         else:
             self.close()

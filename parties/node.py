@@ -11,6 +11,7 @@ from mpc.context import PartyContext
 from mpc.errors import ConfigError
 
 from .cluster import Cluster
+from .comm_base import abort_reason
 from .keys import curve_for_node
 from .party import setup_party
 from .zmq_comm import CurveKeys, ZmqCommunicator
@@ -56,7 +57,7 @@ def open_party(cluster: Cluster, rank: int, config: MPCConfig, secret: bytes | N
     try:
         return setup_party(comm, config)
     except BaseException as exc:
-        comm.abort(f"{type(exc).__name__} during setup")
+        comm.abort(abort_reason(exc, f"party {rank} during setup"))
         raise
 
 

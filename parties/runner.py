@@ -28,6 +28,7 @@ from mpc.context import PartyContext
 from mpc.errors import ConfigError, PartyFailed, ProtocolError
 
 from .cluster import Cluster, Node, free_tcp_addresses, load_cluster
+from .comm_base import abort_reason
 from .dealer import serve_dealer
 from .keys import ephemeral_keys, load_secret_key
 from .node import env_flag, open_comm, open_party
@@ -64,7 +65,7 @@ def _party_main(
             pickle.dumps(("err", f"{type(exc).__name__}: {exc}", traceback.format_exc(), type(exc).__name__))
         )
         if ctx is not None:
-            ctx.comm.abort(f"{type(exc).__name__} in party {rank}")
+            ctx.comm.abort(abort_reason(exc, f"party {rank}"))
 
 
 def _dealer_main(cluster: Cluster, secret: bytes | None, insecure: bool, conn: Connection) -> None:
@@ -79,7 +80,7 @@ def _dealer_main(cluster: Cluster, secret: bytes | None, insecure: bool, conn: C
             pickle.dumps(("err", f"{type(exc).__name__}: {exc}", traceback.format_exc(), type(exc).__name__))
         )
         if comm is not None:
-            comm.abort(f"{type(exc).__name__} in the dealer")
+            comm.abort(abort_reason(exc, "the dealer"))
 
 
 def run(
@@ -160,8 +161,10 @@ def _collect(procs, conns, parties: int, run_timeout: float | None) -> list[tupl
                 continue
             try:
                 msg = pickle.loads(obj.recv_bytes())
-            except EOFError:
-                continue  # the sentinel reports the exit
+            except EOFError:  # the pipe closed without a report: the process died
+                del waiting[who]
+                failures.append(_died(procs[who], who))
+                continue
             del waiting[who]
             if msg[0] == "ok":
                 results[who] = msg
@@ -171,16 +174,18 @@ def _collect(procs, conns, parties: int, run_timeout: float | None) -> list[tupl
             who = by_sentinel.get(obj)
             if who is not None and who in waiting and not waiting[who].poll():
                 del waiting[who]
-                code = procs[who].exitcode
-                failures.append(
-                    PartyFailed(who, f"its process exited with code {code} without reporting (killed or crashed)")
-                )
+                failures.append(_died(procs[who], who))
         if failures and (deadline is None or deadline > time.monotonic() + GRACE):
             deadline = time.monotonic() + GRACE  # let the root cause's own report arrive
     if failures:
         roots = [f for f in failures if f.error_type not in _ECHOES] or failures
         raise roots[0]
     return [results[r] for r in range(parties)]
+
+
+def _died(proc, who: int | str) -> PartyFailed:
+    proc.join(1.0)  # its pipe and sentinel close a moment before its exit status is ready
+    return PartyFailed(who, f"its process exited with code {proc.exitcode} without reporting (killed or crashed)")
 
 
 def _stop(procs) -> None:

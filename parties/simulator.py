@@ -18,7 +18,7 @@ from mpc.api import use_context
 from mpc.config import MPCConfig
 from mpc.errors import CommunicationError, PartyFailed, PeerAborted
 
-from .comm_base import BufferedCommunicator
+from .comm_base import BufferedCommunicator, abort_reason
 from .dealer import serve_dealer
 from .memory import MemoryCommunicator, MemoryHub
 from .party import setup_party
@@ -34,6 +34,7 @@ def run_threads(
     *,
     transport: str = "memory",
     received: dict[int, list] | None = None,
+    comms: list[BufferedCommunicator] | None = None,
     join_timeout: float = 600.0,
     **options: Any,
 ) -> list[Any]:
@@ -41,13 +42,17 @@ def run_threads(
 
     ``received``: if a dict is given, ``received[r]`` becomes the list of
     ``(sender, header bytes, payload bytes)`` frames party ``r`` received (the
-    dealer is ``parties``), for secrecy tests.
+    dealer is ``parties``), for secrecy tests.  ``comms``: prebuilt
+    communicators (one per party, then the dealer's), e.g. ZeroMQ over TCP.
     """
     config = config or MPCConfig(**options)
     if not isinstance(parties, int) or parties < 2:
         raise PartyFailed("launcher", f"parties must be an integer >= 2, got {parties!r}")
     n = parties
-    comms = _make_comms(n, config, transport, received)
+    if comms is None:
+        comms = _make_comms(n, config, transport, received)
+    elif len(comms) != n + 1:
+        raise PartyFailed("launcher", f"need {n + 1} communicators (parties and dealer), got {len(comms)}")
     results: list[Any] = [None] * n
     errors: dict[int | str, tuple[float, BaseException, str]] = {}
 
@@ -60,7 +65,7 @@ def run_threads(
             comm.close()
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
             errors[rank] = (time.monotonic(), exc, traceback.format_exc())
-            comm.abort(f"{type(exc).__name__} in party {rank}")
+            comm.abort(abort_reason(exc, f"party {rank}"))
 
     def dealer() -> None:
         comm = comms[n]
@@ -68,7 +73,7 @@ def run_threads(
             serve_dealer(comm, config)
         except BaseException as exc:  # noqa: BLE001
             errors["dealer"] = (time.monotonic(), exc, traceback.format_exc())
-            comm.abort(f"{type(exc).__name__} in the dealer")
+            comm.abort(abort_reason(exc, "the dealer"))
 
     threads = [threading.Thread(target=party, args=(r,), name=f"mpc-party-{r}", daemon=True) for r in range(n)]
     threads.append(threading.Thread(target=dealer, name="mpc-dealer", daemon=True))

@@ -151,5 +151,5 @@ def payload_of(t: torch.Tensor) -> memoryview:
     t = t.detach()
     if t.device.type != "cpu":
         t = t.cpu()
-    t = t.contiguous()
+    t = t.contiguous().reshape(-1)  # flat: memoryview cannot cast a view with a zero in its shape
     return memoryview(t.numpy()).cast("B")

@@ -228,13 +228,17 @@ class ZmqCommunicator(BufferedCommunicator):
             return
         self._closed_sockets = True
         ms = CLOSE_LINGER_MS if linger is None else linger
-        for mon in getattr(self, "_monitors", {}):
-            mon.close(linger=0)
-        for s in getattr(self, "_push", {}).values():
+        # Stop every monitor before closing the monitor sockets: closing a PAIR
+        # socket whose monitor is still attached can hang libzmq's shutdown.
+        pushes = list(getattr(self, "_push", {}).values())
+        for s in pushes:
             try:
                 s.disable_monitor()
             except zmq.ZMQError:
                 pass
+        for mon in getattr(self, "_monitors", {}):
+            mon.close(linger=0)
+        for s in pushes:
             s.close(linger=ms)
         pull = getattr(self, "_pull", None)
         if pull is not None:

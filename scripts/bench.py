@@ -1,0 +1,150 @@
+"""Benchmarks in real party processes over ZeroMQ on localhost: seconds, rounds, bytes.
+
+    python scripts/bench.py                 # the foundation set: mul 1e6, matmul 512, with 2 and 3 parties
+    python scripts/bench.py --curve         # + CURVE on/off ratio for the 512 matmul and an MLP forward pass
+    python scripts/bench.py --nonlinear     # + ReLU, comparisons, sigmoid, exp, ... (scripts/bench_nonlinear.py)
+    python scripts/bench.py --json out.json
+
+Every figure comes from the parties' own counters (``ctx.stats``): rounds are
+rounds among parties; bytes are payload bytes one party sent to the others;
+dealer bytes are what the last party received from the dealer.  Seconds are the
+median over ``--repeat`` runs after one warm-up, timed inside party 0 between
+two synchronising exchanges.  Never run two benchmarks at once on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import mpc
+from protocols.sharing import open_all
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def _sync(ctx) -> None:
+    open_all(ctx, [torch.zeros(1, dtype=torch.int64)], "bench:sync")
+
+
+def _secret(ctx, shape, owner=0, scale=1.0):
+    # Benchmark inputs are public test data; torch's generator is fine here.
+    g = torch.Generator().manual_seed(1234 + owner)
+    value = (torch.rand(shape, generator=g, dtype=torch.float64) * 2 - 1) * scale
+    return mpc.share(value if ctx.rank == owner else None, owner=owner)
+
+
+def _mlp_inputs(ctx):
+    x = _secret(ctx, (128, 784), owner=0)
+    ws = [_secret(ctx, s, owner=1, scale=0.05) for s in [(784, 128), (128, 128), (128, 10)]]
+    return x, ws
+
+
+def _mlp(x, ws):
+    h = x
+    for i, w in enumerate(ws):
+        h = h @ w
+        if i < len(ws) - 1:
+            h = h.relu()
+    return h
+
+
+def _party(ctx, op: str, size: int, repeat: int) -> dict:
+    if op == "mul":
+        x, y = _secret(ctx, (size,), 0), _secret(ctx, (size,), 1)
+        step = lambda: x * y  # noqa: E731
+    elif op == "matmul":
+        x, y = _secret(ctx, (size, size), 0), _secret(ctx, (size, size), 1)
+        step = lambda: x @ y  # noqa: E731
+    elif op == "mlp":
+        x, ws = _mlp_inputs(ctx)
+        step = lambda: _mlp(x, ws)  # noqa: E731
+    else:
+        raise ValueError(op)
+    step()  # warm-up
+    times, cost = [], None
+    for _ in range(repeat):
+        _sync(ctx)
+        before = ctx.stats.snapshot()
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+        after = ctx.stats.snapshot()
+        cost = {k: after[k] - before[k] for k in after}
+    return {"seconds": statistics.median(times), "all_seconds": times, **(cost or {})}
+
+
+def measure(op: str, size: int, parties: int, repeat: int, insecure: bool = False) -> dict:
+    res = mpc.run(functools.partial(_party, op=op, size=size, repeat=repeat), parties=parties, insecure=insecure)
+    p0, last = res[0], res[-1]
+    elements = size if op == "mul" else (2 * size * size if op == "matmul" else 0)
+    row = {
+        "op": op,
+        "size": size,
+        "parties": parties,
+        "curve": not insecure,
+        "seconds": p0["seconds"],
+        "rounds": p0["rounds"],
+        "bytes_per_party": max(r["bytes_sent"] for r in res),
+        "dealer_bytes": last["dealer_bytes_recv"],
+    }
+    if op == "mul":
+        # information-theoretic openings: two ring elements per multiplied element per peer
+        row["ideal_open_bytes"] = 2 * 8 * size * (parties - 1)
+    if elements and op == "matmul":
+        row["ideal_open_bytes"] = 8 * elements * (parties - 1)
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    head = f"{'op':<10}{'size':>8}{'n':>3}{'curve':>7}{'seconds':>10}{'rounds':>8}{'MB/party':>10}{'ideal MB':>10}{'dealer MB':>11}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        ideal = f"{r['ideal_open_bytes'] / 1e6:.2f}" if "ideal_open_bytes" in r else "-"
+        lines.append(
+            f"{r['op']:<10}{r['size']:>8}{r['parties']:>3}{str(r['curve']):>7}{r['seconds']:>10.4f}{r['rounds']:>8}"
+            f"{r['bytes_per_party'] / 1e6:>10.2f}{ideal:>10}{r['dealer_bytes'] / 1e6:>11.2f}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--parties", type=int, nargs="+", default=[2, 3])
+    ap.add_argument("--curve", action="store_true", help="measure the cost of CURVE encryption")
+    ap.add_argument("--nonlinear", action="store_true", help="also run the nonlinear benchmarks")
+    ap.add_argument("--insecure", action="store_true", help="run the base set without CURVE")
+    ap.add_argument("--json", help="write the rows to this file")
+    args = ap.parse_args(argv)
+    rows = []
+    for n in args.parties:
+        rows.append(measure("mul", 10**6, n, args.repeat, args.insecure))
+        rows.append(measure("matmul", 512, n, args.repeat, args.insecure))
+    if args.curve:
+        for op, size in [("matmul", 512), ("mlp", 784)]:
+            on = measure(op, size, 2, args.repeat, insecure=False)
+            off = measure(op, size, 2, args.repeat, insecure=True)
+            rows += [on, off]
+            print(f"CURVE overhead {op}: {on['seconds'] / off['seconds'] - 1:+.1%}", file=sys.stderr)
+    if args.nonlinear:
+        from bench_nonlinear import run_bench
+
+        for n in args.parties:
+            rows += run_bench(parties=n)
+    print(table([r for r in rows if "op" in r and "size" in r]))
+    print(json.dumps(rows, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
