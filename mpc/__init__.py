@@ -30,7 +30,19 @@ from .errors import (
     WireError,
 )
 from .fixedpoint import FixedPoint
-from .tensor import SecretTensor, cat, conv2d, stack
+from .tensor import (
+    MaxResult,
+    SecretTensor,
+    cat,
+    conv2d,
+    log_softmax,
+    max_pool2d,
+    maximum,
+    minimum,
+    softmax,
+    stack,
+    where,
+)
 
 __all__ = [
     "share",
@@ -40,6 +52,13 @@ __all__ = [
     "cat",
     "stack",
     "conv2d",
+    "where",
+    "maximum",
+    "minimum",
+    "softmax",
+    "log_softmax",
+    "max_pool2d",
+    "MaxResult",
     "MPCConfig",
     "FixedPoint",
     "PartyContext",

@@ -9,7 +9,7 @@ protocol suite, which counts rounds and bytes.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +17,19 @@ import torch.nn.functional as F
 from .context import PartyContext
 from .errors import ProtocolError
 
-__all__ = ["SecretTensor", "cat", "stack", "conv2d"]
+__all__ = [
+    "SecretTensor",
+    "MaxResult",
+    "cat",
+    "stack",
+    "conv2d",
+    "where",
+    "maximum",
+    "minimum",
+    "softmax",
+    "log_softmax",
+    "max_pool2d",
+]
 
 Public = torch.Tensor | float | int | bool
 
@@ -40,6 +52,13 @@ def _result_dtype(a: torch.dtype, b: Any) -> torch.dtype:
 
 def _float_dtype(d: torch.dtype) -> torch.dtype:
     return d if d.is_floating_point else torch.float32
+
+
+class MaxResult(NamedTuple):
+    """``(values, indices)`` of ``max``/``min`` along a dimension, as torch returns them."""
+
+    values: SecretTensor
+    indices: SecretTensor
 
 
 class SecretTensor:
@@ -135,9 +154,11 @@ class SecretTensor:
 
     __rmul__ = __mul__
 
-    def __truediv__(self, other: Public) -> SecretTensor:
+    def __truediv__(self, other: SecretTensor | Public) -> SecretTensor:
         if isinstance(other, SecretTensor):
-            raise ProtocolError("division by a secret tensor needs the nonlinear protocols (reciprocal)")
+            # x / y = x * (1 / y): the reciprocal's domain and accuracy apply to y.
+            self._check_same_ctx(other)
+            return self * other.reciprocal()
         if isinstance(other, torch.Tensor):
             return self._mul_public(1.0 / other.to(torch.float64))
         return self._mul_public(1.0 / float(other))
@@ -238,6 +259,237 @@ class SecretTensor:
             raise ProtocolError("indexing by a secret tensor is not supported; use a secret one-hot and multiply")
         return self._new(self.share[index])
 
+    # ----- comparisons (results are secret 0/1 tensors of dtype bool) ---------------------------
+    #
+    # A bool SecretTensor holds its bit in fixed point, like every other value (bit * 2^f), so that
+    # reveal, +, * and sum work unchanged.  Protocols that need the bit as an integer (where, relu)
+    # get it from the comparison directly, or convert it exactly (protocols.conversions.exact_rshift).
+
+    def _diff(self, other: SecretTensor | Public) -> torch.Tensor:
+        return (self - other).share
+
+    def _rdiff(self, other: SecretTensor | Public) -> torch.Tensor:
+        return (-(self - other)).share
+
+    def _bits(self, z: torch.Tensor, thresholds=(0,), negate: bool = False, op: str = "cmp") -> torch.Tensor:
+        res = self.ctx.suite.compare(self.ctx, z, thresholds, negate=negate, op=op)
+        return res.bits
+
+    def _bool(self, bits: torch.Tensor) -> SecretTensor:
+        return self._new(bits << self.ctx.config.frac_bits, torch.bool)
+
+    def __lt__(self, other: SecretTensor | Public) -> SecretTensor:
+        """``self < other`` (exact; 4 rounds)."""
+        return self._bool(self._bits(self._diff(other), op="lt")[0])
+
+    def __gt__(self, other: SecretTensor | Public) -> SecretTensor:
+        return self._bool(self._bits(self._rdiff(other), op="gt")[0])
+
+    def __le__(self, other: SecretTensor | Public) -> SecretTensor:
+        return self._bool(self._bits(self._rdiff(other), negate=True, op="le")[0])
+
+    def __ge__(self, other: SecretTensor | Public) -> SecretTensor:
+        return self._bool(self._bits(self._diff(other), negate=True, op="ge")[0])
+
+    def __eq__(self, other: object) -> SecretTensor:  # type: ignore[override]
+        """``self == other``: ``[z < 1 ulp] - [z < 0]`` for ``z = self - other``, one batch (4 rounds)."""
+        b = self._bits(self._diff(other), (0, 1), op="eq")  # type: ignore[arg-type]
+        return self._bool(b[1] - b[0])
+
+    def __ne__(self, other: object) -> SecretTensor:  # type: ignore[override]
+        b = self._bits(self._diff(other), (0, 1), op="ne")  # type: ignore[arg-type]
+        one = 1 if self.ctx.rank == 0 else 0
+        return self._bool(one - b[1] + b[0])
+
+    def __hash__(self) -> int:  # __eq__ is a secret comparison; hashing stays by identity
+        return id(self)
+
+    lt, gt, le, ge, eq, ne = __lt__, __gt__, __le__, __ge__, __eq__, __ne__
+
+    def sign(self) -> SecretTensor:
+        """-1, 0 or 1 (exact; 4 rounds)."""
+        b = self._bits(self.share, (0, 1), op="sign")  # [x < 0], [x < 1 ulp]
+        one = 1 if self.ctx.rank == 0 else 0
+        return self._new((one - b[1] - b[0]) << self.ctx.config.frac_bits)
+
+    def abs(self) -> SecretTensor:
+        """``|x| = x - 2 x [x < 0]`` (exact; 4 rounds)."""
+        res = self.ctx.suite.compare(self.ctx, self.share, (0,), mul_input=True, op="abs")
+        return self._new(self.share - 2 * res.xbits[0])
+
+    __abs__ = abs
+
+    def relu(self) -> SecretTensor:
+        """``max(x, 0)`` (exact; 4 rounds, 8 + 35/8 bytes per element and peer)."""
+        return self._new(self.ctx.suite.relu(self.ctx, self.share))
+
+    def clamp(self, min: SecretTensor | Public | None = None, max: SecretTensor | Public | None = None) -> SecretTensor:
+        """torch.clamp with public or secret bounds (exact; 4 rounds)."""
+        ctx = self.ctx
+        if min is None and max is None:
+            raise ProtocolError("clamp: give at least one of min and max")
+        if isinstance(min, SecretTensor) or isinstance(max, SecretTensor):
+            lo = self._operand_share(min)
+            hi = self._operand_share(max)
+            out = ctx.suite.clamp_secret(ctx, self.share, lo, hi)
+            return self._new(out)
+        if isinstance(min, torch.Tensor) and min.numel() != 1 or isinstance(max, torch.Tensor) and max.numel() != 1:
+            lo = None if min is None else self._operand_share(min)
+            hi = None if max is None else self._operand_share(max)
+            return self._new(ctx.suite.clamp_secret(ctx, self.share, lo, hi))
+        lo_r = None if min is None else int(self._encode(float(min)))
+        hi_r = None if max is None else int(self._encode(float(max)))
+        return self._new(ctx.suite.clamp_public(ctx, self.share, lo_r, hi_r))
+
+    clip = clamp
+
+    def _operand_share(self, v: SecretTensor | Public | None) -> torch.Tensor | None:
+        """Shares of a secret operand, or of a public one (held by party 0)."""
+        if v is None:
+            return None
+        if isinstance(v, SecretTensor):
+            self._check_same_ctx(v)
+            return v.share
+        enc = self._encode(v)
+        return enc if self.ctx.rank == 0 else torch.zeros_like(enc)
+
+    def where(self, condition: SecretTensor | torch.Tensor, other: SecretTensor | Public) -> SecretTensor:
+        """``torch.Tensor.where``: ``where(condition, self, other)``."""
+        return where(condition, self, other)
+
+    def maximum(self, other: SecretTensor | Public) -> SecretTensor:
+        """Elementwise maximum, broadcasting (exact; 4 rounds)."""
+        o = self._operand_share(other)
+        return self._new(self.ctx.suite.maximum(self.ctx, self.share, o), _result_dtype(self.dtype, other))
+
+    def minimum(self, other: SecretTensor | Public) -> SecretTensor:
+        o = self._operand_share(other)
+        return self._new(-self.ctx.suite.maximum(self.ctx, -self.share, -o), _result_dtype(self.dtype, other))
+
+    # ----- reductions by comparison ----------------------------------------------------------------
+
+    def _reduce_max(self, dim: int | None, keepdim: bool, index: bool, one_hot: bool, negate: bool):
+        x = -self.share if negate else self.share
+        if dim is None:
+            x = x.reshape(-1)
+            d = 0
+        else:
+            d = dim % max(self.dim(), 1)
+            x = x.movedim(d, -1)
+        vals, idx, oh = self.ctx.suite.max_reduce(self.ctx, x, index=index, one_hot=one_hot)
+        if negate:
+            vals = -vals
+        if dim is not None and keepdim:
+            vals = vals.unsqueeze(d)
+            idx = idx.unsqueeze(d) if idx is not None else None
+        if oh is not None and dim is not None:
+            oh = oh.movedim(-1, d)
+        return vals, idx, oh
+
+    def max(self, dim: int | None = None, keepdim: bool = False):
+        """The maximum; with ``dim``, ``(values, indices)`` as torch (first index on ties). Rounds 4 ceil(log2 n)."""
+        vals, idx, _ = self._reduce_max(dim, keepdim, dim is not None, False, False)
+        if dim is None:
+            return self._new(vals)
+        f = self.ctx.config.frac_bits
+        return MaxResult(self._new(vals), self._new(idx << f, torch.int64))
+
+    def min(self, dim: int | None = None, keepdim: bool = False):
+        vals, idx, _ = self._reduce_max(dim, keepdim, dim is not None, False, True)
+        if dim is None:
+            return self._new(vals)
+        f = self.ctx.config.frac_bits
+        return MaxResult(self._new(vals), self._new(idx << f, torch.int64))
+
+    def argmax(self, dim: int | None = None, keepdim: bool = False, one_hot: bool = False) -> SecretTensor:
+        """Index of the first maximum (int64), or with ``one_hot`` its one-hot vector along ``dim``."""
+        return self._arg(dim, keepdim, one_hot, False)
+
+    def argmin(self, dim: int | None = None, keepdim: bool = False, one_hot: bool = False) -> SecretTensor:
+        return self._arg(dim, keepdim, one_hot, True)
+
+    def _arg(self, dim, keepdim, one_hot, negate) -> SecretTensor:
+        f = self.ctx.config.frac_bits
+        _, idx, oh = self._reduce_max(dim, keepdim, not one_hot, one_hot, negate)
+        if one_hot:
+            if dim is None:
+                oh = oh.reshape(self.shape)
+            return self._new(oh << f, torch.int64)
+        return self._new(idx << f, torch.int64)
+
+    # ----- nonlinear functions (see protocols.nonlinear for domains and errors) ------------------------
+
+    def _float(self, share: torch.Tensor) -> SecretTensor:
+        return self._new(share, _float_dtype(self.dtype))
+
+    def exp(self) -> SecretTensor:
+        """``e^x``; domain [-12, 10] (exact to 12). Rounds 8."""
+        return self._float(self.ctx.suite.exp(self.ctx, self.share))
+
+    def log(self) -> SecretTensor:
+        """Natural log; domain [1e-3, 1e4]. Rounds 9."""
+        return self._float(self.ctx.suite.log(self.ctx, self.share))
+
+    def reciprocal(self) -> SecretTensor:
+        """``1 / x``; domain 1e-2 <= |x| <= 1e4. Rounds 9."""
+        return self._float(self.ctx.suite.reciprocal(self.ctx, self.share))
+
+    def sqrt(self) -> SecretTensor:
+        """Square root; domain [1e-3, 1e4]. Rounds 9."""
+        return self._float(self.ctx.suite.sqrt(self.ctx, self.share))
+
+    def rsqrt(self) -> SecretTensor:
+        """``1 / sqrt(x)``; domain [1e-3, 1e4]. Rounds 9."""
+        return self._float(self.ctx.suite.rsqrt(self.ctx, self.share))
+
+    def sigmoid(self) -> SecretTensor:
+        """Logistic sigmoid on all reals. Rounds 8."""
+        return self._float(self.ctx.suite.sigmoid(self.ctx, self.share))
+
+    def tanh(self) -> SecretTensor:
+        """Hyperbolic tangent on all reals. Rounds 8."""
+        return self._float(self.ctx.suite.tanh(self.ctx, self.share))
+
+    def _along(self, dim: int, fn) -> SecretTensor:
+        d = dim % max(self.dim(), 1)
+        out = fn(self.ctx, self.share.movedim(d, -1)).movedim(-1, d)
+        return self._float(out)
+
+    def softmax(self, dim: int) -> SecretTensor:
+        """Softmax along ``dim``; logits in [-30, 30]. Rounds 19 + 4 ceil(log2 n)."""
+        return self._along(dim, self.ctx.suite.softmax)
+
+    def log_softmax(self, dim: int) -> SecretTensor:
+        """Log-softmax along ``dim``. Rounds 17 + 4 ceil(log2 n)."""
+        return self._along(dim, self.ctx.suite.log_softmax)
+
+    def pow(self, exponent: int) -> SecretTensor:
+        """``x ** k`` for a public integer ``k`` (negative: of the reciprocal)."""
+        if isinstance(exponent, float) and exponent.is_integer():
+            exponent = int(exponent)
+        if not isinstance(exponent, int) or isinstance(exponent, bool):
+            raise ProtocolError(f"pow takes a public integer exponent, got {exponent!r}; use sqrt() or rsqrt()")
+        return self._float(self.ctx.suite.pow_int(self.ctx, self.share, exponent))
+
+    __pow__ = pow
+
+    def __rtruediv__(self, other: Public) -> SecretTensor:
+        """``c / x`` for a public ``c``: the reciprocal times ``c``."""
+        return self.reciprocal() * other
+
+    def norm(self, p: float | str = 2, dim: int | None = None, keepdim: bool = False) -> SecretTensor:
+        """The 1-, 2- (Frobenius) or inf-norm; the 2-norm needs the sum of squares below 2^30."""
+        if p in (2, "fro"):
+            sq = self.square().sum(dim, keepdim) if dim is not None else self.square().sum()
+            return self._float(self.ctx.suite.sqrt_wide(self.ctx, sq.share))
+        if p == 1:
+            a = self.abs()
+            return a.sum(dim, keepdim) if dim is not None else a.sum()
+        if p == float("inf"):
+            a = self.abs()
+            return a.max() if dim is None else a.max(dim, keepdim).values
+        raise ProtocolError(f"norm: p must be 1, 2, 'fro' or inf, got {p!r}")
+
     # ----- opening ---------------------------------------------------------------
     def reveal(self, to: int | None = None) -> torch.Tensor | None:
         """Open the value: to every party (``to=None``), or to party ``to`` alone.
@@ -314,3 +566,110 @@ def conv2d(
     if bias is not None:
         out = out + (bias.reshape(1, -1, 1, 1) if isinstance(bias, SecretTensor | torch.Tensor) else bias)
     return out
+
+
+# ----- selection, comparison-based reductions and pooling -----------------------------------------
+
+
+def _as_share(ctx: PartyContext, v: SecretTensor | Public) -> tuple[torch.Tensor, bool]:
+    """(shares, is_public) of an operand; a public one is held by party 0."""
+    if isinstance(v, SecretTensor):
+        if v.ctx is not ctx:
+            raise ProtocolError("cannot combine secret tensors of different party contexts")
+        return v.share, False
+    enc = ctx.encoder.encode_public(v)
+    return (enc if ctx.rank == 0 else torch.zeros_like(enc)), True
+
+
+def where(
+    condition: SecretTensor | torch.Tensor, input: SecretTensor | Public, other: SecretTensor | Public
+) -> SecretTensor:
+    """``torch.where(condition, input, other)`` with a secret or public condition, exact.
+
+    A secret condition costs 2 rounds (1 when both branches are public): its
+    bit is made an integer exactly, then multiplied by ``input - other``.
+    """
+    secrets = [t for t in (condition, input, other) if isinstance(t, SecretTensor)]
+    if not secrets:
+        raise ProtocolError("where: at least one of condition, input and other must be a SecretTensor")
+    ctx = secrets[0].ctx
+    a, a_pub = _as_share(ctx, input)
+    b, b_pub = _as_share(ctx, other)
+    dtype = _result_dtype(
+        input.dtype if isinstance(input, SecretTensor) else _result_dtype(torch.bool, input),
+        other,
+    )
+    if not isinstance(condition, SecretTensor):
+        cond = torch.as_tensor(condition, dtype=torch.bool)
+        return SecretTensor(ctx, torch.where(cond, a, b), dtype)
+    if condition.ctx is not ctx:
+        raise ProtocolError("cannot combine secret tensors of different party contexts")
+    if a_pub and b_pub:
+        bit = ctx.suite.exact_rshift(ctx, condition.share, ctx.config.frac_bits, "where:bit")
+        da = ctx.encoder.encode_public(input) - ctx.encoder.encode_public(other)
+        return SecretTensor(ctx, b + bit * da, dtype)
+    return SecretTensor(ctx, ctx.suite.where(ctx, condition.share, a, b), dtype)
+
+
+def maximum(input: SecretTensor, other: SecretTensor | Public) -> SecretTensor:
+    """``torch.maximum``: elementwise, broadcasting, exact (4 rounds)."""
+    return input.maximum(other)
+
+
+def minimum(input: SecretTensor, other: SecretTensor | Public) -> SecretTensor:
+    """``torch.minimum``: elementwise, broadcasting, exact (4 rounds)."""
+    return input.minimum(other)
+
+
+def softmax(input: SecretTensor, dim: int) -> SecretTensor:
+    """``torch.softmax`` along ``dim`` (see ``protocols.nonlinear``)."""
+    return input.softmax(dim)
+
+
+def log_softmax(input: SecretTensor, dim: int) -> SecretTensor:
+    """``torch.log_softmax`` along ``dim`` (see ``protocols.nonlinear``)."""
+    return input.log_softmax(dim)
+
+
+def max_pool2d(
+    input: SecretTensor,
+    kernel_size: int | tuple[int, int],
+    stride: int | tuple[int, int] | None = None,
+    padding: int | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
+    ceil_mode: bool = False,
+    return_indices: bool = False,
+) -> SecretTensor:
+    """``torch.nn.functional.max_pool2d`` on a secret (N, C, H, W) or (C, H, W) input, exact.
+
+    The windows are gathered locally; their maximum is a tournament of
+    comparisons (4 rounds per halving of the window: 8 for 2x2, 16 for 3x3).
+    Padding counts as minus infinity, as in torch.
+    """
+    if not isinstance(input, SecretTensor):
+        raise ProtocolError("max_pool2d: the input must be a SecretTensor")
+    if ceil_mode or return_indices:
+        raise ProtocolError("max_pool2d: ceil_mode and return_indices are not supported")
+    kh, kw = _pair(kernel_size, "kernel_size")
+    sh, sw = _pair(stride, "stride") if stride is not None else (kh, kw)
+    ph, pw = _pair(padding, "padding")
+    dh, dw = _pair(dilation, "dilation")
+    if min(kh, kw, sh, sw, dh, dw) < 1 or ph < 0 or pw < 0 or ph > kh // 2 or pw > kw // 2:
+        raise ProtocolError("max_pool2d: sizes must be positive and padding at most half the kernel")
+    x = input.share
+    squeeze = x.dim() == 3
+    if squeeze:
+        x = x.unsqueeze(0)
+    if x.dim() != 4:
+        raise ProtocolError(f"max_pool2d: expected a 3-d or 4-d input, got shape {tuple(input.shape)}")
+    ctx = input.ctx
+    if ph or pw:
+        # a value far below the fixed-point range, held by party 0: never the maximum of a window
+        low = -(1 << 61) if ctx.rank == 0 else 0
+        x = F.pad(x, (pw, pw, ph, ph), value=low)
+    eh, ew = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    if x.shape[2] < eh or x.shape[3] < ew:
+        raise ProtocolError(f"max_pool2d: kernel {(kh, kw)} is larger than the padded input")
+    win = x.unfold(2, eh, sh).unfold(3, ew, sw)[..., ::dh, ::dw]  # (N, C, OH, OW, kh, kw)
+    vals, _, _ = ctx.suite.max_reduce(ctx, win.reshape(*win.shape[:4], kh * kw), op="maxpool")
+    return input._new(vals.squeeze(0) if squeeze else vals)

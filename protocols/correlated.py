@@ -10,6 +10,14 @@ party ``n-1`` receives its derived shares from the dealer, computed as
 per derived element, to one party, and never receives anything but the public
 request (kind and shapes) from party ``n-1``.
 
+Parts are additive (shares sum to the value in Z_2^64) unless a kind's
+``xor_parts`` marks them binary: then the parties' shares XOR to the value (a
+word of 64 independent bits), the dealer XORs the parties' random draws and
+sends ``value XOR (XOR of the other shares)`` as the correction.  A kind can
+thus hand out one random word both as an XOR sharing and as an additive one
+(the comparison's mask ``r``), or random bits with their arithmetic shares (the
+conversion from binary to arithmetic).
+
 The same generator code runs in the dealer process and in the in-process
 simulator (``DealerGenerator``), so what is tested is what is deployed.
 """
@@ -27,6 +35,8 @@ from mpc.errors import ProtocolError
 from mpc.prg import Prg
 from mpc.ring import logical_rshift, msb
 
+from . import bitforms as bf
+
 __all__ = [
     "Correlation",
     "CORRELATIONS",
@@ -37,6 +47,8 @@ __all__ = [
     "OP_MUL",
     "OP_MATMUL",
     "OP_CONV2D",
+    "CMP_B2A",
+    "CMP_MUL",
 ]
 
 OP_MUL, OP_MATMUL, OP_CONV2D = 0, 1, 2
@@ -125,6 +137,101 @@ def _trunc_derive(r, params):
     return [logical_rshift(r[0], f), msb(r[0])]
 
 
+# ----- binary and mixed kinds (comparison, conversions, polynomials) ---------------------------------
+
+CMP_B2A, CMP_MUL = 1, 2  # flags of the "cmp" kind
+
+
+def _band_shapes(p):
+    m, shape = int(p[0]), tuple(p[1:])
+    return [shape, (m, *shape)]
+
+
+def _band_derive(r, p):
+    return [r[0].unsqueeze(0) & r[1]]
+
+
+def _cmp_check(p):
+    if len(p) != 4 or min(p) < 0:
+        raise ValueError("cmp takes (elements, thresholds, flags, extra width)")
+    n, k, flags, m = (int(v) for v in p)
+    if (flags & CMP_MUL or m) and not flags & CMP_B2A:
+        raise ValueError("products with the comparison bit need its arithmetic form (flag CMP_B2A)")
+    return n, k, flags, m
+
+
+def _cmp_random(p):
+    n, k, _, m = _cmp_check(p)
+    w = bf.sliced_words(n)
+    return [(n,), (k, len(bf.L1_VARS), 4, w), (k, len(bf.L2_VARS) + 1, w)] + ([(k, n, m)] if m else [])
+
+
+def _cmp_derived(p):
+    n, k, flags, m = _cmp_check(p)
+    w = bf.sliced_words(n)
+    out = [(n,), (n, bf.LEAF_WORDS), (k, len(bf.L1_MONOS), 4, w), (k, len(bf.L2_MONOS), w)]
+    if flags & CMP_B2A:
+        out.append((k, n))
+    if flags & CMP_MUL:
+        out.append((k, n))
+    if m:
+        out.append((k, n, m))
+    return out
+
+
+def _cmp_xor(p):
+    _, _, flags, m = _cmp_check(p)
+    rnd = [False, True, True] + ([False] if m else [])
+    der = [True, True, True, True] + [False] * (bool(flags & CMP_B2A) + bool(flags & CMP_MUL) + bool(m))
+    return rnd, der
+
+
+def _cmp_derive(r, p):
+    """The comparison's dealer material (see ``protocols.comparison``).
+
+    ``r`` is one uniform word given additively shared (random part: the
+    parties open ``x + r`` without waiting for the dealer) and XOR-shared
+    (derived); the leaf monomials are products of bits of ``r`` inside each
+    4-bit block; the tree monomials are products of the level-1 and level-2
+    mask bits (element-sliced words); ``t`` comes with its arithmetic shares,
+    and with ``r t`` and ``a t`` for the products.
+    """
+    n, _, flags, m = _cmp_check(p)
+    rw, a1, a2 = r[0], r[1], r[2]
+    leaf = bf.monomial_words(bf.LEAF_MONOS, lambda v: rw >> v[1], bf.E4)
+    l1 = bf.monomial_words(bf.L1_MONOS, lambda v: a1[:, bf.L1_VARS.index(v)])
+    l2 = bf.monomial_words(bf.L2_MONOS, lambda v: a2[:, bf.L2_VARS.index(v)])
+    out = [rw.clone(), bf.pack_leaf(leaf), torch.stack(l1, 1), torch.stack(l2, 1)]
+    t = bf.unslice_bits(a2[:, bf.T_INDEX], n)
+    if flags & CMP_B2A:
+        out.append(t)
+    if flags & CMP_MUL:
+        out.append(rw.unsqueeze(0) * t)
+    if m:
+        out.append(r[3] * t.unsqueeze(-1))
+    return out
+
+
+def _pow_shapes(p):
+    return [tuple(p[1:])]
+
+
+def _pow_derived(p):
+    d = int(p[0])
+    if not 2 <= d <= 8:
+        raise ValueError("pow correlations give powers 2..d of the mask with 2 <= d <= 8")
+    return [(d - 1, *p[1:])]
+
+
+def _pow_derive(r, p):
+    a = r[0]
+    powers, cur = [], a
+    for _ in range(int(p[0]) - 1):
+        cur = cur * a
+        powers.append(cur)
+    return [torch.stack(powers)]
+
+
 @dataclass(frozen=True)
 class Correlation:
     """A kind of correlated randomness: its random parts and how derived parts follow."""
@@ -133,6 +240,14 @@ class Correlation:
     random_shapes: Callable[[tuple[int, ...]], list[tuple[int, ...]]]
     derived_shape_fn: Callable[[tuple[int, ...]], list[tuple[int, ...]]]
     derive: Callable[[list[torch.Tensor], tuple[int, ...]], list[torch.Tensor]]
+    # (random part is XOR-shared?, derived part is XOR-shared?) per part; None: all additive.
+    xor_parts: Callable[[tuple[int, ...]], tuple[Sequence[bool], Sequence[bool]]] | None = None
+
+    def part_kinds(self, params: tuple[int, ...], n_random: int, n_derived: int) -> tuple[list[bool], list[bool]]:
+        if self.xor_parts is None:
+            return [False] * n_random, [False] * n_derived
+        rx, dx = self.xor_parts(params)
+        return list(rx), list(dx)
 
     def derived_shapes(self, params: tuple[int, ...]) -> list[tuple[int, ...]]:
         try:
@@ -148,6 +263,22 @@ CORRELATIONS: dict[str, Correlation] = {
     "square": Correlation("square", lambda p: [tuple(p)], lambda p: [tuple(p)], lambda r, p: [r[0] * r[0]]),
     # (r, r >> f, msb(r)) for exact truncation; params = (f, *shape).
     "trunc": Correlation("trunc", lambda p: [tuple(p[1:])], lambda p: [tuple(p[1:])] * 2, _trunc_derive),
+    # XOR-shared (a, b_1..b_m, a & b_i): AND gates, one input fanned out to m others; params = (m, *shape).
+    "band": Correlation(
+        "band", _band_shapes, lambda p: [(int(p[0]), *p[1:])], _band_derive, lambda p: ([True, True], [True])
+    ),
+    # A random bit t (bit 0 of an XOR-shared word) with its arithmetic shares: binary to arithmetic.
+    "b2a": Correlation(
+        "b2a", lambda p: [tuple(p)], lambda p: [tuple(p)], lambda r, p: [r[0] & 1], lambda p: ([True], [False])
+    ),
+    # A random word given additively (random part) and as XOR shares of its bits (derived): an edaBit.
+    "edabit": Correlation(
+        "edabit", lambda p: [tuple(p)], lambda p: [tuple(p)], lambda r, p: [r[0].clone()], lambda p: ([False], [True])
+    ),
+    # Everything one batch of comparisons needs; params = (elements, thresholds, flags, extra width).
+    "cmp": Correlation("cmp", _cmp_random, _cmp_derived, _cmp_derive, _cmp_xor),
+    # (a, a^2, ..., a^d): all powers of a secret from one opening; params = (d, *shape).
+    "pow": Correlation("pow", _pow_shapes, _pow_derived, _pow_derive),
 }
 
 
@@ -212,6 +343,10 @@ def _numel(shape: Sequence[int]) -> int:
     return n
 
 
+def _combine(a: torch.Tensor, b: torch.Tensor, xor: bool) -> torch.Tensor:
+    return a ^ b if xor else a + b
+
+
 class DealerGenerator:
     """The dealer's side: all parties' streams, and the last party's corrections."""
 
@@ -224,17 +359,22 @@ class DealerGenerator:
             raise ProtocolError(f"too many parameters for correlation {kind!r}")
         rshapes = corr.random_shapes(params)
         dshapes = corr.derived_shapes(params)
+        rxor, dxor = corr.part_kinds(params, len(rshapes), len(dshapes))
         n = len(self._prgs)
         totals: list[torch.Tensor] | None = None
         derived_sum: list[torch.Tensor] | None = None
         for i, prg in enumerate(self._prgs):
             rs = [prg.int64(s) for s in rshapes]
-            totals = rs if totals is None else [t + r for t, r in zip(totals, rs, strict=True)]
+            totals = rs if totals is None else [_combine(t, r, x) for t, r, x in zip(totals, rs, rxor, strict=True)]
             if i < n - 1:
                 ds = [prg.int64(s) for s in dshapes]
-                derived_sum = ds if derived_sum is None else [t + d for t, d in zip(derived_sum, ds, strict=True)]
+                derived_sum = (
+                    ds
+                    if derived_sum is None
+                    else [_combine(t, d, x) for t, d, x in zip(derived_sum, ds, dxor, strict=True)]
+                )
         assert totals is not None
         wanted = corr.derive(totals, params)
         if derived_sum is not None:
-            wanted = [w - d for w, d in zip(wanted, derived_sum, strict=True)]
+            wanted = [w ^ d if x else w - d for w, d, x in zip(wanted, derived_sum, dxor, strict=True)]
         return torch.cat([w.reshape(-1) for w in wanted]) if wanted else torch.empty(0, dtype=torch.int64)

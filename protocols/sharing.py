@@ -42,7 +42,7 @@ MAX_NDIM = 16
 def share_input(ctx: PartyContext, value: torch.Tensor | None, owner: int) -> tuple[torch.Tensor, torch.dtype]:
     """Share ``value`` held by ``owner``; returns this party's share and the public dtype."""
     n = ctx.world_size
-    if not isinstance(owner, int) or not 0 <= owner < n:
+    if not isinstance(owner, int) or isinstance(owner, bool) or not 0 <= owner < n:
         raise ProtocolError(f"owner must be a party id in 0..{n - 1}, got {owner!r}")
     peers = [j for j in range(n) if j != owner]
     if ctx.rank == owner:
@@ -75,12 +75,16 @@ def share_input(ctx: PartyContext, value: torch.Tensor | None, owner: int) -> tu
 
 def open_all(ctx: PartyContext, shares: Sequence[torch.Tensor], op: str) -> list[torch.Tensor]:
     """Open several shared tensors to every party in one round."""
-    flat = torch.cat([s.reshape(-1) for s in shares]) if len(shares) > 1 else shares[0].reshape(-1)
+    # A single tensor travels with its own shape, so a peer that holds another shape of the same size
+    # (say, the transpose) is refused with DesyncError instead of silently adding mismatched elements.
+    flat = torch.cat([s.reshape(-1) for s in shares]) if len(shares) > 1 else shares[0]
     peers = [j for j in range(ctx.world_size) if j != ctx.rank]
     got = ctx.comm.exchange(op, {j: flat for j in peers}, {j: Expect(tuple(flat.shape)) for j in peers})
     total = flat.clone()
     for j in peers:
         total += got[j]
+    if len(shares) == 1:
+        return [total]
     out, start = [], 0
     for s in shares:
         n = s.numel()
@@ -92,7 +96,7 @@ def open_all(ctx: PartyContext, shares: Sequence[torch.Tensor], op: str) -> list
 def open_to(ctx: PartyContext, share: torch.Tensor, to: int, op: str = "reveal") -> torch.Tensor | None:
     """Open a shared tensor to party ``to`` only; the others get None."""
     n = ctx.world_size
-    if not isinstance(to, int) or not 0 <= to < n:
+    if not isinstance(to, int) or isinstance(to, bool) or not 0 <= to < n:
         raise ProtocolError(f"reveal target must be a party id in 0..{n - 1}, got {to!r}")
     if ctx.rank != to:
         ctx.comm.exchange(op, {to: share.contiguous()}, {})

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from mpc.errors import ConfigError
 
-from . import beaver, sharing, truncation
+from . import beaver, binary, comparison, conversions, nonlinear, ordering, sharing, truncation
 
 __all__ = ["AdditiveDealerSuite", "make_suite"]
 
@@ -28,6 +28,35 @@ class AdditiveDealerSuite:
     matmul = staticmethod(beaver.matmul)
     conv2d = staticmethod(beaver.conv2d)
     square = staticmethod(beaver.square)
+    # binary sharing and conversions
+    and_ = staticmethod(binary.and_)
+    open_words = staticmethod(binary.open_words)
+    b2a = staticmethod(conversions.b2a)
+    a2b = staticmethod(conversions.a2b)
+    bit_extract = staticmethod(conversions.bit_extract)
+    exact_rshift = staticmethod(conversions.exact_rshift)
+    # comparison and selection
+    compare = staticmethod(comparison.compare)
+    relu = staticmethod(comparison.relu)
+    mul_bits = staticmethod(ordering.mul_bits)
+    where = staticmethod(ordering.where)
+    clamp_public = staticmethod(ordering.clamp_public)
+    clamp_secret = staticmethod(ordering.clamp_secret)
+    maximum = staticmethod(ordering.maximum)
+    max_reduce = staticmethod(ordering.max_reduce)
+    # nonlinear functions
+    exp = staticmethod(nonlinear.exp)
+    log = staticmethod(nonlinear.log)
+    reciprocal = staticmethod(nonlinear.reciprocal)
+    sqrt = staticmethod(nonlinear.sqrt)
+    rsqrt = staticmethod(nonlinear.rsqrt)
+    sqrt_wide = staticmethod(nonlinear.sqrt_wide)
+    sigmoid = staticmethod(nonlinear.sigmoid)
+    tanh = staticmethod(nonlinear.tanh)
+    softmax = staticmethod(nonlinear.softmax)
+    log_softmax = staticmethod(nonlinear.log_softmax)
+    pow_int = staticmethod(nonlinear.pow_int)
+    piecewise = staticmethod(nonlinear.piecewise)
 
 
 def make_suite(name: str) -> AdditiveDealerSuite:

@@ -17,9 +17,10 @@ primitives for MPC over mixed arithmetic-binary circuits", CRYPTO 2020):
    ``msb(c) = 0``: the wrap bit is ``w = msb(r) (1 - msb(c))``, linear in the
    shared ``msb(r)``.
 4. ``x' >> f = (c >> f) - (r >> f) + w 2^(64-f) - b`` with a borrow ``b`` in
-   {0, 1} from the low bits; subtract ``K >> f`` to get the result.
+   {0, 1} from the low bits; the parties cannot know ``b`` and leave it out,
+   then subtract ``K >> f`` to get the result.
 
-Result: ``round(x / 2^f) - b``, off by at most one unit in the last place, for
+Result: ``round(x / 2^f) + b`` (round half up), at most one unit in the last place above, for
 every ``x`` in the range; there is no failure probability at all (the bound
 2^-40 the toolkit promises is met with probability 1).  Outside the range the
 result is wrong by a multiple of 2^(64-f): values must stay in range.
@@ -43,7 +44,7 @@ OFFSET_BITS = 62
 
 
 def truncate(ctx: PartyContext, x: torch.Tensor, f: int | None = None, op: str = "trunc") -> torch.Tensor:
-    """Shares of ``x / 2^f`` (rounded, -1 ulp at most) from shares of ``x``."""
+    """Shares of ``x / 2^f`` (rounded half up, then +1 ulp at most) from shares of ``x``."""
     f = ctx.config.frac_bits if f is None else f
     if f == 0:
         return x

@@ -1,0 +1,273 @@
+"""Piecewise polynomial approximation of a function of a secret tensor, in 8 or 9 rounds.
+
+The idea: the comparisons of ``protocols.comparison`` are cheap per extra
+threshold once ``x`` is opened masked, so a whole *thermometer code*
+``b_j = [x >= T_j]`` (j = 1..K) costs the four rounds of one comparison.  Its
+differences are the one-hot vector of the interval that holds ``x``, and any
+table indexed by the interval is then a *local* linear combination of the
+``b_j`` (``select``).  On each interval the function is a polynomial of low
+degree in a normalised variable ``v``; the coefficients are selected from
+the table, so the polynomial differs per interval at no extra cost.
+
+Protocol (``piecewise``), for a ``Piecewise`` table with thresholds ``T_j`` and
+per interval ``i`` an affine map ``v = alpha_i x + beta_i`` (|v| <= 1/2) and
+coefficients ``A_ik``:
+
+1. Thermometer (rounds 1-4): ``b_j = [x >= T_j]`` for all j; when ``alpha``
+   differs between intervals (octaves: ``alpha_i = 2^-j``) the same rounds
+   also give ``x b_j`` exactly (``compare(..., mul_input=True)``).
+2. ``v = sum_i alpha_i h_i x + beta_i h_i`` with ``h`` the one-hot: local when
+   every ``alpha_i`` is 1 (``v = x - centre``), else one truncation (round 5).
+3. Powers (2 rounds): open ``v - a`` once; the dealer gives ``a^2..a^d``, so
+   ``v^k = sum_m C(k, m) (v - a)^(k-m) a^m`` is local; truncate ``v^k`` by
+   ``(k - 1) f`` bits (one batched round).
+4. Products (2 rounds): ``C_k = sum_i h_i A_ik`` (local, scaled by
+   ``2^(f + F)`` with ``F`` extra bits chosen so that nothing overflows); one
+   Beaver round for all ``C_k v^k``; the sum ``C_0 + sum_k C_k v^k`` is
+   truncated once by ``f + F``.
+
+Rounds 8 (uniform grids: exp, sigmoid, tanh) or 9 (octave grids: log,
+reciprocal, sqrt, rsqrt).  Bytes per element, per party and per other party:
+8 + 4.4 K (thermometer) [+ 8 normalisation] + 8 + 8 (d - 1) (powers)
++ 16 d (products) + 8 (final truncation).
+
+Out-of-range intervals use ``alpha = 0`` (octave grids) or their exact zero
+coefficients (``C_k = 0`` exactly in the ring, so whatever ``v^k`` is, the
+product is 0): the constant ``A_i0`` is then the documented saturation value.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mpc.context import PartyContext
+from mpc.errors import ProtocolError
+from mpc.ring import logical_rshift, msb, wrap_int
+
+from .beaver import beaver_product
+from .comparison import compare
+from .correlated import OP_MUL
+from .sharing import open_all
+from .truncation import OFFSET_BITS
+
+__all__ = ["Piecewise", "uniform_table", "octave_table", "piecewise", "truncate_many", "powers", "select"]
+
+
+def max_half_width(degree: int, f: int = 16) -> float:
+    """The largest |v| whose ring power ``(v 2^f)^degree`` stays below 2^61 (the truncation needs < 2^62)."""
+    return 2.0 ** (61 / degree - f)
+
+
+@dataclass(frozen=True)
+class Piecewise:
+    """A public table: thresholds (real, on the fixed-point grid) and, per interval, (alpha, beta, coefficients)."""
+
+    name: str
+    thresholds: tuple[float, ...]
+    alpha: tuple[float, ...]
+    beta: tuple[float, ...]
+    coeffs: tuple[tuple[float, ...], ...]  # per interval, increasing powers of v
+    degree: int
+    vmax: float  # |v| on every polynomial interval
+
+    @property
+    def uniform(self) -> bool:
+        return all(a == 1.0 for a in self.alpha)
+
+
+def _fit(
+    fn: Callable[[np.ndarray], np.ndarray],
+    x_of_v: Callable[[np.ndarray], np.ndarray],
+    degree: int,
+    rel: bool,
+    half: float,
+) -> tuple[float, ...]:
+    """Least squares on Chebyshev nodes of v in [-half, half] (near-minimax), weighted for relative error."""
+    nodes = half * np.cos(np.pi * (np.arange(64) + 0.5) / 64)
+    y = fn(x_of_v(nodes))
+    w = 1.0 / np.abs(y) if rel else np.ones_like(y)
+    c = np.polynomial.polynomial.polyfit(nodes, y, degree, w=w)
+    return tuple(float(v) for v in c)
+
+
+def uniform_table(
+    name: str,
+    fn: Callable[[np.ndarray], np.ndarray],
+    lo: float,
+    hi: float,
+    step: float,
+    degree: int,
+    below: float,
+    above: float,
+    rel: bool = False,
+) -> Piecewise:
+    """Intervals ``[lo + i step, lo + (i+1) step)`` with ``v = x - centre``; constants below ``lo`` and above ``hi``."""
+    if step / 2 > max_half_width(degree):
+        raise ValueError(f"uniform_table: step {step} is too wide for degree {degree}")
+    count = round((hi - lo) / step)
+    ts = tuple(lo + i * step for i in range(count + 1))
+    alpha, beta, coeffs = [1.0], [-lo], [(below,) + (0.0,) * degree]
+    for i in range(count):
+        centre = ts[i] + step / 2
+        alpha.append(1.0)
+        beta.append(-centre)
+        coeffs.append(_fit(fn, lambda v, c=centre: c + v, degree, rel, step / 2))
+    alpha.append(1.0)
+    beta.append(-hi)
+    coeffs.append((above,) + (0.0,) * degree)
+    return Piecewise(name, ts, tuple(alpha), tuple(beta), tuple(coeffs), degree, step / 2)
+
+
+def octave_table(
+    name: str,
+    fn: Callable[[np.ndarray], np.ndarray],
+    jlo: int,
+    jhi: int,
+    degree: int,
+    below: float,
+    above: float,
+    rel: bool = False,
+    negative: bool = False,
+    neg_below: float = 0.0,
+    neg_above: float = 0.0,
+) -> Piecewise:
+    """Octaves ``[2^j, 2^(j+1))`` for ``jlo <= j < jhi`` with ``v = x / 2^j - 3/2``.
+
+    ``below``: value on ``[0, 2^jlo)`` (and on all x < 0 unless ``negative``);
+    ``above``: value on ``[2^jhi, inf)``.  With ``negative``, the mirrored
+    octaves of negative x too, ``neg_below`` on ``(-2^jlo, 0)`` and
+    ``neg_above`` on ``(-inf, -2^jhi]``.
+    """
+    ts: list[float] = []
+    alpha: list[float] = []
+    beta: list[float] = []
+    coeffs: list[tuple[float, ...]] = []
+    zero = (0.0,) * degree
+    if negative:
+        alpha.append(0.0), beta.append(0.0), coeffs.append((neg_above,) + zero)
+        for j in range(jhi - 1, jlo - 1, -1):
+            # x in [-2^(j+1), -2^j): v = -x / 2^j - 3/2, interval opens at the threshold -2^(j+1)
+            ts.append(-(2.0 ** (j + 1)))
+            alpha.append(-(2.0**-j))
+            beta.append(-1.5)
+            coeffs.append(_fit(fn, lambda v, j=j: -(2.0**j) * (v + 1.5), degree, rel, 0.5))
+        ts.append(-(2.0**jlo))
+        alpha.append(0.0), beta.append(0.0), coeffs.append((neg_below,) + zero)
+        ts.append(0.0)
+    alpha.append(0.0), beta.append(0.0), coeffs.append((below,) + zero)
+    for j in range(jlo, jhi):
+        ts.append(2.0**j)
+        alpha.append(2.0**-j)
+        beta.append(-1.5)
+        coeffs.append(_fit(fn, lambda v, j=j: 2.0**j * (v + 1.5), degree, rel, 0.5))
+    ts.append(2.0**jhi)
+    alpha.append(0.0), beta.append(0.0), coeffs.append((above,) + zero)
+    return Piecewise(name, tuple(ts), tuple(alpha), tuple(beta), tuple(coeffs), degree, 0.5)
+
+
+# ----- protocol pieces -------------------------------------------------------------------------------
+
+
+def truncate_many(ctx: PartyContext, items: Sequence[tuple[torch.Tensor, int]], op: str) -> list[torch.Tensor]:
+    """Truncate several tensors, each by its own number of bits, in one round (``protocols.truncation``)."""
+    handles = [ctx.correlations.request("trunc", (f, *x.shape)) for x, f in items]
+    masked = []
+    for (x, f), h in zip(items, handles):
+        (r,) = h.randoms
+        off = wrap_int((1 << OFFSET_BITS) + (1 << (f - 1)))
+        masked.append((x + off if ctx.rank == 0 else x) + r)
+    opened = open_all(ctx, masked, op)
+    out = []
+    for (_, f), h, c in zip(items, handles, opened):
+        r_hi, r_msb = h.derived()
+        y = r_msb * (1 - msb(c)) * wrap_int(1 << (64 - f)) - r_hi
+        if ctx.rank == 0:
+            y += logical_rshift(c, f) - (1 << (OFFSET_BITS - f))
+        out.append(y)
+    return out
+
+
+def powers(ctx: PartyContext, v: torch.Tensor, degree: int, f: int, op: str) -> list[torch.Tensor]:
+    """``[v, v^2, ..., v^degree]`` with f fractional bits each: one opening, one batched truncation.
+
+    Needs ``|v| < 2^(62/degree - f)`` in real terms (1/2 for degree 4 and f = 16).
+    """
+    if degree == 1:
+        return [v]
+    handle = ctx.correlations.request("pow", (degree, *v.shape))
+    (a,) = handle.randoms
+    (e,) = open_all(ctx, [v - a], f"{op}:pow")
+    (ap,) = handle.derived()
+    apow = [None, a] + [ap[k - 2] for k in range(2, degree + 1)]
+    epow = [torch.ones_like(e), e]
+    for _ in range(2, degree + 1):
+        epow.append(epow[-1] * e)  # wraps modulo 2^64, as it must
+    raw = []
+    for k in range(2, degree + 1):
+        acc = math.comb(k, 1) * epow[k - 1] * a
+        for m in range(2, k + 1):
+            acc = acc + math.comb(k, m) * epow[k - m] * apow[m]
+        if ctx.rank == 0:
+            acc = acc + epow[k]
+        raw.append((acc, (k - 1) * f))
+    return [v, *truncate_many(ctx, raw, f"{op}:powtr")]
+
+
+def select(bits: torch.Tensor, table: Sequence[int], party0: bool) -> torch.Tensor:
+    """``sum_i h_i q_i`` for the one-hot ``h`` of the thermometer ``bits`` (K, ...), ring table q (K+1,)."""
+    q = torch.tensor([wrap_int(int(t)) for t in table], dtype=torch.int64)
+    dq = (q[1:] - q[:-1]).reshape(-1, *([1] * (bits.dim() - 1)))
+    out = (bits * dq).sum(0)
+    if party0:
+        out = out + q[0]
+    return out
+
+
+def _ring(v: float, bits: int) -> int:
+    return round(v * 2.0**bits)
+
+
+def piecewise(ctx: PartyContext, x: torch.Tensor, table: Piecewise, op: str = "approx") -> torch.Tensor:
+    """Evaluate a ``Piecewise`` table on the shared fixed-point ``x`` (see the module docstring)."""
+    f = ctx.config.frac_bits
+    d = table.degree
+    shape = tuple(x.shape)
+    tring = []
+    for t in table.thresholds:
+        tr = t * 2.0**f
+        if tr != round(tr):
+            raise ProtocolError(f"{table.name}: threshold {t} is not on the fixed-point grid of {f} bits")
+        tring.append(int(tr))
+    if x.numel() == 0:
+        return torch.zeros(shape, dtype=torch.int64)
+    party0 = ctx.rank == 0
+    res = compare(ctx, x, tring, negate=True, mul_input=not table.uniform, op=f"{op}:cmp")
+    bits = res.bits
+    assert bits is not None
+    # The normalised variable v.
+    if table.uniform:
+        v = x - select(bits, [_ring(-b, f) for b in table.beta], party0)
+    else:
+        fn_bits = max(0, max(-math.floor(math.log2(abs(a))) for a in table.alpha if a != 0.0)) + 8
+        a_ring = [_ring(a, fn_bits) for a in table.alpha]
+        if any(a != 0.0 and abs(a * 2.0**fn_bits - r) > 0 for a, r in zip(table.alpha, a_ring)):
+            raise ProtocolError(f"{table.name}: scale factors must be powers of two")
+        assert res.xbits is not None
+        # sum_i alpha_i h_i x, with h_i x = xb_i - xb_(i+1), xb_0 = x, xb_(K+1) = 0 (telescoped).
+        vb = select(res.xbits, a_ring, False) + a_ring[0] * x
+        vb = vb + select(bits, [_ring(b, f + fn_bits) for b in table.beta], party0)
+        (v,) = truncate_many(ctx, [(vb, fn_bits)], f"{op}:norm")
+    pw = powers(ctx, v, d, f, op)
+    # Coefficients, scaled by 2^(f + extra) (the constant by 2^(2f + extra)).
+    bound = max(sum(abs(c) * table.vmax**k for k, c in enumerate(cs)) for cs in table.coeffs)
+    extra = int(max(0, min(24, math.floor(61 - 2 * f - math.log2(max(bound, 2.0**-30)) - 1))))
+    cks = [select(bits, [_ring(cs[k], f + extra) for cs in table.coeffs], party0) for k in range(1, d + 1)]
+    c0 = select(bits, [_ring(cs[0], 2 * f + extra) for cs in table.coeffs], party0)
+    prod = beaver_product(ctx, OP_MUL, torch.stack(cks), torch.stack(pw), name=f"{op}:poly")
+    (y,) = truncate_many(ctx, [(prod.sum(0) + c0, f + extra)], f"{op}:out")
+    return y

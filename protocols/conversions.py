@@ -1,0 +1,105 @@
+"""Conversions between arithmetic (Z_2^64) and binary (XOR) sharing, bit extraction.
+
+* ``b2a``: XOR-shared bits (bit 0 of a word) to arithmetic 0/1.  The dealer
+  gives a random bit ``t`` as XOR shares and as arithmetic shares; open
+  ``e = b ^ t`` (uniform, 1 bit per element, packed); then
+  ``b = e + (1 - 2e) t``.  Rounds 1; bytes per party per peer 1/8 per element;
+  dealer 8 bytes per element.
+* ``a2b``: arithmetic to a XOR-shared 64-bit word.  The dealer gives a random
+  ``r`` additively and bitwise (an "edaBit", Escudero et al. CRYPTO 2020); open
+  ``c = x + r`` (uniform); then ``x = c - r`` is a subtraction of a secret word
+  from a public one, computed with a Kogge-Stone borrow prefix over XOR shares
+  (levels 1, 2, 4, ..., 32; each level ANDs P with the shifted G and P in one
+  round, opening P once).  Rounds 7; bytes 8 + 5 x 24 + 16 = 144 per element;
+  dealer 8 + 6 x 16 per element.
+* ``bit_extract``: bit ``i`` of ``x`` (arithmetic or binary result) with the
+  comparison's carry tree (``protocols.comparison``): bit ``i`` of ``c - r`` is
+  ``c_i ^ r_i ^ [c mod 2^i < r mod 2^i]``.  Rounds 4 (3 for a binary result);
+  bytes 8 + 35/8 per element.
+* ``exact_rshift``: ``x / 2^f`` for an ``x`` known to be a multiple of 2^f in
+  [0, 2^63) (a 0/1 bit held in fixed point, say), exact, with the truncation
+  pair of ``protocols.truncation``: open ``c = x + r``; the low f bits of ``c``
+  are those of ``r``, so there is no borrow and
+  ``x / 2^f = (c >> f) - (r >> f) + w 2^(64-f)``, ``w = msb(r) (1 - msb(c))``.
+  Rounds 1; bytes 8 per element.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mpc.context import PartyContext
+from mpc.ring import logical_rshift, msb, wrap_int
+
+from . import bitforms as bf
+from .binary import and_fanout, open_words
+from .comparison import compare
+from .sharing import open_all
+
+__all__ = ["b2a", "a2b", "bit_extract", "exact_rshift"]
+
+
+def b2a(ctx: PartyContext, bits: torch.Tensor, op: str = "b2a") -> torch.Tensor:
+    """Arithmetic shares of the bits (bit 0 of each XOR-shared word). Rounds 1."""
+    shape = tuple(bits.shape)
+    n = bits.numel()
+    if n == 0:
+        return torch.zeros(shape, dtype=torch.int64)
+    handle = ctx.correlations.request("b2a", (n,))
+    (t,) = handle.randoms
+    sl = bf.slice_bits((bits.reshape(-1) ^ t) & 1, [0])[0]
+    (e,) = open_words(ctx, [sl], op)
+    e = bf.unslice_bits(e, n)
+    (t_a,) = handle.derived()
+    out = (1 - 2 * e) * t_a
+    if ctx.rank == 0:
+        out += e
+    return out.reshape(shape)
+
+
+def a2b(ctx: PartyContext, x: torch.Tensor, op: str = "a2b") -> torch.Tensor:
+    """XOR shares of the 64 bits of the arithmetically shared ``x``. Rounds 7."""
+    shape = tuple(x.shape)
+    if x.numel() == 0:
+        return torch.zeros(shape, dtype=torch.int64)
+    handle = ctx.correlations.request("edabit", shape)
+    (r_a,) = handle.randoms
+    (c,) = open_all(ctx, [x + r_a], f"{op}:open")
+    (r_b,) = handle.derived()
+    nc = ~c
+    g = r_b & nc  # borrow generated: c_i = 0, r_i = 1
+    p = r_b ^ nc if ctx.rank == 0 else r_b.clone()  # propagate: c_i == r_i
+    s = 1
+    while s < 64:
+        if 2 * s < 64:
+            gp = and_fanout(ctx, p, torch.stack([g << s, p << s]), f"{op}:ks{s}")
+            g, p = g ^ gp[0], gp[1]
+        else:
+            g = g ^ and_fanout(ctx, p, (g << s).unsqueeze(0), f"{op}:ks{s}")[0]
+        s *= 2
+    out = r_b ^ (g << 1)
+    if ctx.rank == 0:
+        out ^= c
+    return out
+
+
+def bit_extract(ctx: PartyContext, x: torch.Tensor, i: int, arithmetic: bool = True, op: str = "bit") -> torch.Tensor:
+    """Bit ``i`` (1..63) of the arithmetically shared ``x``: arithmetic 0/1, or XOR shares in bit 0."""
+    res = compare(ctx, x, (0,), arithmetic=arithmetic, bit=i, op=op)
+    out = res.bits if arithmetic else res.binary
+    assert out is not None
+    return out[0]
+
+
+def exact_rshift(ctx: PartyContext, x: torch.Tensor, f: int, op: str = "unscale") -> torch.Tensor:
+    """``x / 2^f`` exactly, for ``x`` a multiple of 2^f in [0, 2^63). Rounds 1."""
+    if f == 0 or x.numel() == 0:
+        return x.clone()
+    handle = ctx.correlations.request("trunc", (f, *x.shape))
+    (r,) = handle.randoms
+    (c,) = open_all(ctx, [x + r], op)
+    r_hi, r_msb = handle.derived()
+    out = r_msb * (1 - msb(c)) * wrap_int(1 << (64 - f)) - r_hi
+    if ctx.rank == 0:
+        out += logical_rshift(c, f)
+    return out

@@ -1,0 +1,246 @@
+"""Binary (XOR) sharing, bit packing, conversions and the dealer's binary kinds.
+
+* pure tier: packing and bit-matrix transposes against naive code; the dealer's
+  XOR-aware generator, checked by recombining every party's part exactly as
+  ``DealerSource`` draws it (so the last party's correction is what it must be);
+* thread tier (N = 2 and 3): XOR/NOT/shifts, AND and fan-out AND, a2b, b2a,
+  bit extraction and exact shifts, against plain integer arithmetic, with
+  their rounds and bytes.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import pytest
+import torch
+
+from mpc.prg import Prg
+from mpc.ring import wrap_int
+from protocols import binary as B
+from protocols import bitforms as bf
+from protocols import conversions as V
+from protocols.correlated import CMP_B2A, CMP_MUL, CORRELATIONS, DealerGenerator
+from protocols.sharing import open_all
+
+EDGES = torch.tensor([0, 1, -1, 2**62, -(2**62), 2**63 - 1, -(2**63), 12345, -65536], dtype=torch.int64)
+
+
+def _words(n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randint(-(2**63), 2**63 - 1, (n,), generator=g, dtype=torch.int64)
+    w[: len(EDGES)] = EDGES[: min(n, len(EDGES))]
+    return w
+
+
+# ----- pure tier -------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("count,positions", [(1, [0]), (13, [0, 5, 63]), (1000, list(range(64))), (7, [4, 1, 62])])
+def test_pack_roundtrip(count, positions):
+    w = _words(count, count)
+    buf = B.pack_positions(w, positions)
+    assert buf.dtype == torch.uint8 and buf.numel() == B.packed_size(count, positions)
+    mask = sum(1 << p for p in positions)
+    back = B.unpack_positions(buf, count, positions)
+    want = w & (mask - (1 << 64) if mask >= 1 << 63 else mask)
+    assert torch.equal(back, want)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("n", [1, 63, 64, 65, 200])
+def test_transpose_and_slices(n):
+    w = _words(3 * n, n).reshape(3, n)
+    tr = bf.transpose_bits(w)
+    assert tr.shape == (3, 64, bf.sliced_words(n))
+    for p in (0, 1, 31, 63):
+        assert torch.equal(bf.unslice_bits(tr[:, p], n), (w >> p) & 1)
+        assert torch.equal(bf.slice_bits(w, [p])[0], tr[:, p])
+    assert torch.equal(bf.spread4(torch.tensor([1 | 1 << 60])), torch.tensor([wrap_int(15 | 15 << 60)]))
+
+
+def _materialize(kind: str, params: tuple[int, ...], n: int) -> tuple[list, list, list[bool], list[bool]]:
+    """Every party's (random, derived) parts as DealerSource draws them; the last gets the dealer's correction."""
+    seeds = [os.urandom(32) for _ in range(n)]
+    corr = CORRELATIONS[kind]
+    rs, ds = corr.random_shapes(params), corr.derived_shapes(params)
+    rx, dx = corr.part_kinds(params, len(rs), len(ds))
+    flat = DealerGenerator(seeds).correction(kind, params)
+    rand, der = [], []
+    for i, s in enumerate(seeds):
+        prg = Prg(s)
+        rand.append([prg.int64(sh) for sh in rs])
+        if i < n - 1:
+            der.append([prg.int64(sh) for sh in ds])
+    sizes = [int(torch.Size(sh).numel()) for sh in ds]
+    der.append([p.reshape(sh) for p, sh in zip(flat.split(sizes), ds)])
+
+    def total(parts, xors):
+        out = []
+        for j, x in enumerate(xors):
+            acc = parts[0][j].clone()
+            for p in parts[1:]:
+                acc = acc ^ p[j] if x else acc + p[j]
+            out.append(acc)
+        return out
+
+    return total(rand, rx), total(der, dx), rx, dx
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("n", [2, 3])
+def test_dealer_binary_kinds_recombine(n):
+    (a, b), (c,), rx, dx = _materialize("band", (2, 5, 3), n)
+    assert rx == [True, True] and dx == [True]
+    assert torch.equal(c, a.unsqueeze(0) & b)
+    (t,), (ta,), _, _ = _materialize("b2a", (7,), n)
+    assert torch.equal(ta, t & 1)
+    (ra,), (rb,), _, _ = _materialize("edabit", (4, 2), n)
+    assert torch.equal(ra, rb)
+    (a,), (pw,), _, _ = _materialize("pow", (4, 6), n)
+    assert torch.equal(pw, torch.stack([a * a, a * a * a, a * a * a * a]))
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("n", [2, 3])
+def test_dealer_comparison_material_recombines(n):
+    elems, k, m = 70, 3, 2
+    rand, der, _, _ = _materialize("cmp", (elems, k, CMP_B2A | CMP_MUL, m), n)
+    r_a, a1, a2, ay = rand
+    r_b, leaf, l1, l2, t_a, rt, ayt = der
+    assert torch.equal(r_a, r_b)
+    mono = bf.unpack_leaf(leaf)
+    for mo, word in mono.items():
+        want = torch.full_like(r_b, -1)
+        for v in mo:
+            want &= r_b >> v[1]
+        assert torch.equal(word, want & bf.E4)
+    for i, mo in enumerate(bf.L1_MONOS):
+        want = torch.full_like(a1[:, 0], -1)
+        for v in mo:
+            want &= a1[:, bf.L1_VARS.index(v)]
+        assert torch.equal(l1[:, i], want)
+    t = bf.unslice_bits(a2[:, bf.T_INDEX], elems)
+    assert torch.equal(t_a, t) and torch.equal(rt, r_a.unsqueeze(0) * t) and torch.equal(ayt, ay * t.unsqueeze(-1))
+    assert l2.shape == (k, len(bf.L2_MONOS), bf.sliced_words(elems))
+
+
+# ----- thread tier -----------------------------------------------------------------------------------
+
+
+def xshare(ctx, value: torch.Tensor) -> torch.Tensor:
+    """A XOR sharing of a public test value: pairwise-random shares that XOR to it."""
+    out = value.clone() if ctx.rank == 0 else torch.zeros_like(value)
+    for j in range(ctx.world_size):
+        if j != ctx.rank and (ctx.rank == 0 or j == 0):
+            out ^= ctx.pair_prgs[j].int64(value.shape)
+    return out
+
+
+def ashare(ctx, value: torch.Tensor) -> torch.Tensor:
+    """An additive sharing of a public test ring value."""
+    out = value.clone() if ctx.rank == 0 else torch.zeros_like(value)
+    for j in range(ctx.world_size):
+        if j != ctx.rank and (ctx.rank == 0 or j == 0):
+            r = ctx.pair_prgs[j].int64(value.shape)
+            out = out - r if ctx.rank == 0 else out + r
+    return out
+
+
+def _cost(ctx, before):
+    after = ctx.stats.snapshot()
+    return after["rounds"] - before["rounds"], after["bytes_sent"] - before["bytes_sent"]
+
+
+def _binary_ops(ctx, x, y):
+    xs, ys = xshare(ctx, x), xshare(ctx, y)
+    local = [xs ^ ys, B.not_(ctx, xs), B.rshift(xs, 7), B.lshift(xs, 3), B.xor_public(ctx, xs, y), xs & y]
+    before = ctx.stats.snapshot()
+    z = B.and_(ctx, xs, ys)
+    and_cost = _cost(ctx, before)
+    before = ctx.stats.snapshot()
+    zz = B.and_fanout(ctx, xs, torch.stack([ys, B.not_(ctx, ys), ys >> 1]))
+    fan_cost = _cost(ctx, before)
+    before = ctx.stats.snapshot()
+    zp = B.and_(ctx, xs, ys, positions=[0, 9, 63])
+    pos_cost = _cost(ctx, before)
+    opened = B.open_words(ctx, [*local, z, zz, zp], "rv")
+    return opened, and_cost, fan_cost, pos_cost
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("n", [2, 3])
+def test_xor_not_shift_and(sim, n):
+    x, y = _words(100, 1), _words(100, 2)
+    res = sim(functools.partial(_binary_ops, x=x, y=y), n)
+    for opened, and_cost, fan_cost, pos_cost in res:
+        xor, nt, rs, ls, xp, ap, z, zz, zp = opened
+        assert torch.equal(xor, x ^ y) and torch.equal(nt, ~x) and torch.equal(xp, x ^ y) and torch.equal(ap, x & y)
+        assert torch.equal(rs, (x >> 7) & ((1 << 57) - 1)) and torch.equal(ls, x << 3)
+        assert torch.equal(z, x & y)
+        assert torch.equal(zz, torch.stack([x & y, x & ~y, x & (y >> 1)]))
+        mask = 1 | 1 << 9 | -(2**63)
+        assert torch.equal(zp & mask, x & y & mask)
+        # one round each; bytes per peer: 2 words per AND, 1 + 3 words for the fan-out, 2 x 3 bits packed
+        assert and_cost == (1, (n - 1) * 16 * 100)
+        assert fan_cost == (1, (n - 1) * 32 * 100)
+        assert pos_cost == (1, (n - 1) * ((2 * 100 * 3 + 7) // 8))
+
+
+def _conversions(ctx, v):
+    xs = ashare(ctx, v)
+    before = ctx.stats.snapshot()
+    xb = V.a2b(ctx, xs)
+    a2b_cost = _cost(ctx, before)
+    before = ctx.stats.snapshot()
+    back = V.b2a(ctx, xb >> 5)  # bit 5 of x, arithmetic
+    b2a_cost = _cost(ctx, before)
+    bits = [V.bit_extract(ctx, xs, i) for i in (1, 16, 40, 62, 63)]
+    bbin = V.bit_extract(ctx, xs, 7, arithmetic=False)
+    (ob,) = B.open_words(ctx, [xb], "rv")
+    (obin,) = B.open_words(ctx, [bbin & 1], "rv")
+    opened = open_all(ctx, [back, *bits], "rv")
+    return ob, obin, opened, a2b_cost, b2a_cost
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("n", [2, 3])
+def test_a2b_b2a_bits(sim, n):
+    v = _words(300, 3)
+    for ob, obin, opened, a2b_cost, b2a_cost in sim(functools.partial(_conversions, v=v), n):
+        assert torch.equal(ob, v)
+        assert torch.equal(obin, (v >> 7) & 1)
+        back, *bits = opened
+        assert torch.equal(back, (v >> 5) & 1)
+        for i, b in zip((1, 16, 40, 62, 63), bits):
+            assert torch.equal(b, (v >> i) & 1), i
+        assert a2b_cost == (7, (n - 1) * 300 * (8 + 5 * 24 + 16))
+        assert b2a_cost == (1, (n - 1) * 8 * bf.sliced_words(300))
+
+
+def _unscale(ctx, v, f):
+    return open_all(ctx, [V.exact_rshift(ctx, ashare(ctx, v), f)], "rv")[0]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("n", [2, 3])
+def test_exact_rshift_of_multiples(sim, n):
+    g = torch.Generator().manual_seed(4)
+    q = torch.randint(0, 2**46, (500,), generator=g)
+    q[:3] = torch.tensor([0, 1, 2**46])
+    for got in sim(functools.partial(_unscale, v=q << 16, f=16), n):
+        assert torch.equal(got, q)
+
+
+def _empty(ctx):
+    e = torch.zeros((0, 3), dtype=torch.int64)
+    return V.b2a(ctx, e).shape, V.a2b(ctx, e).shape, V.bit_extract(ctx, e, 3).shape, ctx.stats.rounds
+
+
+@pytest.mark.timeout(30)
+def test_empty_tensors_cost_nothing(sim):
+    for b2a_shape, a2b_shape, bit_shape, rounds in sim(_empty, 2):
+        assert b2a_shape == a2b_shape == bit_shape == (0, 3)
+        assert rounds == 0
