@@ -19,13 +19,13 @@ import traceback
 from pathlib import Path
 
 from mpc.api import set_context
-from mpc.errors import MPCError
+from mpc.errors import MPCError, PeerAborted
 
 from .cluster import load_cluster
 from .comm_base import abort_reason
 from .dealer import serve_dealer
 from .keys import keygen, load_secret_key
-from .launch import launch
+from .launch import ECHO_EXIT, launch
 from .node import configure_logging, open_comm, open_party
 
 __all__ = ["main"]
@@ -115,7 +115,7 @@ def _party(args) -> int:
     except BaseException as exc:
         traceback.print_exc()
         ctx.comm.abort(abort_reason(exc, f"party {args.id}"))
-        return 1
+        return ECHO_EXIT if isinstance(exc, PeerAborted) else 1
     ctx.comm.close()
     if args.stats:
         _print_stats(args.id, ctx.stats.as_dict())
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     except MPCError as exc:
         who = "dealer" if args.cmd == "dealer" else f"party {args.id}"
         print(f"mpc {args.cmd}: {who}: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+        return ECHO_EXIT if isinstance(exc, PeerAborted) else 1
     except KeyboardInterrupt:
         return 130
 

@@ -26,6 +26,10 @@ from .keys import keygen
 __all__ = ["launch"]
 
 STOP_GRACE = 3.0
+# Exit code of a node that failed only because a peer aborted: the launcher names the peer's failure instead.
+ECHO_EXIT = 3
+# How long the launcher waits, after a first failure, for the process that caused it to exit too.
+CAUSE_GRACE = 1.0
 
 
 def _pump(stream, prefix: str, out) -> None:
@@ -113,11 +117,16 @@ def launch(
 def _supervise(procs: dict[str, subprocess.Popen]) -> int:
     parties = {w: p for w, p in procs.items() if w != "dealer"}
     while True:
-        for who, p in procs.items():
-            code = p.poll()
-            if code is not None and code != 0:
-                print(f"mpc launch: {who} exited with code {code}; stopping the others", file=sys.stderr)
-                return code if code > 0 else 1
+        failed = {who: p.poll() for who, p in procs.items() if p.poll() not in (None, 0)}
+        if failed:
+            # A node that only echoes a peer's abort exits with ECHO_EXIT; wait a moment for the cause.
+            deadline = time.monotonic() + CAUSE_GRACE
+            while all(c == ECHO_EXIT for c in failed.values()) and time.monotonic() < deadline:
+                time.sleep(0.05)
+                failed = {who: p.poll() for who, p in procs.items() if p.poll() not in (None, 0)}
+            who, code = min(failed.items(), key=lambda wc: (wc[1] == ECHO_EXIT, wc[1] > 0))
+            print(f"mpc launch: {who} exited with code {code}; stopping the others", file=sys.stderr)
+            return code if code > 0 else 1
         if all(p.poll() == 0 for p in parties.values()):
             dealer = procs.get("dealer")
             if dealer is not None:

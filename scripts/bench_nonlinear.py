@@ -224,6 +224,20 @@ def op_table(parties: tuple[int, ...] = (2, 3), insecure: bool = True, timeout: 
     return "\n".join(lines)
 
 
+README = Path(__file__).resolve().parent.parent / "README.md"
+BEGIN, END = "<!-- op-table:begin (scripts/bench_nonlinear.py --table --readme) -->", "<!-- op-table:end -->"
+
+
+def write_readme_table(table: str, path: Path = README) -> None:
+    """Replace the text between the README's op-table markers with ``table``."""
+    text = path.read_text()
+    start, end = text.find(BEGIN), text.find(END)
+    if start < 0 or end < start:
+        raise SystemExit(f"{path} has no op-table markers: {BEGIN} ... {END}")
+    path.write_text(text[: start + len(BEGIN)] + "\n" + table + "\n" + text[end:])
+    print(f"wrote the table into {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--parties", type=int, nargs="+", default=[2, 3])
@@ -232,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="+", choices=list(BENCHES), help="run only these benchmarks")
     ap.add_argument("--insecure", action="store_true", help="benchmark without CURVE")
     ap.add_argument("--json", help="write the rows to this file")
+    ap.add_argument("--readme", action="store_true", help="also write the table into README.md between its markers")
     args = ap.parse_args(argv)
     rows: list[dict] = []
     if not args.table:
@@ -248,7 +263,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r['bytes_per_party'] / 1e6:>10.2f}{r['bytes_per_element']:>9.2f}{r['dealer_bytes'] / 1e6:>11.2f}"
             )
         print()
-    print(op_table(tuple(args.parties)))
+    table = op_table(tuple(args.parties))
+    print(table)
+    if args.readme:
+        write_readme_table(table)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0

@@ -213,8 +213,8 @@ def test_launch_exit_codes_and_prefixed_output(party_logs, mpc_cmd, env, tmp_pat
     elapsed = time.monotonic() - start
     party_logs.record("launch fail", bad.stdout + bad.stderr)
     assert bad.returncode != 0
-    # The launcher names the first process it saw exit: party 1, or the dealer that stopped on its abort.
-    assert "exited with code 1; stopping the others" in bad.stderr
+    # The launcher names the cause, party 1, not the dealer that stopped on its abort (exit code 3).
+    assert "mpc launch: party 1 exited with code 1; stopping the others" in bad.stderr
     assert "[party 1] ValueError: deliberate failure in party 1" in bad.stdout
     # Party 0 sleeps for two minutes: the launcher stopped it instead of waiting.
     assert elapsed < 40
