@@ -1,0 +1,80 @@
+"""The same program over every transport: in-memory, ZeroMQ inproc://, ipc:// and tcp:// (with and without CURVE).
+
+Thread tier: one thread per node, real ZeroMQ sockets where the transport has
+them.  The process tier (``test_processes.py``, ``test_cli.py``) covers tcp://
+between processes.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+import mpc
+from mpc.config import MPCConfig
+from parties.cluster import free_tcp_addresses
+from parties.keys import ephemeral_keys
+from parties.simulator import run_threads
+from parties.zmq_comm import CurveKeys, ZmqCommunicator
+
+X = torch.linspace(-3, 3, 24, dtype=torch.float64).reshape(4, 6)
+W = torch.linspace(2, -1, 18, dtype=torch.float64).reshape(6, 3)
+CFG = MPCConfig(timeout=20.0)
+
+
+def _program(ctx):
+    x = mpc.share(X if ctx.rank == 0 else None, owner=0)
+    w = mpc.share(W if ctx.rank == ctx.world_size - 1 else None, owner=ctx.world_size - 1)
+    y = (x @ w).relu()
+    return y.reveal(), ctx.stats.rounds
+
+
+def _check(results, n):
+    want = (X @ W).clamp(min=0)
+    assert len(results) == n
+    for got, rounds in results:
+        assert torch.allclose(got, want, atol=1e-3)
+        assert rounds == results[0][1] > 0
+
+
+def _zmq_comms(addresses: list[str], n: int, curve: bool) -> list[ZmqCommunicator]:
+    keys = ephemeral_keys(n + 1) if curve else None
+    comms = []
+    try:
+        for r in range(n + 1):
+            ck = CurveKeys(keys[r][0], keys[r][1], tuple(k[0] for k in keys)) if keys else None
+            comms.append(ZmqCommunicator(r, n, addresses, CFG, curve=ck))
+    except BaseException:
+        for c in comms:
+            c.abort("setup failed")
+        raise
+    return comms
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("n", [2, 3])
+def test_inproc_transport(n):
+    _check(run_threads(_program, n, CFG, transport="inproc", join_timeout=60), n)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("curve", [False, True], ids=["plain", "curve"])
+def test_ipc_transport(tmp_path, curve):
+    n = 3
+    addresses = [f"ipc://{tmp_path}/node{i}.sock" for i in range(n + 1)]
+    _check(run_threads(_program, n, CFG, comms=_zmq_comms(addresses, n, curve), join_timeout=60), n)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("curve", [False, True], ids=["plain", "curve"])
+def test_tcp_transport_in_threads(curve):
+    n = 2
+    _check(run_threads(_program, n, CFG, comms=_zmq_comms(free_tcp_addresses(n + 1), n, curve), join_timeout=60), n)
+
+
+@pytest.mark.timeout(30)
+def test_unknown_simulator_transport_is_refused():
+    with pytest.raises(mpc.PartyFailed, match="unknown simulator transport 'udp'"):
+        run_threads(functools.partial(_program), 2, CFG, transport="udp")
