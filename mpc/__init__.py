@@ -30,19 +30,8 @@ from .errors import (
     WireError,
 )
 from .fixedpoint import FixedPoint
-from .tensor import (
-    MaxResult,
-    SecretTensor,
-    cat,
-    conv2d,
-    log_softmax,
-    max_pool2d,
-    maximum,
-    minimum,
-    softmax,
-    stack,
-    where,
-)
+from .functional import cat, conv2d, log_softmax, max_pool2d, maximum, minimum, softmax, stack, where
+from .tensor import MaxResult, SecretTensor
 
 __all__ = [
     "share",
