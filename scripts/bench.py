@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--parties", type=int, nargs="+", default=[2, 3])
     ap.add_argument("--curve", action="store_true", help="measure the cost of CURVE encryption")
+    ap.add_argument("--curve-pairs", type=int, default=3, help="alternating CURVE on/off runs to compare")
     ap.add_argument("--nonlinear", action="store_true", help="also run the nonlinear benchmarks")
     ap.add_argument("--insecure", action="store_true", help="run the base set without CURVE")
     ap.add_argument("--json", help="write the rows to this file")
@@ -130,9 +131,16 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(measure("mul", 10**6, n, args.repeat, args.insecure))
         rows.append(measure("matmul", 512, n, args.repeat, args.insecure))
     if args.curve:
+        # Timings on a small machine drift between runs: alternate the two settings a few times and compare the
+        # medians, so that one noisy run does not decide the ratio.
         for op, size in [("matmul", 512), ("mlp", 784)]:
-            on = measure(op, size, 2, args.repeat, insecure=False)
-            off = measure(op, size, 2, args.repeat, insecure=True)
+            ons, offs = [], []
+            for _ in range(args.curve_pairs):
+                ons.append(measure(op, size, 2, args.repeat, insecure=False))
+                offs.append(measure(op, size, 2, args.repeat, insecure=True))
+            on, off = (min(runs, key=lambda r: r["seconds"]) for runs in (ons, offs))
+            on["seconds"] = statistics.median(r["seconds"] for r in ons)
+            off["seconds"] = statistics.median(r["seconds"] for r in offs)
             rows += [on, off]
             overhead[op] = on["seconds"] / off["seconds"] - 1
     if args.nonlinear:
