@@ -197,12 +197,13 @@ class BufferedCommunicator(Communicator):
         hbuf, payload, auth = frames
         h = wire.decode_header(hbuf, self.max_message_bytes, auth)
         sender = h.sender
-        if not 0 <= sender <= self.world_size or sender == self.rank:
-            raise WireError(f"a frame names sender {sender}, which is not a peer of {self.name(self.rank)}", auth)
-        if auth is not None and auth != sender:
+        # An authenticated peer naming another node (the receiver itself included) is impersonation.
+        if auth is not None and auth != sender and 0 <= sender <= self.world_size:
             raise SecurityError(
                 f"a frame claims to come from {self.name(sender)} but was sent with the key of {self.name(auth)}"
             )
+        if not 0 <= sender <= self.world_size or sender == self.rank:
+            raise WireError(f"a frame names sender {sender}, which is not a peer of {self.name(self.rank)}", auth)
         if self._recorder is not None:
             self._recorder(sender, bytes(hbuf), bytes(payload))
         if h.kind == wire.KIND_ABORT:

@@ -165,6 +165,11 @@ class ZmqCommunicator(BufferedCommunicator):
     def _post(self, peer: int, header: bytes, payload, final: bool = False) -> None:
         s = self._push[peer]
         flags = zmq.NOBLOCK if final else 0
+        if not final:
+            if self._refused_by:
+                self._raise_lost()
+            if not s.poll(0, zmq.POLLOUT):
+                self._wait_writable(peer, s)
         try:
             s.send(header, zmq.SNDMORE | flags)
             s.send(payload, flags, copy=len(payload) < BIG)
@@ -174,6 +179,21 @@ class ZmqCommunicator(BufferedCommunicator):
             raise PeerTimeout(
                 f"{self.name(self.rank)} could not send to {self.name(peer)} within {self.timeout:g}s", peer
             ) from None
+
+    def _wait_writable(self, peer: int, s: zmq.Socket) -> None:
+        # A PUSH socket blocks until its connection is up: watch the monitors meanwhile, so that a refused
+        # handshake or a dropped peer is reported at once instead of when the send times out.
+        deadline = time.monotonic() + self.timeout
+        while not s.poll(50, zmq.POLLOUT):
+            for mon, p in self._monitors.items():
+                self._monitor_event(mon, p)
+            self._raise_lost()
+            if time.monotonic() > deadline:
+                raise PeerTimeout(
+                    f"{self.name(self.rank)} could not send to {self.name(peer)} within {self.timeout:g}s "
+                    f"(no connection: is {self.name(peer)} running and reachable?)",
+                    peer,
+                )
 
     def _poll(self, timeout: float) -> Frames | None:
         self._raise_lost()

@@ -97,7 +97,11 @@ def violations(files: dict[str, str]) -> list[str]:
                 found.append(f"{where}: the core must not import protocols")
             if is_core and top == "mpc" and (mod == "mpc" or mod.split(".")[1] not in CORE):
                 found.append(f"{where}: the core imports only the core")
-            if layer == "protocols" and top == "mpc" and (mod == "mpc" or mod.split(".")[1] in ("tensor", "api", "functional")):
+            if (
+                layer == "protocols"
+                and top == "mpc"
+                and (mod == "mpc" or mod.split(".")[1] in ("tensor", "api", "functional"))
+            ):
                 found.append(f"{where}: protocols/ must not import the user layer")
             if inner and layer in ("mpc", "protocols") and not (rel == FACADE and mod == "importlib"):
                 found.append(f"{where} inside a function: the layering should make that unnecessary")
