@@ -94,6 +94,7 @@ def party(ctx, epochs: int = 5, batch: int = 32, lr: float = 0.5) -> dict:
     )
     out = {
         "party": rank,
+        "parties": world,
         "mean_max_error": float((mean_open - xp.mean(0)).abs().max()),
         "cov_max_error": float((cov_open - torch.cov(xp.T)).abs().max()),
         "test_accuracy_secret": float(((scores.reshape(-1) > 0).double() == y_test).double().mean()),
@@ -108,7 +109,7 @@ def party(ctx, epochs: int = 5, batch: int = 32, lr: float = 0.5) -> dict:
 
 def report(results: list[dict]) -> None:
     r0 = results[0]
-    print(f"joint mean of {len(results)} parties' rows: max |secret - plaintext| = {r0['mean_max_error']:.2e}")
+    print(f"joint mean of {r0['parties']} parties' rows: max |secret - plaintext| = {r0['mean_max_error']:.2e}")
     print(f"joint covariance ({FEATURES}x{FEATURES}):      max |secret - plaintext| = {r0['cov_max_error']:.2e}")
     print(
         f"logistic regression, test accuracy: secret {r0['test_accuracy_secret']:.3f}   "
