@@ -46,6 +46,9 @@ if mode == "fail" and ctx.rank == 1:
 if mode == "kill-party" and ctx.rank == 1:
     print(f"KILL {time.time()}", flush=True)
     os.kill(os.getpid(), signal.SIGKILL)
+if mode == "hang":
+    print("READY", flush=True)
+    time.sleep(120)  # every party waits: only Ctrl-C at the launcher ends the run
 if mode == "kill-dealer":
     print("READY", flush=True)
     time.sleep(2.0)  # the test kills the dealer meanwhile
@@ -221,6 +224,35 @@ def test_launch_exit_codes_and_prefixed_output(party_logs, mpc_cmd, env, tmp_pat
     pid = int(next(ln for ln in bad.stdout.splitlines() if ln.startswith("[party 0] PID ")).split()[-1])
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+@pytest.mark.timeout(90)
+def test_launch_ctrl_c_stops_every_process(party_logs, mpc_cmd, env, tmp_path):
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT)
+    out = tmp_path / "launch.out"
+    with out.open("w") as sink:
+        launcher = subprocess.Popen(
+            [*mpc_cmd, "launch", "-n", "2", str(script), "hang"], stdout=sink, stderr=subprocess.STDOUT, env=env
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while out.read_text().count("READY") < 2:
+                assert launcher.poll() is None and time.monotonic() < deadline, out.read_text()
+                time.sleep(0.1)
+            launcher.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal sends to the launcher
+            code = launcher.wait(30)
+        finally:
+            if launcher.poll() is None:
+                launcher.kill()
+    text = out.read_text()
+    party_logs.record("launch ctrl-c", text)
+    assert code == 130 and "interrupted, stopping every process" in text
+    pids = [int(ln.split()[-1]) for ln in text.splitlines() if " PID " in ln]
+    assert len(pids) == 2
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
 
 
 # ----- errors of the per-party command (in this process: same code, no torch start-up) ----------------------
