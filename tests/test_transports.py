@@ -8,12 +8,14 @@ between processes.
 from __future__ import annotations
 
 import functools
+import threading
 
 import pytest
 import torch
 
 import mpc
 from mpc.config import MPCConfig
+from mpc.context import Expect
 from parties.cluster import free_tcp_addresses
 from parties.keys import ephemeral_keys
 from parties.simulator import run_threads
@@ -78,3 +80,34 @@ def test_tcp_transport_in_threads(curve):
 def test_unknown_simulator_transport_is_refused():
     with pytest.raises(mpc.PartyFailed, match="unknown simulator transport 'udp'"):
         run_threads(functools.partial(_program), 2, CFG, transport="udp")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("curve", [False, True], ids=["plain", "curve"])
+def test_large_simultaneous_exchange_neither_deadlocks_nor_is_refused(curve):
+    """Both parties send 32 MiB to each other in the same round over tcp://: sends and receives overlap."""
+    comms = _zmq_comms(free_tcp_addresses(3), 2, curve)
+    size = 4 << 20  # int64 elements: 32 MiB each way
+    sent = [torch.arange(size, dtype=torch.int64) * (r + 3) for r in range(2)]
+    got: dict[int, torch.Tensor] = {}
+    errors: list[BaseException] = []
+
+    def party(r: int) -> None:
+        try:
+            got[r] = comms[r].exchange("big", {1 - r: sent[r]}, {1 - r: Expect((size,))})[1 - r]
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=party, args=(r,), daemon=True) for r in range(2)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(40)
+        assert not any(t.is_alive() for t in threads), "the exchange did not finish: deadlock"
+        assert not errors, errors
+        assert torch.equal(got[0], sent[1]) and torch.equal(got[1], sent[0])
+        assert comms[0].stats.bytes_sent == comms[0].stats.bytes_recv == 8 * size
+    finally:
+        for c in comms:
+            c.abort("test over")
