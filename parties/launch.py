@@ -114,16 +114,21 @@ def launch(
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
+def _failed(procs: dict[str, subprocess.Popen]) -> dict[str, int]:
+    codes = {who: p.poll() for who, p in procs.items()}
+    return {who: c for who, c in codes.items() if c not in (None, 0)}
+
+
 def _supervise(procs: dict[str, subprocess.Popen]) -> int:
     parties = {w: p for w, p in procs.items() if w != "dealer"}
     while True:
-        failed = {who: p.poll() for who, p in procs.items() if p.poll() not in (None, 0)}
+        failed = _failed(procs)
         if failed:
             # A node that only echoes a peer's abort exits with ECHO_EXIT; wait a moment for the cause.
             deadline = time.monotonic() + CAUSE_GRACE
             while all(c == ECHO_EXIT for c in failed.values()) and time.monotonic() < deadline:
                 time.sleep(0.05)
-                failed = {who: p.poll() for who, p in procs.items() if p.poll() not in (None, 0)}
+                failed = _failed(procs)
             who, code = min(failed.items(), key=lambda wc: (wc[1] == ECHO_EXIT, wc[1] > 0))
             print(f"mpc launch: {who} exited with code {code}; stopping the others", file=sys.stderr)
             return code if code > 0 else 1

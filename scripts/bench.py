@@ -138,9 +138,9 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(args.curve_pairs):
                 ons.append(measure(op, size, 2, args.repeat, insecure=False))
                 offs.append(measure(op, size, 2, args.repeat, insecure=True))
-            on, off = (min(runs, key=lambda r: r["seconds"]) for runs in (ons, offs))
-            on["seconds"] = statistics.median(r["seconds"] for r in ons)
-            off["seconds"] = statistics.median(r["seconds"] for r in offs)
+            # rounds and bytes are the same in every run; the seconds are the median over the runs
+            on = dict(ons[0], seconds=statistics.median(r["seconds"] for r in ons))
+            off = dict(offs[0], seconds=statistics.median(r["seconds"] for r in offs))
             rows += [on, off]
             overhead[op] = on["seconds"] / off["seconds"] - 1
     if args.nonlinear:

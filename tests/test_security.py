@@ -92,6 +92,24 @@ def no_linger(monkeypatch):
     monkeypatch.setattr(zmq_comm, "CLOSE_LINGER_MS", 0)
 
 
+@pytest.fixture
+def authenticated_link(no_linger):
+    """Party 0's CURVE communicator and a raw socket that speaks to it with party 1's real key."""
+    keys = ephemeral_keys(3)
+    addrs = free_tcp_addresses(3)
+    c0 = ZmqCommunicator(0, 2, addrs, MPCConfig(timeout=5.0), curve=_curve(keys, 0))
+    zctx = zmq.Context()
+    raw = None
+    try:
+        raw = _client(zctx, keys[1], keys[0][0], addrs[0])
+        yield c0, raw
+    finally:
+        if raw is not None:
+            raw.close(0)
+        zctx.term()
+        c0.abort("test over")
+
+
 @pytest.mark.timeout(30)
 def test_unknown_key_is_refused_and_nothing_gets_through(no_linger):
     keys = ephemeral_keys(3)  # party 0, party 1, dealer
@@ -129,26 +147,15 @@ def test_unknown_key_is_refused_and_nothing_gets_through(no_linger):
 
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("claimed,name", [(2, "the dealer"), (0, "party 0")])
-def test_authenticated_peer_cannot_claim_another_sender(no_linger, claimed, name):
-    keys = ephemeral_keys(3)
-    addrs = free_tcp_addresses(3)
-    c0 = ZmqCommunicator(0, 2, addrs, MPCConfig(timeout=5.0), curve=_curve(keys, 0))
-    zctx = zmq.Context()
-    raw = None
-    try:
-        raw = _client(zctx, keys[1], keys[0][0], addrs[0])  # party 1's real key
-        raw.send_multipart([_header(sender=claimed), struct.pack("<2q", 5, 6)])
-        with pytest.raises(SecurityError) as err:
-            c0.recv(1, "x", Expect((2,)))
-        assert str(err.value) == f"a frame claims to come from {name} but was sent with the key of party 1"
-        # Control: the same authenticated peer, naming itself, is accepted.
-        raw.send_multipart([_header(sender=1), struct.pack("<2q", 7, -8)])
-        assert c0.recv(1, "x", Expect((2,))).tolist() == [7, -8]
-    finally:
-        if raw is not None:
-            raw.close(0)
-        zctx.term()
-        c0.abort("test over")
+def test_authenticated_peer_cannot_claim_another_sender(authenticated_link, claimed, name):
+    c0, raw = authenticated_link  # raw holds party 1's real key
+    raw.send_multipart([_header(sender=claimed), struct.pack("<2q", 5, 6)])
+    with pytest.raises(SecurityError) as err:
+        c0.recv(1, "x", Expect((2,)))
+    assert str(err.value) == f"a frame claims to come from {name} but was sent with the key of party 1"
+    # Control: the same authenticated peer, naming itself, is accepted.
+    raw.send_multipart([_header(sender=1), struct.pack("<2q", 7, -8)])
+    assert c0.recv(1, "x", Expect((2,))).tolist() == [7, -8]
 
 
 _HOSTILE = {
@@ -168,30 +175,19 @@ _HOSTILE = {
 
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("case", list(_HOSTILE))
-def test_hostile_frames_from_an_authenticated_peer(no_linger, case):
+def test_hostile_frames_from_an_authenticated_peer(authenticated_link, case):
     frames, error, match = _HOSTILE[case]
-    keys = ephemeral_keys(3)
-    addrs = free_tcp_addresses(3)
-    c0 = ZmqCommunicator(0, 2, addrs, MPCConfig(timeout=5.0), curve=_curve(keys, 0))
-    zctx = zmq.Context()
-    raw = None
+    c0, raw = authenticated_link
+    raw.send_multipart(frames)
+    tracemalloc.start()
     try:
-        raw = _client(zctx, keys[1], keys[0][0], addrs[0])
-        raw.send_multipart(frames)
-        tracemalloc.start()
-        try:
-            with pytest.raises(error, match=match) as err:
-                c0.recv(1, "x", Expect((2,)))
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
-        assert err.value.peer == 1
-        assert peak < 1 << 20, f"{peak} bytes allocated while refusing a frame"
+        with pytest.raises(error, match=match) as err:
+            c0.recv(1, "x", Expect((2,)))
+        peak = tracemalloc.get_traced_memory()[1]
     finally:
-        if raw is not None:
-            raw.close(0)
-        zctx.term()
-        c0.abort("test over")
+        tracemalloc.stop()
+    assert err.value.peer == 1
+    assert peak < 1 << 20, f"{peak} bytes allocated while refusing a frame"
 
 
 # ----- 2. only cryptographic randomness --------------------------------------------------------------
