@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import arith as _arith  # noqa: F401 - registers the table's operations
 from .api import current_context, share, use_context
 from .config import MPCConfig
 from .context import CommStats, PartyContext
@@ -20,6 +21,7 @@ from .errors import (
     ConfigError,
     DesyncError,
     EncodingError,
+    FixedPointWarning,
     MPCError,
     PartyFailed,
     PeerAborted,
@@ -30,7 +32,20 @@ from .errors import (
     WireError,
 )
 from .fixedpoint import FixedPoint
-from .functional import cat, conv2d, log_softmax, max_pool2d, maximum, minimum, softmax, stack, where
+from .functional import (
+    avg_pool2d,
+    cat,
+    conv2d,
+    linear,
+    log_softmax,
+    max_pool2d,
+    maximum,
+    minimum,
+    softmax,
+    stack,
+    where,
+)
+from .ops import OPS
 from .tensor import MaxResult, SecretTensor
 
 __all__ = [
@@ -47,6 +62,10 @@ __all__ = [
     "softmax",
     "log_softmax",
     "max_pool2d",
+    "avg_pool2d",
+    "linear",
+    "OPS",
+    "FixedPointWarning",
     "MaxResult",
     "MPCConfig",
     "FixedPoint",

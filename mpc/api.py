@@ -58,5 +58,5 @@ def share(value: torch.Tensor | float | int | None, owner: int, ctx: PartyContex
     fixed-point range.
     """
     ctx = current_context() if ctx is None else ctx
-    sh, dtype = ctx.suite.share_input(ctx, value, owner)
+    sh, dtype = ctx.family.share_input(ctx, value, owner)
     return SecretTensor(ctx, sh, dtype)

@@ -1,8 +1,9 @@
 """The party context and the interfaces it is built from.
 
 A ``PartyContext`` is the one object through which a party reaches its
-services: its communicator (how bytes move), its correlated-randomness source
-(the dealer), its pairwise seeds and its configuration.  Nothing here knows
+services: its communicator (how bytes move), its protocol family, the family's
+correlated-randomness source (the dealer, for the dealer family; none for
+families that need none), its pairwise seeds and its configuration.  Nothing here knows
 about ZeroMQ or processes: those are in ``parties/``.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,7 @@ from .config import MPCConfig
 from .fixedpoint import FixedPoint
 from .prg import Prg
 
-__all__ = ["Communicator", "CommStats", "OpStats", "Expect", "CorrelationSource", "PartyContext"]
+__all__ = ["Communicator", "CommStats", "OpStats", "Expect", "CorrelationSource", "Handle", "PartyContext"]
 
 log = logging.getLogger("mpc")
 
@@ -117,30 +118,43 @@ class Communicator(ABC):
         """Release sockets; further use raises ``ClosedError``."""
 
 
+class Handle:
+    """One requested correlation: this party's random parts at once, its derived parts on ``derived()``.
+
+    Random parts are drawn locally (from a seed), so a protocol can mask and
+    open with them while the derived parts (which may come over the network)
+    are still on their way.
+    """
+
+    __slots__ = ("randoms", "_fetch", "_derived")
+
+    def __init__(self, randoms: list[torch.Tensor], fetch: Callable[[], list[torch.Tensor]]) -> None:
+        self.randoms = randoms
+        self._fetch = fetch
+        self._derived: list[torch.Tensor] | None = None
+
+    def derived(self) -> list[torch.Tensor]:
+        if self._derived is None:
+            self._derived = self._fetch()
+        return self._derived
+
+
 class CorrelationSource(ABC):
-    """Where correlated randomness (Beaver triples, truncation pairs, ...) comes from."""
+    """Where a protocol family's correlated randomness (Beaver triples, truncation pairs, ...) comes from.
+
+    Protocols call ``request(kind, params)`` at the point of use.  ``prefetch``
+    is the hook for asking ahead of time: a source may start producing (or
+    fetching) the correlation then, and hand it out at the matching later
+    ``request``.  The default does nothing, which is always correct.
+    """
 
     @abstractmethod
-    def get(self, kind: str, params: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
-        """This party's shares of one correlation of ``kind`` with public ``params``."""
+    def request(self, kind: str, params: tuple[int, ...]) -> Handle:
+        """This party's parts of one correlation of ``kind`` with public ``params``."""
 
-    def prefetch(self, kind: str, params: tuple[int, ...]) -> Pending:
-        """Start fetching a correlation; ``.wait()`` returns what ``get`` would."""
-        value = self.get(kind, params)
-        return Pending(lambda: value)
-
-
-class Pending:
-    def __init__(self, fn) -> None:
-        self._fn = fn
-        self._done = False
-        self._value: Any = None
-
-    def wait(self) -> Any:
-        if not self._done:
-            self._value = self._fn()
-            self._done = True
-        return self._value
+    def prefetch(self, kind: str, params: tuple[int, ...]) -> None:
+        """Announce that ``request(kind, params)`` will come; a hint, never required."""
+        return None
 
 
 class PartyContext:
@@ -151,11 +165,11 @@ class PartyContext:
         rank: int,
         world_size: int,
         comm: Communicator,
-        correlations: CorrelationSource,
+        correlations: CorrelationSource | None,
         pair_prgs: Mapping[int, Prg],
         local_prg: Prg,
         config: MPCConfig,
-        suite: Any = None,
+        family: Any = None,
     ) -> None:
         self.rank = rank
         self.world_size = world_size
@@ -165,7 +179,8 @@ class PartyContext:
         self.local_prg = local_prg
         self.config = config
         self.encoder = FixedPoint(config.frac_bits)
-        self.suite = suite
+        # The protocol family (a ``protocols.family.ProtocolFamily``; typed Any so the core needs no protocols).
+        self.family = family
         self.log = logging.LoggerAdapter(log, {"party": rank})
 
     @property

@@ -15,6 +15,7 @@
         ├── PeerLost              a peer's connection dropped before it finished
         └── ClosedError           use of a communicator after close
     PartyFailed                   raised by the runners: a party process failed
+    FixedPointWarning             (a warning) a value fixed point would lose: range, domain, rounding
 
 Every message says which party (or which value) is at fault and, where there is
 one, what to change.  No message ever contains a share or a plaintext value.
@@ -36,6 +37,7 @@ __all__ = [
     "PeerLost",
     "ClosedError",
     "PartyFailed",
+    "FixedPointWarning",
 ]
 
 
@@ -109,3 +111,7 @@ class PartyFailed(MPCError):
         self.rank = rank
         self.remote_traceback = remote_traceback
         self.error_type = error_type
+
+
+class FixedPointWarning(UserWarning):
+    """A value or constant that fixed point would lose: out of range, outside a function's domain, rounded."""

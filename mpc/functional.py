@@ -1,10 +1,10 @@
-"""Functions on secret tensors with ``torch`` / ``torch.nn.functional`` names.
+"""Functions on secret tensors with ``torch`` / ``torch.nn.functional`` names, registered in the operation table.
 
-``cat``, ``stack`` and ``conv2d`` with a public operand are local (a public
-real kernel costs one truncation round); ``conv2d`` of two secrets is a Beaver
-product; ``maximum``, ``minimum``, ``softmax``, ``log_softmax`` and
-``max_pool2d`` call the comparison and nonlinear protocols (costs in their
-docstrings and in the README's table).
+``cat``, ``stack`` and ``avg_pool2d`` are local; ``conv2d`` and ``linear``
+with a public operand cost one truncation round (a public real kernel) and with
+two secrets a Beaver product; ``max_pool2d`` is a tournament of comparisons.
+``maximum``, ``minimum``, ``where``, ``softmax`` and ``log_softmax`` are the
+table's entries of ``mpc.arith`` under their torch names.
 """
 
 from __future__ import annotations
@@ -14,11 +14,25 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from .arith import add, log_softmax, matmul, maximum, minimum, mul, softmax, where
 from .context import PartyContext
 from .errors import ProtocolError
-from .tensor import Public, SecretTensor, _result_dtype, where
+from .ops import register
+from .tensor import SecretTensor, _result_dtype
 
-__all__ = ["cat", "stack", "conv2d", "where", "maximum", "minimum", "softmax", "log_softmax", "max_pool2d"]
+__all__ = [
+    "cat",
+    "stack",
+    "conv2d",
+    "linear",
+    "where",
+    "maximum",
+    "minimum",
+    "softmax",
+    "log_softmax",
+    "max_pool2d",
+    "avg_pool2d",
+]
 
 
 def _common(tensors: Sequence[SecretTensor], what: str) -> tuple[PartyContext, torch.dtype]:
@@ -35,24 +49,27 @@ def _common(tensors: Sequence[SecretTensor], what: str) -> tuple[PartyContext, t
     return ctx, dtype
 
 
+@register("cat", cost="local", torch=(torch.cat, torch.concat, torch.concatenate))
 def cat(tensors: Sequence[SecretTensor], dim: int = 0) -> SecretTensor:
-    ctx, dtype = _common(tensors, "cat")
-    return SecretTensor(ctx, torch.cat([t.share for t in tensors], dim), dtype)
+    _, dtype = _common(tensors, "cat")
+    return tensors[0]._new(type(tensors[0].share).cat([t.share for t in tensors], dim), dtype)
 
 
+@register("stack", cost="local", torch=(torch.stack,))
 def stack(tensors: Sequence[SecretTensor], dim: int = 0) -> SecretTensor:
-    ctx, dtype = _common(tensors, "stack")
-    return SecretTensor(ctx, torch.stack([t.share for t in tensors], dim), dtype)
+    _, dtype = _common(tensors, "stack")
+    return tensors[0]._new(type(tensors[0].share).stack([t.share for t in tensors], dim), dtype)
 
 
-def _pair(v: int | tuple[int, int], name: str) -> tuple[int, int]:
-    if isinstance(v, int):
+def _pair(v: int | tuple[int, int], name: str, what: str = "conv2d") -> tuple[int, int]:
+    if isinstance(v, int) and not isinstance(v, bool):
         return (v, v)
     if isinstance(v, tuple | list) and len(v) == 2 and all(isinstance(i, int) for i in v):
         return (int(v[0]), int(v[1]))
-    raise ProtocolError(f"conv2d: {name} must be an int or a pair of ints, got {v!r}")
+    raise ProtocolError(f"{what}: {name} must be an int or a pair of ints, got {v!r}")
 
 
+@register("conv2d", cost="secret x secret: 2 rounds; public kernel or input: 1 round", torch=(F.conv2d,))
 def conv2d(
     input: SecretTensor | torch.Tensor,
     weight: SecretTensor | torch.Tensor,
@@ -65,43 +82,65 @@ def conv2d(
     """``torch.nn.functional.conv2d`` where the input, the kernel or both are secret."""
     st, pd, dl = _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
     if isinstance(input, SecretTensor) and isinstance(weight, SecretTensor):
-        input._check_same_ctx(weight)
-        out = input._new(input.ctx.suite.conv2d(input.ctx, input.share, weight.share, st, pd, dl, groups))
+        if weight.ctx is not input.ctx:
+            raise ProtocolError("cannot combine secret tensors of different party contexts")
+        out = input._new(input.ctx.family.conv2d(input.ctx, input.share, weight.share, st, pd, dl, groups))
     elif isinstance(input, SecretTensor) or isinstance(weight, SecretTensor):
         secret = input if isinstance(input, SecretTensor) else weight
+        public = weight if secret is input else input
+        if not isinstance(public, torch.Tensor):
+            raise ProtocolError(f"conv2d needs tensor operands, got {type(public).__name__}")
         assert isinstance(secret, SecretTensor)
         ctx = secret.ctx
-        x = input.share if isinstance(input, SecretTensor) else ctx.encoder.encode_public(input)
-        w = weight.share if isinstance(weight, SecretTensor) else ctx.encoder.encode_public(weight)
-        prod = F.conv2d(x, w, stride=st, padding=pd, dilation=dl, groups=groups)
-        out = secret._new(ctx.suite.truncate(ctx, prod, op="conv2d_public"))
+        kw = dict(stride=st, padding=pd, dilation=dl, groups=groups)
+        out = secret._new(ctx.family.conv2d_public(ctx, secret.share, public, kernel_secret=secret is weight, **kw))
     else:
         raise ProtocolError("conv2d: at least one of input and weight must be a SecretTensor")
     if bias is not None:
-        out = out + (bias.reshape(1, -1, 1, 1) if isinstance(bias, SecretTensor | torch.Tensor) else bias)
+        out = add(out, bias.reshape(1, -1, 1, 1) if isinstance(bias, SecretTensor | torch.Tensor) else bias)
     return out
 
 
-def maximum(input: SecretTensor, other: SecretTensor | Public) -> SecretTensor:
-    """``torch.maximum``: elementwise, broadcasting, exact (4 rounds)."""
-    return input.maximum(other)
+@register("linear", cost="as matmul", torch=(F.linear,))
+def linear(
+    input: SecretTensor | torch.Tensor, weight: SecretTensor | torch.Tensor, bias: SecretTensor | torch.Tensor | None = None
+) -> SecretTensor:
+    """``torch.nn.functional.linear``: ``input @ weight.T + bias``."""
+    wt = weight.transpose(0, 1) if weight.dim() == 2 else weight
+    out = matmul(input, wt)
+    return out if bias is None else add(out, bias)
 
 
-def minimum(input: SecretTensor, other: SecretTensor | Public) -> SecretTensor:
-    """``torch.minimum``: elementwise, broadcasting, exact (4 rounds)."""
-    return input.minimum(other)
+def _pool_args(what, kernel_size, stride, padding, dilation=1):
+    kh, kw = _pair(kernel_size, "kernel_size", what)
+    sh, sw = _pair(stride, "stride", what) if stride is not None else (kh, kw)
+    ph, pw = _pair(padding, "padding", what)
+    dh, dw = _pair(dilation, "dilation", what)
+    if min(kh, kw, sh, sw, dh, dw) < 1 or ph < 0 or pw < 0 or ph > kh // 2 or pw > kw // 2:
+        raise ProtocolError(f"{what}: sizes must be positive and padding at most half the kernel")
+    return kh, kw, sh, sw, ph, pw, dh, dw
 
 
-def softmax(input: SecretTensor, dim: int) -> SecretTensor:
-    """``torch.softmax`` along ``dim`` (see ``protocols.nonlinear``)."""
-    return input.softmax(dim)
+def _windows(input: SecretTensor, what: str, kh, kw, sh, sw, ph, pw, dh, dw, pad_value):
+    if not isinstance(input, SecretTensor):
+        raise ProtocolError(f"{what}: the input must be a SecretTensor")
+    x = input.share
+    squeeze = x.dim() == 3
+    if squeeze:
+        x = x.unsqueeze(0)
+    if x.dim() != 4:
+        raise ProtocolError(f"{what}: expected a 3-d or 4-d input, got shape {tuple(input.shape)}")
+    if ph or pw:
+        x = x.pad_public((pw, pw, ph, ph), pad_value)
+    eh, ew = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    if x.shape[2] < eh or x.shape[3] < ew:
+        raise ProtocolError(f"{what}: kernel {(kh, kw)} is larger than the padded input")
+    win = x.unfold(2, eh, sh).unfold(3, ew, sw)[..., ::dh, ::dw]  # (N, C, OH, OW, kh, kw)
+    return win.reshape(*win.shape[:4], kh * kw), squeeze
 
 
-def log_softmax(input: SecretTensor, dim: int) -> SecretTensor:
-    """``torch.log_softmax`` along ``dim`` (see ``protocols.nonlinear``)."""
-    return input.log_softmax(dim)
-
-
+@register("max_pool2d", cost="4 rounds per halving of the window (8 for 2x2, 16 for 3x3)",
+          torch=(F.max_pool2d, getattr(F, "_max_pool2d", F.max_pool2d)))  # fmt: skip
 def max_pool2d(
     input: SecretTensor,
     kernel_size: int | tuple[int, int],
@@ -114,33 +153,33 @@ def max_pool2d(
     """``torch.nn.functional.max_pool2d`` on a secret (N, C, H, W) or (C, H, W) input, exact.
 
     The windows are gathered locally; their maximum is a tournament of
-    comparisons (4 rounds per halving of the window: 8 for 2x2, 16 for 3x3).
-    Padding counts as minus infinity, as in torch.
+    comparisons.  Padding counts as minus infinity, as in torch.
     """
-    if not isinstance(input, SecretTensor):
-        raise ProtocolError("max_pool2d: the input must be a SecretTensor")
     if ceil_mode or return_indices:
         raise ProtocolError("max_pool2d: ceil_mode and return_indices are not supported")
-    kh, kw = _pair(kernel_size, "kernel_size")
-    sh, sw = _pair(stride, "stride") if stride is not None else (kh, kw)
-    ph, pw = _pair(padding, "padding")
-    dh, dw = _pair(dilation, "dilation")
-    if min(kh, kw, sh, sw, dh, dw) < 1 or ph < 0 or pw < 0 or ph > kh // 2 or pw > kw // 2:
-        raise ProtocolError("max_pool2d: sizes must be positive and padding at most half the kernel")
-    x = input.share
-    squeeze = x.dim() == 3
-    if squeeze:
-        x = x.unsqueeze(0)
-    if x.dim() != 4:
-        raise ProtocolError(f"max_pool2d: expected a 3-d or 4-d input, got shape {tuple(input.shape)}")
-    ctx = input.ctx
-    if ph or pw:
-        # a value far below the fixed-point range, held by party 0: never the maximum of a window
-        low = -(1 << 61) if ctx.rank == 0 else 0
-        x = F.pad(x, (pw, pw, ph, ph), value=low)
-    eh, ew = dh * (kh - 1) + 1, dw * (kw - 1) + 1
-    if x.shape[2] < eh or x.shape[3] < ew:
-        raise ProtocolError(f"max_pool2d: kernel {(kh, kw)} is larger than the padded input")
-    win = x.unfold(2, eh, sh).unfold(3, ew, sw)[..., ::dh, ::dw]  # (N, C, OH, OW, kh, kw)
-    vals, _, _ = ctx.suite.max_reduce(ctx, win.reshape(*win.shape[:4], kh * kw), op="maxpool")
+    args = _pool_args("max_pool2d", kernel_size, stride, padding, dilation)
+    fam = input.ctx.family if isinstance(input, SecretTensor) else None
+    win, squeeze = _windows(input, "max_pool2d", *args, pad_value=getattr(fam, "lowest", 0))
+    vals, _, _ = input.ctx.family.max_reduce(input.ctx, win, op="maxpool")
     return input._new(vals.squeeze(0) if squeeze else vals)
+
+
+@register("avg_pool2d", cost="local, and one truncation round (a public 1/k)", torch=(F.avg_pool2d,))
+def avg_pool2d(
+    input: SecretTensor,
+    kernel_size: int | tuple[int, int],
+    stride: int | tuple[int, int] | None = None,
+    padding: int | tuple[int, int] = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+    divisor_override: int | None = None,
+) -> SecretTensor:
+    """``torch.nn.functional.avg_pool2d`` (padding counts as zero; ``count_include_pad`` as torch's default)."""
+    if ceil_mode or not count_include_pad:
+        raise ProtocolError("avg_pool2d: ceil_mode and count_include_pad=False are not supported")
+    kh, kw, sh, sw, ph, pw, dh, dw = _pool_args("avg_pool2d", kernel_size, stride, padding)
+    win, squeeze = _windows(input, "avg_pool2d", kh, kw, sh, sw, ph, pw, dh, dw, pad_value=0)
+    total = input._new(win.sum(-1))
+    out = mul(total, 1.0 / (divisor_override or kh * kw))
+    return out.squeeze(0) if squeeze else out
+

@@ -1,22 +1,26 @@
-"""``SecretTensor``: a party's additive share of a tensor, used like a torch tensor.
+"""``SecretTensor``: a party's share of a tensor, used like a torch tensor.
 
-Shapes and dtypes are public metadata; values are not.  Operations that need no
-interaction (adding, multiplying by a public integer, reshaping) are local;
-products of secrets and multiplications by public reals call the context's
-protocol suite, which counts rounds and bytes.
+A ``SecretTensor`` holds a share object (``mpc.shares``: additive, or the
+plaintext family's value), its public dtype and its party context.  Shapes and
+dtypes are public metadata; values are not.  Every method goes through the
+operation table (``mpc.ops``), as do ``mpc.functional`` and torch's own
+functions (``torch.add(x, y)``, ``F.relu(x)``) via ``__torch_function__``; the
+table's forward functions (``mpc.arith``, ``mpc.functional``) reach protocols
+only through the context's protocol family.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
 
 from .context import PartyContext
 from .errors import ProtocolError
+from .ops import call, torch_dispatch
+from .shares import Share
 
-__all__ = ["SecretTensor", "MaxResult", "where"]
+__all__ = ["SecretTensor", "MaxResult", "Public"]
 
 Public = torch.Tensor | float | int | bool
 
@@ -48,17 +52,31 @@ class MaxResult(NamedTuple):
     indices: SecretTensor
 
 
+def _secret_value(what: str):
+    def refuse(self, *args, **kwargs):
+        raise ProtocolError(
+            f"{what} of a SecretTensor would need its value, which is secret; call .reveal() (to every party) "
+            "or .reveal(to=k) first, if the value may be made public"
+        )
+
+    return refuse
+
+
 class SecretTensor:
-    """One party's share of a secret tensor (int64 ring elements with f fractional bits)."""
+    """One party's share of a secret tensor."""
 
     __slots__ = ("ctx", "share", "dtype")
 
-    def __init__(self, ctx: PartyContext, share: torch.Tensor, dtype: torch.dtype = torch.float32) -> None:
-        if share.dtype != torch.int64:
-            raise ProtocolError("a share must be an int64 tensor of ring elements")
+    def __init__(self, ctx: PartyContext, share: Share, dtype: torch.dtype = torch.float32) -> None:
+        if not isinstance(share, Share):
+            raise ProtocolError(f"a SecretTensor holds a share object (mpc.shares), got {type(share).__name__}")
         self.ctx = ctx
         self.share = share
         self.dtype = dtype
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        return torch_dispatch(func, args, kwargs)
 
     # ----- metadata (public) -------------------------------------------------
     @property
@@ -66,7 +84,7 @@ class SecretTensor:
         return self.share.shape
 
     def size(self, dim: int | None = None):
-        return self.share.size() if dim is None else self.share.size(dim)
+        return self.share.size(dim)
 
     def dim(self) -> int:
         return self.share.dim()
@@ -77,7 +95,13 @@ class SecretTensor:
         return self.share.numel()
 
     def __len__(self) -> int:
-        return len(self.share)
+        if self.dim() == 0:
+            raise TypeError("len() of a 0-d secret tensor")
+        return self.shape[0]
+
+    @property
+    def protocol(self) -> str:
+        return self.ctx.family.name
 
     def __repr__(self) -> str:
         return f"SecretTensor(shape={tuple(self.shape)}, dtype={self.dtype}, party={self.ctx.rank})"
@@ -85,453 +109,247 @@ class SecretTensor:
     def __bool__(self) -> bool:
         raise ProtocolError("the truth value of a SecretTensor is secret; reveal it or use a secret comparison")
 
-    def _new(self, share: torch.Tensor, dtype: torch.dtype | None = None) -> SecretTensor:
+    item = _secret_value(".item()")
+    tolist = _secret_value(".tolist()")
+    numpy = _secret_value(".numpy()")
+    __float__ = _secret_value("float()")
+    __int__ = _secret_value("int()")
+    __index__ = _secret_value("using as an index")
+    __array__ = _secret_value("converting to an array")
+
+    def _new(self, share: Share, dtype: torch.dtype | None = None) -> SecretTensor:
         return SecretTensor(self.ctx, share, self.dtype if dtype is None else dtype)
 
-    def _check_same_ctx(self, other: SecretTensor) -> None:
-        if other.ctx is not self.ctx:
-            raise ProtocolError("cannot combine secret tensors of different party contexts")
+    # ----- arithmetic ----------------------------------------------------------
+    def __add__(self, other):
+        return call("add", self, other)
 
-    def _encode(self, value: Public) -> torch.Tensor:
-        return self.ctx.encoder.encode_public(value)
+    def __radd__(self, other):
+        return call("add", self, other)
 
-    # ----- addition ----------------------------------------------------------
-    def _add_public(self, enc: torch.Tensor, dtype: torch.dtype) -> SecretTensor:
-        if self.ctx.rank == 0:
-            return self._new(self.share + enc, dtype)
-        return self._new(self.share + torch.zeros_like(enc), dtype)
+    def add(self, other, *, alpha=1):
+        return call("add", self, other, alpha=alpha)
 
-    def __add__(self, other: SecretTensor | Public) -> SecretTensor:
-        dtype = _result_dtype(self.dtype, other)
-        if isinstance(other, SecretTensor):
-            self._check_same_ctx(other)
-            return self._new(self.share + other.share, dtype)
-        return self._add_public(self._encode(other), dtype)
+    def __sub__(self, other):
+        return call("sub", self, other)
 
-    __radd__ = __add__
+    def __rsub__(self, other):
+        return call("sub", other, self)
 
-    def __neg__(self) -> SecretTensor:
-        return self._new(-self.share)
+    def sub(self, other, *, alpha=1):
+        return call("sub", self, other, alpha=alpha)
 
-    def __sub__(self, other: SecretTensor | Public) -> SecretTensor:
-        dtype = _result_dtype(self.dtype, other)
-        if isinstance(other, SecretTensor):
-            self._check_same_ctx(other)
-            return self._new(self.share - other.share, dtype)
-        return self._add_public(-self._encode(other), dtype)
+    def __neg__(self):
+        return call("neg", self)
 
-    def __rsub__(self, other: Public) -> SecretTensor:
-        return (-self).__add__(other)
+    neg = __neg__
 
-    # ----- multiplication ----------------------------------------------------
-    def _mul_public(self, other: Public) -> SecretTensor:
-        dtype = _result_dtype(self.dtype, other)
-        if self.ctx.encoder.is_integral(other):
-            factor = other if isinstance(other, torch.Tensor) else torch.tensor(int(other))
-            return self._new(self.share * factor.to(torch.int64), dtype)
-        prod = self.share * self._encode(other)
-        return self._new(self.ctx.suite.truncate(self.ctx, prod, op="mul_public"), dtype)
+    def __mul__(self, other):
+        return call("mul", self, other)
 
-    def __mul__(self, other: SecretTensor | Public) -> SecretTensor:
-        if isinstance(other, SecretTensor):
-            self._check_same_ctx(other)
-            dtype = _result_dtype(self.dtype, other)
-            return self._new(self.ctx.suite.mul(self.ctx, self.share, other.share), dtype)
-        return self._mul_public(other)
+    def __rmul__(self, other):
+        return call("mul", self, other)
 
-    __rmul__ = __mul__
+    mul = __mul__
 
-    def __truediv__(self, other: SecretTensor | Public) -> SecretTensor:
-        if isinstance(other, SecretTensor):
-            # x / y = x * (1 / y): the reciprocal's domain and accuracy apply to y.
-            self._check_same_ctx(other)
-            return self * other.reciprocal()
-        if isinstance(other, torch.Tensor):
-            return self._mul_public(1.0 / other.to(torch.float64))
-        return self._mul_public(1.0 / float(other))
+    def __truediv__(self, other):
+        return call("div", self, other)
 
-    def square(self) -> SecretTensor:
-        return self._new(self.ctx.suite.square(self.ctx, self.share))
+    def __rtruediv__(self, other):
+        """``c / x`` for a public ``c``: the reciprocal times ``c``."""
+        return call("div", other, self)
 
-    def matmul(self, other: SecretTensor | torch.Tensor) -> SecretTensor:
-        if isinstance(other, SecretTensor):
-            self._check_same_ctx(other)
-            dtype = _result_dtype(self.dtype, other)
-            return self._new(self.ctx.suite.matmul(self.ctx, self.share, other.share), dtype)
-        if not isinstance(other, torch.Tensor):
-            raise ProtocolError(f"matmul needs a tensor operand, got {type(other).__name__}")
-        dtype = _result_dtype(self.dtype, other)
-        if not other.is_floating_point():
-            return self._new(self.share @ other.to(torch.int64), dtype)
-        prod = self.share @ self._encode(other)
-        return self._new(self.ctx.suite.truncate(self.ctx, prod, op="matmul_public"), dtype)
+    div = __truediv__
+
+    def square(self):
+        return call("square", self)
+
+    def matmul(self, other):
+        return call("matmul", self, other)
 
     __matmul__ = matmul
 
-    def __rmatmul__(self, other: torch.Tensor) -> SecretTensor:
-        if not isinstance(other, torch.Tensor):
-            raise ProtocolError(f"matmul needs a tensor operand, got {type(other).__name__}")
-        dtype = _result_dtype(self.dtype, other)
-        if not other.is_floating_point():
-            return self._new(other.to(torch.int64) @ self.share, dtype)
-        prod = self._encode(other) @ self.share
-        return self._new(self.ctx.suite.truncate(self.ctx, prod, op="matmul_public"), dtype)
+    def __rmatmul__(self, other):
+        return call("matmul", other, self)
+
+    def pow(self, exponent: int):
+        """``x ** k`` for a public integer ``k`` (negative: of the reciprocal)."""
+        return call("pow", self, exponent)
+
+    __pow__ = pow
 
     # ----- reductions ----------------------------------------------------------
-    def sum(self, dim: int | Sequence[int] | None = None, keepdim: bool = False) -> SecretTensor:
-        dtype = torch.int64 if self.dtype == torch.bool else self.dtype
-        if dim is None:
-            return self._new(self.share.sum(), dtype)
-        return self._new(self.share.sum(dim=dim, keepdim=keepdim), dtype)
+    def sum(self, dim=None, keepdim: bool = False):
+        return call("sum", self, dim, keepdim)
 
-    def mean(self, dim: int | Sequence[int] | None = None, keepdim: bool = False) -> SecretTensor:
-        total = self.sum(dim, keepdim)
-        count = self.numel() // max(total.numel(), 1) if dim is not None else self.numel()
-        if count == 0:
-            raise ProtocolError("mean of an empty tensor")
-        out = total._mul_public(1.0 / count)
-        out.dtype = _float_dtype(self.dtype)
-        return out
+    def mean(self, dim=None, keepdim: bool = False):
+        return call("mean", self, dim, keepdim)
 
-    # ----- shape operations (local, follow torch) ---------------------------------
-    def reshape(self, *shape) -> SecretTensor:
-        return self._new(self.share.reshape(*shape))
+    # ----- shape operations (local, follow torch) --------------------------------
+    def reshape(self, *shape):
+        return call("reshape", self, *shape)
 
-    def view(self, *shape) -> SecretTensor:
-        return self._new(self.share.view(*shape))
+    def view(self, *shape):
+        return call("view", self, *shape)
 
-    def transpose(self, d0: int, d1: int) -> SecretTensor:
-        return self._new(self.share.transpose(d0, d1))
+    def transpose(self, d0: int, d1: int):
+        return call("transpose", self, d0, d1)
 
-    def t(self) -> SecretTensor:
-        return self._new(self.share.t())
+    def t(self):
+        return call("t", self)
 
     @property
-    def T(self) -> SecretTensor:  # noqa: N802 (torch's name)
-        return self._new(self.share.permute(*reversed(range(self.dim()))))
+    def T(self):  # noqa: N802 (torch's name)
+        return call("permute", self, *reversed(range(self.dim())))
 
     @property
-    def mT(self) -> SecretTensor:  # noqa: N802 (torch's name)
-        return self._new(self.share.mT)
+    def mT(self):  # noqa: N802 (torch's name)
+        return call("transpose", self, -2, -1)
 
-    def permute(self, *dims) -> SecretTensor:
-        return self._new(self.share.permute(*dims))
+    def permute(self, *dims):
+        return call("permute", self, *dims)
 
-    def flatten(self, start_dim: int = 0, end_dim: int = -1) -> SecretTensor:
-        return self._new(self.share.flatten(start_dim, end_dim))
+    def movedim(self, source, destination):
+        return call("movedim", self, source, destination)
 
-    def squeeze(self, dim: int | None = None) -> SecretTensor:
-        return self._new(self.share.squeeze() if dim is None else self.share.squeeze(dim))
+    def flatten(self, start_dim: int = 0, end_dim: int = -1):
+        return call("flatten", self, start_dim, end_dim)
 
-    def unsqueeze(self, dim: int) -> SecretTensor:
-        return self._new(self.share.unsqueeze(dim))
+    def squeeze(self, dim: int | None = None):
+        return call("squeeze", self, dim)
 
-    def expand(self, *sizes) -> SecretTensor:
-        return self._new(self.share.expand(*sizes))
+    def unsqueeze(self, dim: int):
+        return call("unsqueeze", self, dim)
 
-    def expand_as(self, other: SecretTensor | torch.Tensor) -> SecretTensor:
-        return self.expand(other.shape)
+    def expand(self, *sizes):
+        return call("expand", self, *sizes)
 
-    def repeat(self, *sizes) -> SecretTensor:
-        return self._new(self.share.repeat(*sizes))
+    def expand_as(self, other):
+        return call("expand", self, other.shape)
 
-    def contiguous(self) -> SecretTensor:
-        return self._new(self.share.contiguous())
+    def repeat(self, *sizes):
+        return call("repeat", self, *sizes)
 
-    def clone(self) -> SecretTensor:
-        return self._new(self.share.clone())
+    def contiguous(self):
+        return call("contiguous", self)
 
-    def __getitem__(self, index) -> SecretTensor:
-        if isinstance(index, SecretTensor):
-            raise ProtocolError("indexing by a secret tensor is not supported; use a secret one-hot and multiply")
-        return self._new(self.share[index])
+    def clone(self):
+        return call("clone", self)
 
-    # ----- comparisons (results are secret 0/1 tensors of dtype bool) ---------------------------
-    #
-    # A bool SecretTensor holds its bit in fixed point, like every other value (bit * 2^f), so that
-    # reveal, +, * and sum work unchanged.  Protocols that need the bit as an integer (where, relu)
-    # get it from the comparison directly, or convert it exactly (protocols.conversions.exact_rshift).
+    def __getitem__(self, index):
+        return call("getitem", self, index)
 
-    def _diff(self, other: SecretTensor | Public) -> torch.Tensor:
-        return (self - other).share
-
-    def _rdiff(self, other: SecretTensor | Public) -> torch.Tensor:
-        return (-(self - other)).share
-
-    def _bits(self, z: torch.Tensor, thresholds=(0,), negate: bool = False, op: str = "cmp") -> torch.Tensor:
-        res = self.ctx.suite.compare(self.ctx, z, thresholds, negate=negate, op=op)
-        return res.bits
-
-    def _bool(self, bits: torch.Tensor) -> SecretTensor:
-        return self._new(bits << self.ctx.config.frac_bits, torch.bool)
-
-    def __lt__(self, other: SecretTensor | Public) -> SecretTensor:
+    # ----- comparisons (secret 0/1 results of dtype bool) ----------------------------
+    def __lt__(self, other):
         """``self < other`` (exact; 4 rounds)."""
-        return self._bool(self._bits(self._diff(other), op="lt")[0])
+        return call("lt", self, other)
 
-    def __gt__(self, other: SecretTensor | Public) -> SecretTensor:
-        return self._bool(self._bits(self._rdiff(other), op="gt")[0])
+    def __gt__(self, other):
+        return call("gt", self, other)
 
-    def __le__(self, other: SecretTensor | Public) -> SecretTensor:
-        return self._bool(self._bits(self._rdiff(other), negate=True, op="le")[0])
+    def __le__(self, other):
+        return call("le", self, other)
 
-    def __ge__(self, other: SecretTensor | Public) -> SecretTensor:
-        return self._bool(self._bits(self._diff(other), negate=True, op="ge")[0])
+    def __ge__(self, other):
+        return call("ge", self, other)
 
-    def __eq__(self, other: object) -> SecretTensor:  # type: ignore[override]
-        """``self == other``: ``[z < 1 ulp] - [z < 0]`` for ``z = self - other``, one batch (4 rounds)."""
-        b = self._bits(self._diff(other), (0, 1), op="eq")  # type: ignore[arg-type]
-        return self._bool(b[1] - b[0])
+    def __eq__(self, other):  # type: ignore[override]
+        return call("eq", self, other)
 
-    def __ne__(self, other: object) -> SecretTensor:  # type: ignore[override]
-        b = self._bits(self._diff(other), (0, 1), op="ne")  # type: ignore[arg-type]
-        one = 1 if self.ctx.rank == 0 else 0
-        return self._bool(one - b[1] + b[0])
+    def __ne__(self, other):  # type: ignore[override]
+        return call("ne", self, other)
 
     def __hash__(self) -> int:  # __eq__ is a secret comparison; hashing stays by identity
         return id(self)
 
     lt, gt, le, ge, eq, ne = __lt__, __gt__, __le__, __ge__, __eq__, __ne__
 
-    def sign(self) -> SecretTensor:
-        """-1, 0 or 1 (exact; 4 rounds)."""
-        b = self._bits(self.share, (0, 1), op="sign")  # [x < 0], [x < 1 ulp]
-        one = 1 if self.ctx.rank == 0 else 0
-        return self._new((one - b[1] - b[0]) << self.ctx.config.frac_bits)
+    def sign(self):
+        return call("sign", self)
 
-    def abs(self) -> SecretTensor:
-        """``|x| = x - 2 x [x < 0]`` (exact; 4 rounds)."""
-        res = self.ctx.suite.compare(self.ctx, self.share, (0,), mul_input=True, op="abs")
-        return self._new(self.share - 2 * res.xbits[0])
+    def abs(self):
+        return call("abs", self)
 
     __abs__ = abs
 
-    def relu(self) -> SecretTensor:
-        """``max(x, 0)`` (exact; 4 rounds, 8 + 35/8 bytes per element and peer)."""
-        return self._new(self.ctx.suite.relu(self.ctx, self.share))
+    def relu(self):
+        return call("relu", self)
 
-    def clamp(self, min: SecretTensor | Public | None = None, max: SecretTensor | Public | None = None) -> SecretTensor:
+    def clamp(self, min=None, max=None):
         """torch.clamp with public or secret bounds (exact; 4 rounds)."""
-        ctx = self.ctx
-        if min is None and max is None:
-            raise ProtocolError("clamp: give at least one of min and max")
-        if isinstance(min, SecretTensor) or isinstance(max, SecretTensor):
-            lo = self._operand_share(min)
-            hi = self._operand_share(max)
-            out = ctx.suite.clamp_secret(ctx, self.share, lo, hi)
-            return self._new(out)
-        if isinstance(min, torch.Tensor) and min.numel() != 1 or isinstance(max, torch.Tensor) and max.numel() != 1:
-            lo = None if min is None else self._operand_share(min)
-            hi = None if max is None else self._operand_share(max)
-            return self._new(ctx.suite.clamp_secret(ctx, self.share, lo, hi))
-        lo_r = None if min is None else int(self._encode(float(min)))
-        hi_r = None if max is None else int(self._encode(float(max)))
-        return self._new(ctx.suite.clamp_public(ctx, self.share, lo_r, hi_r))
+        return call("clamp", self, min, max)
 
     clip = clamp
 
-    def _operand_share(self, v: SecretTensor | Public | None) -> torch.Tensor | None:
-        """Shares of a secret operand, or of a public one (held by party 0)."""
-        if v is None:
-            return None
-        if isinstance(v, SecretTensor):
-            self._check_same_ctx(v)
-            return v.share
-        enc = self._encode(v)
-        return enc if self.ctx.rank == 0 else torch.zeros_like(enc)
-
-    def where(self, condition: SecretTensor | torch.Tensor, other: SecretTensor | Public) -> SecretTensor:
+    def where(self, condition, other):
         """``torch.Tensor.where``: ``where(condition, self, other)``."""
-        return where(condition, self, other)
+        return call("where", condition, self, other)
 
-    def maximum(self, other: SecretTensor | Public) -> SecretTensor:
-        """Elementwise maximum, broadcasting (exact; 4 rounds)."""
-        o = self._operand_share(other)
-        return self._new(self.ctx.suite.maximum(self.ctx, self.share, o), _result_dtype(self.dtype, other))
+    def maximum(self, other):
+        return call("maximum", self, other)
 
-    def minimum(self, other: SecretTensor | Public) -> SecretTensor:
-        o = self._operand_share(other)
-        return self._new(-self.ctx.suite.maximum(self.ctx, -self.share, -o), _result_dtype(self.dtype, other))
-
-    # ----- reductions by comparison ----------------------------------------------------------------
-
-    def _reduce_max(self, dim: int | None, keepdim: bool, index: bool, one_hot: bool, negate: bool):
-        x = -self.share if negate else self.share
-        if dim is None:
-            x = x.reshape(-1)
-            d = 0
-        else:
-            d = dim % max(self.dim(), 1)
-            x = x.movedim(d, -1)
-        vals, idx, oh = self.ctx.suite.max_reduce(self.ctx, x, index=index, one_hot=one_hot)
-        if negate:
-            vals = -vals
-        if dim is not None and keepdim:
-            vals = vals.unsqueeze(d)
-            idx = idx.unsqueeze(d) if idx is not None else None
-        if oh is not None and dim is not None:
-            oh = oh.movedim(-1, d)
-        return vals, idx, oh
+    def minimum(self, other):
+        return call("minimum", self, other)
 
     def max(self, dim: int | None = None, keepdim: bool = False):
-        """The maximum; with ``dim``, ``(values, indices)`` as torch (first index on ties). Rounds 4 ceil(log2 n)."""
-        vals, idx, _ = self._reduce_max(dim, keepdim, dim is not None, False, False)
-        if dim is None:
-            return self._new(vals)
-        f = self.ctx.config.frac_bits
-        return MaxResult(self._new(vals), self._new(idx << f, torch.int64))
+        """The maximum; with ``dim``, ``(values, indices)`` as torch (first index on ties)."""
+        return call("max", self, dim, keepdim)
 
     def min(self, dim: int | None = None, keepdim: bool = False):
-        vals, idx, _ = self._reduce_max(dim, keepdim, dim is not None, False, True)
-        if dim is None:
-            return self._new(vals)
-        f = self.ctx.config.frac_bits
-        return MaxResult(self._new(vals), self._new(idx << f, torch.int64))
+        return call("min", self, dim, keepdim)
 
-    def argmax(self, dim: int | None = None, keepdim: bool = False, one_hot: bool = False) -> SecretTensor:
+    def argmax(self, dim: int | None = None, keepdim: bool = False, one_hot: bool = False):
         """Index of the first maximum (int64), or with ``one_hot`` its one-hot vector along ``dim``."""
-        return self._arg(dim, keepdim, one_hot, False)
+        return call("argmax", self, dim, keepdim, one_hot)
 
-    def argmin(self, dim: int | None = None, keepdim: bool = False, one_hot: bool = False) -> SecretTensor:
-        return self._arg(dim, keepdim, one_hot, True)
+    def argmin(self, dim: int | None = None, keepdim: bool = False, one_hot: bool = False):
+        return call("argmin", self, dim, keepdim, one_hot)
 
-    def _arg(self, dim, keepdim, one_hot, negate) -> SecretTensor:
-        f = self.ctx.config.frac_bits
-        _, idx, oh = self._reduce_max(dim, keepdim, not one_hot, one_hot, negate)
-        if one_hot:
-            if dim is None:
-                oh = oh.reshape(self.shape)
-            return self._new(oh << f, torch.int64)
-        return self._new(idx << f, torch.int64)
-
-    # ----- nonlinear functions (see protocols.nonlinear for domains and errors) ------------------------
-
-    def _float(self, share: torch.Tensor) -> SecretTensor:
-        return self._new(share, _float_dtype(self.dtype))
-
-    def exp(self) -> SecretTensor:
+    # ----- nonlinear functions (see protocols.nonlinear for domains and errors) --------------
+    def exp(self):
         """``e^x``; domain [-12, 10] (exact to 12). Rounds 8."""
-        return self._float(self.ctx.suite.exp(self.ctx, self.share))
+        return call("exp", self)
 
-    def log(self) -> SecretTensor:
+    def log(self):
         """Natural log; domain [1e-3, 1e4]. Rounds 9."""
-        return self._float(self.ctx.suite.log(self.ctx, self.share))
+        return call("log", self)
 
-    def reciprocal(self) -> SecretTensor:
+    def reciprocal(self):
         """``1 / x``; domain 1e-2 <= |x| <= 1e4. Rounds 9."""
-        return self._float(self.ctx.suite.reciprocal(self.ctx, self.share))
+        return call("reciprocal", self)
 
-    def sqrt(self) -> SecretTensor:
+    def sqrt(self):
         """Square root; domain [1e-3, 1e4]. Rounds 9."""
-        return self._float(self.ctx.suite.sqrt(self.ctx, self.share))
+        return call("sqrt", self)
 
-    def rsqrt(self) -> SecretTensor:
+    def rsqrt(self):
         """``1 / sqrt(x)``; domain [1e-3, 1e4]. Rounds 9."""
-        return self._float(self.ctx.suite.rsqrt(self.ctx, self.share))
+        return call("rsqrt", self)
 
-    def sigmoid(self) -> SecretTensor:
+    def sigmoid(self):
         """Logistic sigmoid on all reals. Rounds 8."""
-        return self._float(self.ctx.suite.sigmoid(self.ctx, self.share))
+        return call("sigmoid", self)
 
-    def tanh(self) -> SecretTensor:
+    def tanh(self):
         """Hyperbolic tangent on all reals. Rounds 8."""
-        return self._float(self.ctx.suite.tanh(self.ctx, self.share))
+        return call("tanh", self)
 
-    def _along(self, dim: int, fn) -> SecretTensor:
-        d = dim % max(self.dim(), 1)
-        out = fn(self.ctx, self.share.movedim(d, -1)).movedim(-1, d)
-        return self._float(out)
-
-    def softmax(self, dim: int) -> SecretTensor:
+    def softmax(self, dim: int):
         """Softmax along ``dim``; logits in [-30, 30]. Rounds 19 + 4 ceil(log2 n)."""
-        return self._along(dim, self.ctx.suite.softmax)
+        return call("softmax", self, dim)
 
-    def log_softmax(self, dim: int) -> SecretTensor:
+    def log_softmax(self, dim: int):
         """Log-softmax along ``dim``. Rounds 17 + 4 ceil(log2 n)."""
-        return self._along(dim, self.ctx.suite.log_softmax)
+        return call("log_softmax", self, dim)
 
-    def pow(self, exponent: int) -> SecretTensor:
-        """``x ** k`` for a public integer ``k`` (negative: of the reciprocal)."""
-        if isinstance(exponent, float) and exponent.is_integer():
-            exponent = int(exponent)
-        if not isinstance(exponent, int) or isinstance(exponent, bool):
-            raise ProtocolError(f"pow takes a public integer exponent, got {exponent!r}; use sqrt() or rsqrt()")
-        return self._float(self.ctx.suite.pow_int(self.ctx, self.share, exponent))
+    def norm(self, p=2, dim: int | None = None, keepdim: bool = False):
+        return call("norm", self, p, dim, keepdim)
 
-    __pow__ = pow
-
-    def __rtruediv__(self, other: Public) -> SecretTensor:
-        """``c / x`` for a public ``c``: the reciprocal times ``c``."""
-        return self.reciprocal() * other
-
-    def norm(self, p: float | str = 2, dim: int | None = None, keepdim: bool = False) -> SecretTensor:
-        """The 1-, 2- (Frobenius) or inf-norm; the 2-norm needs the sum of squares below 2^30."""
-        if p in (2, "fro"):
-            sq = self.square().sum(dim, keepdim) if dim is not None else self.square().sum()
-            return self._float(self.ctx.suite.sqrt_wide(self.ctx, sq.share))
-        if p == 1:
-            a = self.abs()
-            return a.sum(dim, keepdim) if dim is not None else a.sum()
-        if p == float("inf"):
-            a = self.abs()
-            return a.max() if dim is None else a.max(dim, keepdim).values
-        raise ProtocolError(f"norm: p must be 1, 2, 'fro' or inf, got {p!r}")
-
-    # ----- opening ---------------------------------------------------------------
+    # ----- opening -----------------------------------------------------------------
     def reveal(self, to: int | None = None) -> torch.Tensor | None:
         """Open the value: to every party (``to=None``), or to party ``to`` alone.
 
         Every party logs what was opened and to whom.  Parties other than ``to``
         get ``None`` and receive nothing from which the value follows.
         """
-        ctx = self.ctx
-        target = "all parties" if to is None else f"party {to}"
-        ctx.log.info("revealing a %s tensor of shape %s to %s", self.dtype, tuple(self.shape), target)
-        if to is None:
-            (ring,) = ctx.suite.open_all(ctx, [self.share], "reveal")
-            return ctx.encoder.decode(ring, self.dtype)
-        ring = ctx.suite.open_to(ctx, self.share, to, "reveal")
-        return None if ring is None else ctx.encoder.decode(ring, self.dtype)
-
-
-# ----- selection, comparison-based reductions and pooling -----------------------------------------
-
-
-def _as_share(ctx: PartyContext, v: SecretTensor | Public) -> tuple[torch.Tensor, bool]:
-    """(shares, is_public) of an operand; a public one is held by party 0."""
-    if isinstance(v, SecretTensor):
-        if v.ctx is not ctx:
-            raise ProtocolError("cannot combine secret tensors of different party contexts")
-        return v.share, False
-    enc = ctx.encoder.encode_public(v)
-    return (enc if ctx.rank == 0 else torch.zeros_like(enc)), True
-
-
-def where(
-    condition: SecretTensor | torch.Tensor, input: SecretTensor | Public, other: SecretTensor | Public
-) -> SecretTensor:
-    """``torch.where(condition, input, other)`` with a secret or public condition, exact.
-
-    A secret condition costs 2 rounds (1 when both branches are public): its
-    bit is made an integer exactly, then multiplied by ``input - other``.
-    """
-    secrets = [t for t in (condition, input, other) if isinstance(t, SecretTensor)]
-    if not secrets:
-        raise ProtocolError("where: at least one of condition, input and other must be a SecretTensor")
-    ctx = secrets[0].ctx
-    a, a_pub = _as_share(ctx, input)
-    b, b_pub = _as_share(ctx, other)
-    dtype = _result_dtype(
-        input.dtype if isinstance(input, SecretTensor) else _result_dtype(torch.bool, input),
-        other,
-    )
-    if not isinstance(condition, SecretTensor):
-        cond = torch.as_tensor(condition, dtype=torch.bool)
-        return SecretTensor(ctx, torch.where(cond, a, b), dtype)
-    if condition.ctx is not ctx:
-        raise ProtocolError("cannot combine secret tensors of different party contexts")
-    if a_pub and b_pub:
-        bit = ctx.suite.exact_rshift(ctx, condition.share, ctx.config.frac_bits, "where:bit")
-        da = ctx.encoder.encode_public(input) - ctx.encoder.encode_public(other)
-        return SecretTensor(ctx, b + bit * da, dtype)
-    return SecretTensor(ctx, ctx.suite.where(ctx, condition.share, a, b), dtype)
+        return call("reveal", self, to)

@@ -18,8 +18,7 @@ from mpc.config import MPCConfig
 from mpc.context import Communicator, Expect, PartyContext
 from mpc.errors import ConfigError, ProtocolError
 from mpc.prg import SEED_BYTES, Prg, new_seed
-from protocols.correlated import DealerSource
-from protocols.suites import make_suite
+from protocols.families import get_family
 
 __all__ = ["setup_party", "bytes_tensor"]
 
@@ -30,9 +29,10 @@ def bytes_tensor(b: bytes) -> torch.Tensor:
 
 def setup_party(comm: Communicator, config: MPCConfig) -> PartyContext:
     rank, n = comm.rank, comm.world_size
-    suite = make_suite(config.suite)
-    if n < suite.min_parties:
-        raise ConfigError(f"the {suite.name} suite needs at least {suite.min_parties} parties, got {n}")
+    family = get_family(config.protocol)
+    problem = family.check_parties(n)
+    if problem:
+        raise ConfigError(problem)
     fp = config.fingerprint()
     peers = [j for j in range(n) if j != rank]
     mine = {j: new_seed() for j in peers if j > rank}
@@ -55,7 +55,7 @@ def setup_party(comm: Communicator, config: MPCConfig) -> PartyContext:
     raw = bytes(dealer_msg.numpy().tobytes())
     if raw[: len(fp)] != fp:
         raise ConfigError(f"the dealer runs with different options than party {rank}")
-    correlations = DealerSource(comm, raw[len(fp) :], rank, n)
+    correlations = family.correlation_source(comm, raw[len(fp) :], rank, n)
     pair_prgs = {j: Prg(s) for j, s in seeds.items()}
     comm.stats.reset()  # users see their program's traffic, not the setup's
-    return PartyContext(rank, n, comm, correlations, pair_prgs, Prg(new_seed()), config, suite)
+    return PartyContext(rank, n, comm, correlations, pair_prgs, Prg(new_seed()), config, family)

@@ -47,15 +47,12 @@ import torch
 
 from mpc.context import PartyContext
 from mpc.errors import ProtocolError
-from mpc.ring import logical_rshift, msb, wrap_int
+from mpc.ring import wrap_int
+from mpc.shares import Share
 
-from .beaver import beaver_product
-from .comparison import compare
 from .correlated import OP_MUL
-from .sharing import open_all
-from .truncation import OFFSET_BITS
 
-__all__ = ["Piecewise", "uniform_table", "octave_table", "piecewise", "truncate_many", "powers", "select"]
+__all__ = ["Piecewise", "uniform_table", "octave_table", "piecewise", "select"]
 
 
 def max_half_width(degree: int, f: int = 16) -> float:
@@ -170,73 +167,32 @@ def octave_table(
     return Piecewise(name, tuple(ts), tuple(alpha), tuple(beta), tuple(coeffs), degree, 0.5)
 
 
-# ----- protocol pieces -------------------------------------------------------------------------------
+# ----- protocol pieces (written against the family interface) ------------------------------------------
 
 
-def truncate_many(ctx: PartyContext, items: Sequence[tuple[torch.Tensor, int]], op: str) -> list[torch.Tensor]:
-    """Truncate several tensors, each by its own number of bits, in one round (``protocols.truncation``)."""
-    handles = [ctx.correlations.request("trunc", (f, *x.shape)) for x, f in items]
-    masked = []
-    for (x, f), h in zip(items, handles):
-        (r,) = h.randoms
-        off = wrap_int((1 << OFFSET_BITS) + (1 << (f - 1)))
-        masked.append((x + off if ctx.rank == 0 else x) + r)
-    opened = open_all(ctx, masked, op)
-    out = []
-    for (_, f), h, c in zip(items, handles, opened):
-        r_hi, r_msb = h.derived()
-        y = r_msb * (1 - msb(c)) * wrap_int(1 << (64 - f)) - r_hi
-        if ctx.rank == 0:
-            y += logical_rshift(c, f) - (1 << (OFFSET_BITS - f))
-        out.append(y)
-    return out
-
-
-def powers(ctx: PartyContext, v: torch.Tensor, degree: int, f: int, op: str) -> list[torch.Tensor]:
-    """``[v, v^2, ..., v^degree]`` with f fractional bits each: one opening, one batched truncation.
-
-    Needs ``|v| < 2^(62/degree - f)`` in real terms (1/2 for degree 4 and f = 16).
-    """
-    if degree == 1:
-        return [v]
-    handle = ctx.correlations.request("pow", (degree, *v.shape))
-    (a,) = handle.randoms
-    (e,) = open_all(ctx, [v - a], f"{op}:pow")
-    (ap,) = handle.derived()
-    apow = [None, a] + [ap[k - 2] for k in range(2, degree + 1)]
-    epow = [torch.ones_like(e), e]
-    for _ in range(2, degree + 1):
-        epow.append(epow[-1] * e)  # wraps modulo 2^64, as it must
-    raw = []
-    for k in range(2, degree + 1):
-        acc = math.comb(k, 1) * epow[k - 1] * a
-        for m in range(2, k + 1):
-            acc = acc + math.comb(k, m) * epow[k - m] * apow[m]
-        if ctx.rank == 0:
-            acc = acc + epow[k]
-        raw.append((acc, (k - 1) * f))
-    return [v, *truncate_many(ctx, raw, f"{op}:powtr")]
-
-
-def select(bits: torch.Tensor, table: Sequence[int], party0: bool) -> torch.Tensor:
+def select(bits: Share, table: Sequence[int]) -> Share:
     """``sum_i h_i q_i`` for the one-hot ``h`` of the thermometer ``bits`` (K, ...), ring table q (K+1,)."""
     q = torch.tensor([wrap_int(int(t)) for t in table], dtype=torch.int64)
     dq = (q[1:] - q[:-1]).reshape(-1, *([1] * (bits.dim() - 1)))
-    out = (bits * dq).sum(0)
-    if party0:
-        out = out + q[0]
-    return out
+    return bits.mul_public(dq).sum(0).add_public(q[0])
+
+
+def select_linear(bits: Share, table: Sequence[int]) -> Share:
+    """``sum_j (q_(j+1) - q_j) bits_j`` without the constant ``q_0``."""
+    q = torch.tensor([wrap_int(int(t)) for t in table], dtype=torch.int64)
+    dq = (q[1:] - q[:-1]).reshape(-1, *([1] * (bits.dim() - 1)))
+    return bits.mul_public(dq).sum(0)
 
 
 def _ring(v: float, bits: int) -> int:
     return round(v * 2.0**bits)
 
 
-def piecewise(ctx: PartyContext, x: torch.Tensor, table: Piecewise, op: str = "approx") -> torch.Tensor:
+def piecewise(ctx: PartyContext, x: Share, table: Piecewise, op: str = "approx") -> Share:
     """Evaluate a ``Piecewise`` table on the shared fixed-point ``x`` (see the module docstring)."""
+    fam = ctx.family
     f = ctx.config.frac_bits
     d = table.degree
-    shape = tuple(x.shape)
     tring = []
     for t in table.thresholds:
         tr = t * 2.0**f
@@ -244,30 +200,28 @@ def piecewise(ctx: PartyContext, x: torch.Tensor, table: Piecewise, op: str = "a
             raise ProtocolError(f"{table.name}: threshold {t} is not on the fixed-point grid of {f} bits")
         tring.append(int(tr))
     if x.numel() == 0:
-        return torch.zeros(shape, dtype=torch.int64)
-    party0 = ctx.rank == 0
-    res = compare(ctx, x, tring, negate=True, mul_input=not table.uniform, op=f"{op}:cmp")
+        return x
+    res = fam.compare(ctx, x, tring, negate=True, mul_input=not table.uniform, op=f"{op}:cmp")
     bits = res.bits
-    assert bits is not None
     # The normalised variable v.
     if table.uniform:
-        v = x - select(bits, [_ring(-b, f) for b in table.beta], party0)
+        v = x - select(bits, [_ring(-b, f) for b in table.beta])
     else:
         fn_bits = max(0, max(-math.floor(math.log2(abs(a))) for a in table.alpha if a != 0.0)) + 8
         a_ring = [_ring(a, fn_bits) for a in table.alpha]
         if any(a != 0.0 and abs(a * 2.0**fn_bits - r) > 0 for a, r in zip(table.alpha, a_ring)):
             raise ProtocolError(f"{table.name}: scale factors must be powers of two")
-        assert res.xbits is not None
         # sum_i alpha_i h_i x, with h_i x = xb_i - xb_(i+1), xb_0 = x, xb_(K+1) = 0 (telescoped).
-        vb = select(res.xbits, a_ring, False) + a_ring[0] * x
-        vb = vb + select(bits, [_ring(b, f + fn_bits) for b in table.beta], party0)
-        (v,) = truncate_many(ctx, [(vb, fn_bits)], f"{op}:norm")
-    pw = powers(ctx, v, d, f, op)
+        vb = select_linear(res.xbits, a_ring) + x.mul_public(a_ring[0])
+        vb = vb + select(bits, [_ring(b, f + fn_bits) for b in table.beta])
+        (v,) = fam.truncate_many(ctx, [(vb, fn_bits)], f"{op}:norm")
+    pw = fam.powers(ctx, v, d, f, op)
     # Coefficients, scaled by 2^(f + extra) (the constant by 2^(2f + extra)).
     bound = max(sum(abs(c) * table.vmax**k for k, c in enumerate(cs)) for cs in table.coeffs)
     extra = int(max(0, min(24, math.floor(61 - 2 * f - math.log2(max(bound, 2.0**-30)) - 1))))
-    cks = [select(bits, [_ring(cs[k], f + extra) for cs in table.coeffs], party0) for k in range(1, d + 1)]
-    c0 = select(bits, [_ring(cs[0], 2 * f + extra) for cs in table.coeffs], party0)
-    prod = beaver_product(ctx, OP_MUL, torch.stack(cks), torch.stack(pw), name=f"{op}:poly")
-    (y,) = truncate_many(ctx, [(prod.sum(0) + c0, f + extra)], f"{op}:out")
+    cks = [select(bits, [_ring(cs[k], f + extra) for cs in table.coeffs]) for k in range(1, d + 1)]
+    c0 = select(bits, [_ring(cs[0], 2 * f + extra) for cs in table.coeffs])
+    kind = type(x)
+    prod = fam.product(ctx, OP_MUL, kind.stack(cks), kind.stack(pw), op=f"{op}:poly")
+    (y,) = fam.truncate_many(ctx, [(prod.sum(0) + c0, f + extra)], f"{op}:out")
     return y

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from mpc.context import Expect, PartyContext
+from mpc.shares import holds_public
 
 __all__ = [
     "xor_public",
@@ -49,7 +50,7 @@ __all__ = [
 
 def xor_public(ctx: PartyContext, x: torch.Tensor, c: torch.Tensor | int) -> torch.Tensor:
     """XOR a public word into a shared one (party 0 applies it)."""
-    if ctx.rank == 0:
+    if holds_public(ctx.rank):
         return x ^ c
     return x.clone() if isinstance(c, int) else x ^ torch.zeros_like(c)
 
@@ -139,7 +140,7 @@ def and_fanout(
     d, e = open_words(ctx, [x ^ a, ys ^ b], op, positions)
     (c,) = handle.derived()
     z = c ^ (d.unsqueeze(0) & b) ^ (e & a.unsqueeze(0))
-    if ctx.rank == 0:
+    if holds_public(ctx.rank):
         z ^= d.unsqueeze(0) & e
     return z
 

@@ -68,6 +68,7 @@ import torch
 from mpc.context import PartyContext
 from mpc.errors import ProtocolError
 from mpc.ring import wrap_int
+from mpc.shares import holds_public
 
 from . import bitforms as bf
 from .binary import open_words
@@ -171,7 +172,7 @@ def compare(
     derived = handle.derived()
     r_b, leaf_p, l1_p, l2_p = derived[:4]
     rest = derived[4:]
-    party0 = ctx.rank == 0
+    party0 = holds_public(ctx.rank)
     tvals = torch.tensor([wrap_int(int(t)) for t in thresholds], dtype=torch.int64)
     cpub = c.unsqueeze(0) - tvals.unsqueeze(1)  # (K, n) public
     # Leaves (local): G and P of the 16 blocks of every element, four comparisons to a word.

@@ -29,12 +29,13 @@ from __future__ import annotations
 import torch
 
 from mpc.context import PartyContext
-from mpc.ring import logical_rshift, msb, wrap_int
+from mpc.shares import holds_public
 
 from . import bitforms as bf
 from .binary import and_fanout, open_words
 from .comparison import compare
 from .sharing import open_all
+from .truncation import exact_rshift
 
 __all__ = ["b2a", "a2b", "bit_extract", "exact_rshift"]
 
@@ -52,7 +53,7 @@ def b2a(ctx: PartyContext, bits: torch.Tensor, op: str = "b2a") -> torch.Tensor:
     e = bf.unslice_bits(e, n)
     (t_a,) = handle.derived()
     out = (1 - 2 * e) * t_a
-    if ctx.rank == 0:
+    if holds_public(ctx.rank):
         out += e
     return out.reshape(shape)
 
@@ -68,7 +69,7 @@ def a2b(ctx: PartyContext, x: torch.Tensor, op: str = "a2b") -> torch.Tensor:
     (r_b,) = handle.derived()
     nc = ~c
     g = r_b & nc  # borrow generated: c_i = 0, r_i = 1
-    p = r_b ^ nc if ctx.rank == 0 else r_b.clone()  # propagate: c_i == r_i
+    p = r_b ^ nc if holds_public(ctx.rank) else r_b.clone()  # propagate: c_i == r_i
     s = 1
     while s < 64:
         if 2 * s < 64:
@@ -78,7 +79,7 @@ def a2b(ctx: PartyContext, x: torch.Tensor, op: str = "a2b") -> torch.Tensor:
             g = g ^ and_fanout(ctx, p, (g << s).unsqueeze(0), f"{op}:ks{s}")[0]
         s *= 2
     out = r_b ^ (g << 1)
-    if ctx.rank == 0:
+    if holds_public(ctx.rank):
         out ^= c
     return out
 
@@ -89,17 +90,3 @@ def bit_extract(ctx: PartyContext, x: torch.Tensor, i: int, arithmetic: bool = T
     out = res.bits if arithmetic else res.binary
     assert out is not None
     return out[0]
-
-
-def exact_rshift(ctx: PartyContext, x: torch.Tensor, f: int, op: str = "unscale") -> torch.Tensor:
-    """``x / 2^f`` exactly, for ``x`` a multiple of 2^f in [0, 2^63). Rounds 1."""
-    if f == 0 or x.numel() == 0:
-        return x.clone()
-    handle = ctx.correlations.request("trunc", (f, *x.shape))
-    (r,) = handle.randoms
-    (c,) = open_all(ctx, [x + r], op)
-    r_hi, r_msb = handle.derived()
-    out = r_msb * (1 - msb(c)) * wrap_int(1 << (64 - f)) - r_hi
-    if ctx.rank == 0:
-        out += logical_rshift(c, f)
-    return out

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from mpc.context import Communicator, CorrelationSource, Expect
+from mpc.context import Communicator, CorrelationSource, Expect, Handle
 from mpc.errors import ProtocolError
 from mpc.prg import Prg
 from mpc.ring import logical_rshift, msb
@@ -289,20 +289,6 @@ def _lookup(kind: str) -> Correlation:
         raise ProtocolError(f"unknown correlation kind {kind!r}") from None
 
 
-class Handle:
-    """One requested correlation: random parts now, derived parts on ``derived()``."""
-
-    def __init__(self, randoms: list[torch.Tensor], fetch: Callable[[], list[torch.Tensor]]) -> None:
-        self.randoms = randoms
-        self._fetch = fetch
-        self._derived: list[torch.Tensor] | None = None
-
-    def derived(self) -> list[torch.Tensor]:
-        if self._derived is None:
-            self._derived = self._fetch()
-        return self._derived
-
-
 class DealerSource(CorrelationSource):
     """A party's view of the dealer: expand from the seed, or (last party) ask for corrections."""
 
@@ -330,10 +316,6 @@ class DealerSource(CorrelationSource):
             return [p.reshape(s) for p, s in zip(flat.split(sizes), shapes, strict=True)]
 
         return Handle(randoms, fetch)
-
-    def get(self, kind: str, params: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
-        h = self.request(kind, params)
-        return (*h.randoms, *h.derived())
 
 
 def _numel(shape: Sequence[int]) -> int:

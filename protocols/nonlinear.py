@@ -52,11 +52,10 @@ import torch
 
 from mpc.context import PartyContext
 from mpc.errors import ProtocolError
+from mpc.shares import Share
 
-from .approx import Piecewise, octave_table, piecewise, truncate_many, uniform_table
-from .beaver import beaver_product
+from .approx import Piecewise, octave_table, piecewise, uniform_table
 from .correlated import OP_MUL
-from .ordering import max_reduce
 
 __all__ = [
     "EXP",
@@ -113,51 +112,57 @@ def rsqrt_table(jlo: int = -16, jhi: int = 16) -> Piecewise:
 EXP = exp_table()
 SIGMOID = uniform_table("sigmoid", _sigmoid, -9, 9, 1.5, 3, 0.0, 1.0)
 TANH = uniform_table("tanh", np.tanh, -5, 5, 1.0, 4, -1.0, 1.0)
+LOG = log_table()
+RECIPROCAL = reciprocal_table()
+SQRT = sqrt_table()
+RSQRT = rsqrt_table()
+SQRT_WIDE = sqrt_table(-16, 30)
 
 
-def exp(ctx: PartyContext, x: torch.Tensor) -> torch.Tensor:
+def exp(ctx: PartyContext, x: Share) -> Share:
     """``e^x``; domain [-12, 10], exact to 12, 0 below -11, ``e^12`` above 12. Rounds 8."""
     return piecewise(ctx, x, EXP, "exp")
 
 
-def sigmoid(ctx: PartyContext, x: torch.Tensor) -> torch.Tensor:
+def sigmoid(ctx: PartyContext, x: Share) -> Share:
     """``1 / (1 + e^-x)`` on all reals (0 below -9 and 1 above 9 are within 1.3e-4). Rounds 8."""
     return piecewise(ctx, x, SIGMOID, "sigmoid")
 
 
-def tanh(ctx: PartyContext, x: torch.Tensor) -> torch.Tensor:
+def tanh(ctx: PartyContext, x: Share) -> Share:
     """``tanh x`` on all reals (+-1 beyond +-5 are within 1e-4). Rounds 8."""
     return piecewise(ctx, x, TANH, "tanh")
 
 
-def log(ctx: PartyContext, x: torch.Tensor) -> torch.Tensor:
+def log(ctx: PartyContext, x: Share) -> Share:
     """Natural log; domain [1e-3, 1e4], exact on [2^-16, 2^16); ``log 2^-17`` for x <= 0. Rounds 9."""
-    return piecewise(ctx, x, log_table(), "log")
+    return piecewise(ctx, x, LOG, "log")
 
 
-def reciprocal(ctx: PartyContext, x: torch.Tensor) -> torch.Tensor:
+def reciprocal(ctx: PartyContext, x: Share) -> Share:
     """``1 / x``; domain 1e-2 <= |x| <= 1e4 (and beyond 1e4); ``+-128`` for 0 < |x| < 2^-7, 128 at 0. Rounds 9."""
-    return piecewise(ctx, x, reciprocal_table(), "reciprocal")
+    return piecewise(ctx, x, RECIPROCAL, "reciprocal")
 
 
-def sqrt(ctx: PartyContext, x: torch.Tensor) -> torch.Tensor:
+def sqrt(ctx: PartyContext, x: Share) -> Share:
     """Square root; domain [1e-3, 1e4], exact on [0, 2^16); 0 for x <= 0, 256 above 2^16. Rounds 9."""
-    return piecewise(ctx, x, sqrt_table(), "sqrt")
+    return piecewise(ctx, x, SQRT, "sqrt")
 
 
-def rsqrt(ctx: PartyContext, x: torch.Tensor) -> torch.Tensor:
+def rsqrt(ctx: PartyContext, x: Share) -> Share:
     """``1 / sqrt(x)``; domain [1e-3, 1e4], exact on [2^-16, 2^16); 256 for x <= 0. Rounds 9."""
-    return piecewise(ctx, x, rsqrt_table(), "rsqrt")
+    return piecewise(ctx, x, RSQRT, "rsqrt")
 
 
-def sqrt_wide(ctx: PartyContext, x: torch.Tensor) -> torch.Tensor:
+def sqrt_wide(ctx: PartyContext, x: Share) -> Share:
     """Square root on [2^-16, 2^30) (the whole positive range: norms). Rounds 9."""
-    return piecewise(ctx, x, sqrt_table(-16, 30), "sqrt")
+    return piecewise(ctx, x, SQRT_WIDE, "sqrt")
 
 
-def mul(ctx: PartyContext, x: torch.Tensor, y: torch.Tensor, op: str = "mul") -> torch.Tensor:
+def mul(ctx: PartyContext, x: Share, y: Share, op: str = "mul") -> Share:
     """Fixed-point product (broadcasting), one Beaver round and one truncation."""
-    (z,) = truncate_many(ctx, [(beaver_product(ctx, OP_MUL, x, y, name=op), ctx.config.frac_bits)], f"{op}:trunc")
+    fam = ctx.family
+    (z,) = fam.truncate_many(ctx, [(fam.product(ctx, OP_MUL, x, y, op=op), ctx.config.frac_bits)], f"{op}:trunc")
     return z
 
 
@@ -165,48 +170,48 @@ def _octaves_for(count: int) -> int:
     return max(1, math.ceil(math.log2(max(count, 1)))) + 1
 
 
-def softmax(ctx: PartyContext, x: torch.Tensor) -> torch.Tensor:
+def softmax(ctx: PartyContext, x: Share) -> Share:
     """Softmax over the last dimension (see the module docstring). Rounds 19 + 4 ceil(log2 C)."""
     c = x.shape[-1]
     if x.numel() == 0:
-        return x.clone()
+        return x
     if c == 1:
-        return _ones_like(ctx, x)
-    m, _, _ = max_reduce(ctx, x, op="softmax:max")
+        return ones_like(ctx, x)
+    m, _, _ = ctx.family.max_reduce(ctx, x, op="softmax:max")
     e = piecewise(ctx, x - m.unsqueeze(-1), exp_table(-11, 0), "softmax:exp")
     s = e.sum(-1, keepdim=True)
     inv = piecewise(ctx, s, reciprocal_table(-1, _octaves_for(c), negative=False), "softmax:inv")
     return mul(ctx, e, inv, "softmax:mul")
 
 
-def log_softmax(ctx: PartyContext, x: torch.Tensor) -> torch.Tensor:
+def log_softmax(ctx: PartyContext, x: Share) -> Share:
     """``x - max - log(sum exp(x - max))`` over the last dimension. Rounds 17 + 4 ceil(log2 C)."""
     c = x.shape[-1]
     if x.numel() == 0:
-        return x.clone()
+        return x
     if c == 1:
-        return torch.zeros_like(x)
-    m, _, _ = max_reduce(ctx, x, op="logsoftmax:max")
+        return type(x).public(torch.zeros(x.shape, dtype=torch.int64), ctx.rank)
+    m, _, _ = ctx.family.max_reduce(ctx, x, op="logsoftmax:max")
     z = x - m.unsqueeze(-1)
     e = piecewise(ctx, z, exp_table(-11, 0), "logsoftmax:exp")
     ls = piecewise(ctx, e.sum(-1, keepdim=True), log_table(-1, _octaves_for(c)), "logsoftmax:log")
     return z - ls
 
 
-def _ones_like(ctx: PartyContext, x: torch.Tensor) -> torch.Tensor:
-    one = 1 << ctx.config.frac_bits
-    return torch.full_like(x, one) if ctx.rank == 0 else torch.zeros_like(x)
+def ones_like(ctx: PartyContext, x: Share) -> Share:
+    return type(x).public(torch.full(tuple(x.shape), 1 << ctx.config.frac_bits, dtype=torch.int64), ctx.rank)
 
 
-def pow_int(ctx: PartyContext, x: torch.Tensor, k: int) -> torch.Tensor:
+def pow_int(ctx: PartyContext, x: Share, k: int) -> Share:
     """``x^k`` for a public integer ``k`` by square-and-multiply (one batched product per step)."""
     if not isinstance(k, int):
         raise ProtocolError(f"pow: the exponent must be a public integer, got {k!r}")
     if k < 0:
-        return pow_int(ctx, reciprocal(ctx, x), -k)
+        return pow_int(ctx, ctx.family.reciprocal(ctx, x), -k)
     if k == 0:
-        return _ones_like(ctx, x)
-    result: torch.Tensor | None = None
+        return ones_like(ctx, x)
+    kind = type(x)
+    result: Share | None = None
     base = x
     step = 0
     while True:
@@ -224,7 +229,7 @@ def pow_int(ctx: PartyContext, x: torch.Tensor, k: int) -> torch.Tensor:
                 result = mul(ctx, result, base, f"pow{step}")
                 break
             # square the base and multiply into the result in one batch
-            both = mul(ctx, torch.stack([base, result]), torch.stack([base, base]), f"pow{step}")
+            both = mul(ctx, kind.stack([base, result]), kind.stack([base, base]), f"pow{step}")
             base, result = both[0], both[1]
         else:
             k >>= 1

@@ -19,23 +19,12 @@ from collections.abc import Sequence
 import torch
 
 from mpc.context import Expect, PartyContext
+from mpc.dtypes import CODE_DTYPES as _CODE_DTYPES
+from mpc.dtypes import DTYPE_CODES
 from mpc.errors import ProtocolError
 
 __all__ = ["share_input", "open_all", "open_to", "DTYPE_CODES"]
 
-DTYPE_CODES: dict[torch.dtype, int] = {
-    torch.float32: 1,
-    torch.float64: 2,
-    torch.float16: 3,
-    torch.bfloat16: 4,
-    torch.int64: 5,
-    torch.int32: 6,
-    torch.int16: 7,
-    torch.int8: 8,
-    torch.uint8: 9,
-    torch.bool: 10,
-}
-_CODE_DTYPES = {v: k for k, v in DTYPE_CODES.items()}
 MAX_NDIM = 16
 
 

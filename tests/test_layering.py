@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-CORE = {"ring", "fixedpoint", "prg", "config", "context", "errors"}
+CORE = {"ring", "fixedpoint", "prg", "config", "context", "errors", "shares", "dtypes", "callsite"}
 OUTER_ONLY = {"zmq", "subprocess", "argparse", "multiprocessing"}
 FACADE = "mpc/__init__.py"
 
@@ -149,7 +149,7 @@ def test_the_checker_finds_each_kind_of_breach():
         "protocols/beaver.py": "from mpc.tensor import SecretTensor\n",
         "protocols/sharing.py": "import mpc\n",
         "protocols/truncation.py": "from parties import wire\n",
-        "protocols/suites.py": "import zmq.auth\nimport subprocess\n",
+        "protocols/families.py": "import zmq.auth\nimport subprocess\n",
         "protocols/correlated.py": "from multiprocessing import Pool\nimport argparse\n",
         "mpc/context.py": "import importlib\nm = importlib.import_module('parties.cli')\n",
         "parties/cli.py": "import argparse, subprocess, zmq\nfrom mpc.tensor import SecretTensor\n",  # allowed
@@ -163,11 +163,11 @@ def test_the_checker_finds_each_kind_of_breach():
             assert hits == [], hits
         else:
             assert hits, f"no breach found in {rel}"
-    assert any("protocols/suites.py:1 imports zmq.auth" in v for v in found)
-    assert any("protocols/suites.py:2 imports subprocess" in v for v in found)
+    assert any("protocols/families.py:1 imports zmq.auth" in v for v in found)
+    assert any("protocols/families.py:2 imports subprocess" in v for v in found)
     assert any("mpc/errors.py:1 imports parties" in v for v in found)
     assert any("mpc/tensor.py:2 imports protocols inside a function" in v for v in found)
-    assert imports_of("protocols/suites.py", "from . import beaver, sharing\n") == [
+    assert imports_of("protocols/families.py", "from . import beaver, sharing\n") == [
         ("protocols.beaver", 1, False),
         ("protocols.sharing", 1, False),
     ]
@@ -176,7 +176,7 @@ def test_the_checker_finds_each_kind_of_breach():
 @pytest.mark.timeout(60)
 def test_importing_the_core_and_protocols_loads_no_transport():
     code = (
-        "import sys, mpc, mpc.tensor, protocols.suites, protocols.correlated\n"
+        "import sys, mpc, mpc.tensor, protocols.families, protocols.correlated\n"
         # (torch itself loads multiprocessing, argparse and subprocess: only zmq and parties can be told apart)
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('zmq', 'parties'))\n"
         "print(bad)\n"
@@ -186,3 +186,41 @@ def test_importing_the_core_and_protocols_loads_no_transport():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=50, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]", proc.stdout
+
+
+# ----- the user layer never touches a ring tensor ----------------------------------------------------------
+
+USER_LAYER = ("mpc/tensor.py", "mpc/arith.py", "mpc/functional.py", "mpc/api.py", "mpc/ops.py")
+
+
+def ring_touches(rel: str, source: str) -> list[str]:
+    """Places where user-layer code reaches below the share objects: a share's ring tensor (``.data``),
+    the fixed-point scale (``frac_bits``, ``encoder``), a decision on a party's rank, or a ring module."""
+    found = []
+    for node in ast.walk(ast.parse(source, rel)):
+        if isinstance(node, ast.Attribute) and node.attr in ("data", "frac_bits", "encoder", "value"):
+            found.append(f"{rel}:{node.lineno} uses .{node.attr}")
+        if isinstance(node, ast.Compare):
+            for side in [node.left, *node.comparators]:
+                if isinstance(side, ast.Attribute) and side.attr == "rank":
+                    found.append(f"{rel}:{node.lineno} decides on a party's rank")
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.LShift | ast.RShift):
+            found.append(f"{rel}:{node.lineno} shifts bits")
+    for mod, line, _ in imports_of(rel, source):
+        if mod in ("mpc.ring", "mpc.fixedpoint") or _top(mod) == "protocols":
+            found.append(f"{rel}:{line} imports {mod}")
+    return found
+
+
+@pytest.mark.timeout(30)
+def test_the_user_layer_never_touches_a_ring_tensor():
+    files = _tree()
+    assert all(rel in files for rel in USER_LAYER)
+    assert [v for rel in USER_LAYER for v in ring_touches(rel, files[rel])] == []
+    # the check can fail: each kind of breach is found
+    planted = (
+        "def f(x, ctx):\n    a = x.share.data\n    b = ctx.config.frac_bits\n"
+        "    if ctx.rank == 0:\n        pass\n    return a << 16\nfrom mpc.ring import msb\n"
+    )
+    hits = ring_touches("mpc/arith.py", planted)
+    assert len(hits) == 5, hits

@@ -153,7 +153,7 @@ def test_fixedpoint_and_config_refuse_bad_frac_bits(f):
 
 @pytest.mark.timeout(20)
 def test_config_validation_and_fingerprint():
-    for bad in [dict(timeout=0), dict(timeout=-1), dict(timeout="5"), dict(max_message_bytes=10), dict(suite="x")]:
+    for bad in [dict(timeout=0), dict(timeout=-1), dict(timeout="5"), dict(max_message_bytes=10), dict(protocol="x")]:
         with pytest.raises(ConfigError):
             MPCConfig(**bad)
     base = MPCConfig()

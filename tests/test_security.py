@@ -342,7 +342,7 @@ def _inference(ctx, inp):
     w = mpc.share(inp["W"] if ctx.rank == 1 else None, owner=1)
     xw = x @ w
     y = xw.relu()
-    return y.reveal(to=0), {"X": x.share, "W": w.share, "X@W": xw.share, "y": y.share}
+    return y.reveal(to=0), {"X": x.share.data, "W": w.share.data, "X@W": xw.share.data, "y": y.share.data}
 
 
 def _logreg_inputs(seed: int) -> dict[str, torch.Tensor]:
@@ -363,8 +363,15 @@ def _logreg(ctx, inp):
     p = xw.sigmoid()
     d = p - lab
     g = (x.t() @ d) / 16
-    shares = {"X": x.share, "labels": lab.share, "w": w.share, "X@w": xw.share, "p": p.share, "p-y": d.share}
-    return g.reveal(to=1), {**shares, "g": g.share}
+    shares = {
+        "X": x.share.data,
+        "labels": lab.share.data,
+        "w": w.share.data,
+        "X@w": xw.share.data,
+        "p": p.share.data,
+        "p-y": d.share.data,
+    }
+    return g.reveal(to=1), {**shares, "g": g.share.data}
 
 
 WORKLOADS = {
@@ -765,7 +772,7 @@ def test_reveals_are_logged_with_recipient_and_shape_but_no_values(sim, caplog):
         z = x + y
         if careless and ctx.rank == 0:
             ctx.log.info("debugging: %s", x_in[0].tolist())
-        return x.reveal(to=1), z.reveal(), x.share, z.share
+        return x.reveal(to=1), z.reveal(), x.share.data, z.share.data
 
     results = sim(prog, 3)
     assert torch.allclose(results[1][0], x_in, atol=1e-4) and torch.allclose(results[2][1], x_in + y_in, atol=1e-4)

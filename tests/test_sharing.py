@@ -19,7 +19,9 @@ import torch
 
 import mpc
 from mpc.config import MPCConfig
+from mpc.dtypes import DTYPE_CODES
 from mpc.errors import ConfigError, DesyncError, EncodingError, PeerAborted, ProtocolError
+from mpc.shares import AdditiveShare, holds_public
 from parties import wire
 from parties.memory import MemoryCommunicator, MemoryHub
 from parties.party import setup_party
@@ -216,7 +218,7 @@ def _reveal_to(ctx, k: int, to_all: bool):
     y = mpc.share(torch.tensor([2.0, 0.5, -1.0, 4.0]) if ctx.rank == 1 else None, owner=1)
     z = x * y + x
     out = z.reveal() if to_all else z.reveal(to=k)
-    return out, z.share.clone()
+    return out, z.share.data.clone()
 
 
 @pytest.mark.timeout(60)
@@ -275,7 +277,7 @@ def test_sharing_sends_only_public_metadata(sim, n):
             assert [s for s, _, _ in share_frames] == [0]
             (_, h, p) = share_frames[0]
             meta = wire.decode_payload(h, p).tolist()
-            assert meta == [1, 2, 2, 3]  # float32 code, two dimensions, shape (2, 3)
+            assert meta == [DTYPE_CODES[torch.float32], 2, 2, 3]  # float32 code, two dimensions, shape (2, 3)
             payloads.append(p)
         seen.append(payloads)
     assert seen[0] == seen[1] == seen[2]
@@ -344,7 +346,7 @@ def _leaky_share(ctx, value, owner: int, flaw: str) -> mpc.SecretTensor:
         share = ctx.encoder.encode(value) - sum(masks.values())
     else:
         share = masks[ctx.rank]
-    return mpc.SecretTensor(ctx, share, torch.float32)
+    return mpc.SecretTensor(ctx, AdditiveShare(share, holds_public(ctx.rank)), torch.float32)
 
 
 SAMPLES_PER_RUN = 2000
@@ -358,7 +360,7 @@ def _collect(sim, n: int, value: float, flaw: str | None):
         x = mpc.share(v, owner=0) if flaw is None else _leaky_share(ctx, v, 0, flaw)
         y = x * x if flaw is None else x  # a product's output shares, too
         opened = x.reveal()
-        return x.share, y.share, opened
+        return x.share.data, y.share.data, opened
 
     per_party: list[list[torch.Tensor]] = [[] for _ in range(n)]
     products: list[list[torch.Tensor]] = [[] for _ in range(n)]

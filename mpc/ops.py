@@ -1,0 +1,81 @@
+"""The operation table: every secret operation, registered once.
+
+An entry names the operation, its forward function (on secret tensors and
+public operands), its cost (rounds and bytes per element for the additive
+dealer family, as documented) and the torch callables that dispatch to it.
+Its ``backward`` slot is where autograd's rule goes.  ``SecretTensor``'s
+methods, ``mpc.functional`` and ``SecretTensor.__torch_function__`` all go
+through this table, so a new operation is one ``@register`` in
+``mpc.arith`` or ``mpc.functional`` and is reachable from all three at once.
+
+A torch function that has no entry raises ``MPCError`` naming it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import MPCError
+
+__all__ = ["Op", "OPS", "TORCH_OPS", "register", "call", "torch_dispatch", "NotSupportedError"]
+
+
+class NotSupportedError(MPCError, TypeError):
+    """A torch function or method that secret tensors do not support."""
+
+
+@dataclass
+class Op:
+    """One secret operation: name, forward, room for a backward rule, cost, torch aliases."""
+
+    name: str
+    forward: Callable[..., Any]
+    cost: str = ""
+    backward: Callable[..., Any] | None = None
+    torch: tuple[Callable[..., Any], ...] = field(default_factory=tuple)
+
+
+OPS: dict[str, Op] = {}
+TORCH_OPS: dict[Any, Op] = {}
+
+
+def register(name: str, *, cost: str = "", torch: tuple[Callable[..., Any], ...] = ()) -> Callable:
+    """Decorator: enter ``fn`` in the table as the forward of ``name``, reachable from ``torch`` callables."""
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        if name in OPS:
+            raise ValueError(f"operation {name!r} is registered twice")
+        entry = Op(name, fn, cost, None, tuple(torch))
+        OPS[name] = entry
+        for t in torch:
+            TORCH_OPS[t] = entry
+        return fn
+
+    return deco
+
+
+def call(name: str, *args: Any, **kwargs: Any) -> Any:
+    return OPS[name].forward(*args, **kwargs)
+
+
+def _torch_name(func: Any) -> str:
+    mod = getattr(func, "__module__", None) or ""
+    qual = getattr(func, "__qualname__", None) or getattr(func, "__name__", repr(func))
+    if mod.startswith("torch.nn.functional"):
+        return f"torch.nn.functional.{qual}"
+    if mod.startswith("torch") or mod == "":
+        return f"torch.{qual}" if not qual.startswith("torch") else qual
+    return f"{mod}.{qual}"
+
+
+def torch_dispatch(func: Any, args: tuple, kwargs: dict | None) -> Any:
+    """What ``SecretTensor.__torch_function__`` does: the table's forward, or a clear refusal."""
+    entry = TORCH_OPS.get(func)
+    if entry is None:
+        raise NotSupportedError(
+            f"{_torch_name(func)} is not supported on secret tensors; the supported operations are listed in "
+            "mpc.ops.OPS (reveal() first only if the value may be made public)"
+        )
+    return entry.forward(*args, **(kwargs or {}))

@@ -1,0 +1,104 @@
+"""The ``additive-dealer`` family: n-out-of-n additive sharing over Z_2^64 with a seed-compressed dealer.
+
+Shares are ``AdditiveShare`` (and ``BinaryShare`` for XOR-shared words).  The
+primitives are the ring kernels of ``sharing``, ``beaver``, ``truncation``,
+``binary`` and ``conversions``; the family overrides two composites with
+dealer-assisted variants: ``compare`` (``protocols.comparison``: 4 rounds
+instead of the generic 9) and ``powers`` (one opening for all powers).
+The dealer is this family's extra node: the party setup asks ``needs_dealer``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from mpc.context import Communicator, CorrelationSource, PartyContext
+from mpc.shares import AdditiveShare, BinaryShare, Share, holds_public
+
+from . import beaver, binary, comparison, conversions, sharing, truncation
+from .correlated import DealerSource
+from .family import CmpResult
+from .ring_family import RingFamily
+
+__all__ = ["AdditiveDealerFamily"]
+
+
+def _a(ctx: PartyContext, t: torch.Tensor) -> AdditiveShare:
+    return AdditiveShare(t, holds_public(ctx.rank))
+
+
+def _b(ctx: PartyContext, t: torch.Tensor) -> BinaryShare:
+    return BinaryShare(t, holds_public(ctx.rank))
+
+
+def _wrap(ctx: PartyContext, t: torch.Tensor | None) -> AdditiveShare | None:
+    return None if t is None else _a(ctx, t)
+
+
+class AdditiveDealerFamily(RingFamily):
+    """n-out-of-n additive sharing with a dealer (n >= 2); secure against a semi-honest coalition of n-1."""
+
+    name = "additive-dealer"
+    min_parties = 2
+    needs_dealer = True
+
+    def correlation_source(
+        self, comm: Communicator, seed: bytes | None, rank: int, world_size: int
+    ) -> CorrelationSource | None:
+        if seed is None:
+            raise ValueError("the additive-dealer family needs the dealer's seed")
+        return DealerSource(comm, seed, rank, world_size)
+
+    # ----- sharing and opening -------------------------------------------------------------------
+    def share_input(self, ctx: PartyContext, value: Any, owner: int) -> tuple[Share, torch.dtype]:
+        t, dtype = sharing.share_input(ctx, value, owner)
+        return _a(ctx, t), dtype
+
+    def open_all(self, ctx: PartyContext, shares: Sequence[Share], op: str) -> list[torch.Tensor]:
+        return sharing.open_all(ctx, [s.data for s in shares], op)  # type: ignore[attr-defined]
+
+    def open_to(self, ctx: PartyContext, share: Share, to: int, op: str) -> torch.Tensor | None:
+        return sharing.open_to(ctx, share.data, to, op)  # type: ignore[attr-defined]
+
+    # ----- products and truncation -----------------------------------------------------------------
+    def product(self, ctx, kind, x, y, extra=(), op="mul"):
+        return _a(ctx, beaver.beaver_product(ctx, kind, x.data, y.data, extra, name=op))
+
+    def square_raw(self, ctx, x, op="square"):
+        return _a(ctx, beaver.square_raw(ctx, x.data, op))
+
+    def truncate_many(self, ctx, items, op):
+        return [_a(ctx, t) for t in truncation.truncate_many(ctx, [(s.data, f) for s, f in items], op)]
+
+    def exact_rshift(self, ctx, x, bits, op):
+        return _a(ctx, truncation.exact_rshift(ctx, x.data, bits, op))
+
+    def powers(self, ctx, v, degree, f, op):
+        return [_a(ctx, t) for t in beaver.powers(ctx, v.data, degree, f, op)]
+
+    # ----- binary shares and conversions -----------------------------------------------------------
+    def and_(self, ctx, x, y, op="and"):
+        return _b(ctx, binary.and_(ctx, x.data, y.data, op))
+
+    def open_words(self, ctx, words, op):
+        return binary.open_words(ctx, [w.data for w in words], op)
+
+    def b2a(self, ctx, bits, op="b2a"):
+        return _a(ctx, conversions.b2a(ctx, bits.data, op))
+
+    def a2b(self, ctx, x, op="a2b"):
+        return _b(ctx, conversions.a2b(ctx, x.data, op))
+
+    # ----- the dealer-assisted comparison (overrides the generic one) ----------------------------------
+    def compare(self, ctx: PartyContext, x: Share, thresholds: Sequence[int], **kw: Any) -> CmpResult:
+        extra = kw.pop("extra", None)
+        res = comparison.compare(ctx, x.data, thresholds, extra=None if extra is None else extra.data, **kw)
+        return CmpResult(
+            bits=_wrap(ctx, res.bits),
+            binary=None if res.binary is None else _b(ctx, res.binary),
+            xbits=_wrap(ctx, res.xbits),
+            ybits=_wrap(ctx, res.ybits),
+        )

@@ -1,0 +1,219 @@
+"""``RingFamily``: the composites every family over Z_2^64 with fixed-point encoding shares.
+
+The primitives are abstract (``protocols.family.ProtocolFamily``); everything
+here is written against them once: fixed-point products and truncation,
+comparison (a generic version over ``a2b``/``b2a``, which a family overrides
+with a faster one), ReLU, where, clamp, max/argmax, pooling's tournament, and
+every nonlinear function (``protocols.nonlinear``).  The user layer calls only
+these methods and the primitives, through ``ctx.family``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from mpc.context import PartyContext
+from mpc.fixedpoint import FixedPoint
+from mpc.ring import wrap_int
+from mpc.shares import AdditiveShare, Share
+
+from . import nonlinear, ordering
+from .approx import piecewise
+from .correlated import OP_CONV2D, OP_MATMUL, OP_MUL
+from .family import CmpResult, ProtocolFamily
+
+__all__ = ["RingFamily", "compare_generic", "powers_generic"]
+
+
+def compare_generic(
+    ctx: PartyContext,
+    x: Share,
+    thresholds: Sequence[int],
+    *,
+    negate: bool = False,
+    arithmetic: bool = True,
+    mul_input: bool = False,
+    extra: Share | None = None,
+    bit: int = 63,
+    op: str = "cmp",
+) -> CmpResult:
+    """``[x < T_k]`` from the primitives alone: bit ``bit`` of ``a2b(x - T_k)``, then ``b2a`` and products.
+
+    Rounds 7 (a2b) + 1 (b2a) + 1 (products); a family with a dedicated
+    comparison overrides ``compare``.
+    """
+    fam = ctx.family
+    kk = len(thresholds)
+    kind = type(x)
+    xs = kind.stack([x.add_public(wrap_int(-int(t))) for t in thresholds])
+    word = (fam.a2b(ctx, xs, f"{op}:a2b") >> bit).and_public(1)
+    if negate:
+        word = word.xor_public(1)
+    if not arithmetic:
+        return CmpResult(binary=word)
+    bits = fam.b2a(ctx, word, f"{op}:b2a")
+    res = CmpResult(bits=bits)
+    if mul_input:
+        res.xbits = fam.product(ctx, OP_MUL, bits, x.unsqueeze(0).broadcast_to((kk, *x.shape)), op=f"{op}:mul")
+    if extra is not None:
+        res.ybits = fam.product(ctx, OP_MUL, bits.unsqueeze(-1), extra, op=f"{op}:mulx")
+    return res
+
+
+def powers_generic(ctx: PartyContext, v: Share, degree: int, f: int, op: str) -> list[Share]:
+    """``[v, v^2, ..., v^degree]`` by repeated fixed-point products (2 rounds per power)."""
+    out = [v]
+    for _ in range(2, degree + 1):
+        out.append(ctx.family.truncate_many(ctx, [(ctx.family.product(ctx, OP_MUL, out[-1], v, op=op), f)], op)[0])
+    return out
+
+
+class RingFamily(ProtocolFamily):
+    """Composites for families over Z_2^64 (fixed point with ``frac_bits`` fractional bits)."""
+
+    share_type: type[Share] = AdditiveShare
+    lowest = -(1 << 61)  # below every encodable value: max pooling's padding
+
+    # ----- encoding -------------------------------------------------------------------------------
+    def encode_public(self, ctx: PartyContext, value: Any, what: str = "public operand") -> torch.Tensor:
+        return ctx.encoder.encode(value, what=what)
+
+    def decode(self, ctx: PartyContext, opened: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return ctx.encoder.decode(opened, dtype)
+
+    def is_exact_multiplier(self, value: Any) -> bool:
+        return FixedPoint.is_integral(value)
+
+    def scale_int(self, ctx: PartyContext, x: Share) -> Share:
+        """An integer-valued share (a bit, an index) into fixed point."""
+        return x << ctx.config.frac_bits  # type: ignore[operator]
+
+    # ----- products with truncation -----------------------------------------------------------------
+    def truncate(self, ctx: PartyContext, x: Share, bits: int | None = None, op: str = "trunc") -> Share:
+        return self.truncate_many(ctx, [(x, ctx.config.frac_bits if bits is None else bits)], op)[0]
+
+    def mul(self, ctx: PartyContext, x: Share, y: Share, op: str = "mul") -> Share:
+        return self.truncate(ctx, self.product(ctx, OP_MUL, x, y, op=op), op=f"{op}:trunc")
+
+    def matmul(self, ctx: PartyContext, x: Share, y: Share, op: str = "matmul") -> Share:
+        return self.truncate(ctx, self.product(ctx, OP_MATMUL, x, y, op=op), op=f"{op}:trunc")
+
+    def conv2d(self, ctx: PartyContext, x: Share, w: Share, stride, padding, dilation, groups: int) -> Share:
+        extra = (*stride, *padding, *dilation, groups)
+        return self.truncate(ctx, self.product(ctx, OP_CONV2D, x, w, extra, op="conv2d"), op="conv2d:trunc")
+
+    def square(self, ctx: PartyContext, x: Share) -> Share:
+        return self.truncate(ctx, self.square_raw(ctx, x), op="square:trunc")
+
+    def mul_public(self, ctx: PartyContext, x: Share, value: Any, op: str = "mul_public") -> Share:
+        """``x * c`` for a public real ``c`` (one truncation round), or an integer ``c`` (local)."""
+        if self.is_exact_multiplier(value):
+            k = value.to(torch.int64) if isinstance(value, torch.Tensor) else int(value)
+            return x.mul_public(k)
+        return self.truncate(ctx, x.mul_public(self.encode_public(ctx, value)), op=op)
+
+    def matmul_public(self, ctx: PartyContext, x: Share, m: torch.Tensor, left: bool = False) -> Share:
+        if not m.is_floating_point():
+            return x.matmul_public(m.to(torch.int64), left)
+        return self.truncate(ctx, x.matmul_public(self.encode_public(ctx, m), left), op="matmul_public")
+
+    def conv2d_public(self, ctx: PartyContext, x: Share, w: torch.Tensor, kernel_secret: bool, **kw) -> Share:
+        prod = x.conv2d_public(self.encode_public(ctx, w), kernel_secret=kernel_secret, **kw)
+        return self.truncate(ctx, prod, op="conv2d_public")
+
+    # ----- comparison ------------------------------------------------------------------------------
+    def compare(self, ctx: PartyContext, x: Share, thresholds: Sequence[int], **kw: Any) -> CmpResult:
+        return compare_generic(ctx, x, thresholds, **kw)
+
+    def powers(self, ctx: PartyContext, v: Share, degree: int, f: int, op: str) -> list[Share]:
+        return powers_generic(ctx, v, degree, f, op)
+
+    def less_than(self, ctx: PartyContext, z: Share, negate: bool = False, op: str = "lt") -> Share:
+        """``[z < 0]`` (or ``[z >= 0]``) in fixed point. Rounds 4."""
+        return self.scale_int(ctx, self.compare(ctx, z, (0,), negate=negate, op=op).bits[0])
+
+    def equal(self, ctx: PartyContext, z: Share, negate: bool = False, op: str = "eq") -> Share:
+        """``[z == 0]`` = ``[z < 1 ulp] - [z < 0]`` (or its negation) in fixed point, one batch. Rounds 4."""
+        b = self.compare(ctx, z, (0, 1), op=op).bits
+        bit = (b[0] - b[1]).add_public(1) if negate else b[1] - b[0]
+        return self.scale_int(ctx, bit)
+
+    def sign(self, ctx: PartyContext, x: Share) -> Share:
+        """-1, 0 or 1: ``1 - [x < 1 ulp] - [x < 0]``. Rounds 4."""
+        b = self.compare(ctx, x, (0, 1), op="sign").bits
+        return self.scale_int(ctx, (-b[1] - b[0]).add_public(1))
+
+    def abs(self, ctx: PartyContext, x: Share) -> Share:
+        """``|x| = x - 2 x [x < 0]``. Rounds 4."""
+        res = self.compare(ctx, x, (0,), mul_input=True, op="abs")
+        return x - res.xbits[0].mul_public(2)
+
+    def relu(self, ctx: PartyContext, x: Share, op: str = "relu") -> Share:
+        """``max(x, 0) = x [x >= 0]``, exact. Rounds 4."""
+        return self.compare(ctx, x, (0,), negate=True, mul_input=True, op=op).xbits[0]
+
+    def clamp_public(self, ctx: PartyContext, x: Share, lo: float | None, hi: float | None) -> Share:
+        lo_r = None if lo is None else int(self.encode_public(ctx, float(lo)))
+        hi_r = None if hi is None else int(self.encode_public(ctx, float(hi)))
+        return ordering.clamp_public(ctx, x, lo_r, hi_r)
+
+    def clamp_secret(self, ctx: PartyContext, x: Share, lo: Share | None, hi: Share | None) -> Share:
+        return ordering.clamp_secret(ctx, x, lo, hi)
+
+    def maximum(self, ctx: PartyContext, a: Share, b: Share, op: str = "maximum") -> Share:
+        return ordering.maximum(ctx, a, b, op)
+
+    def where(self, ctx: PartyContext, cond: Share, a: Share, b: Share) -> Share:
+        return ordering.where(ctx, cond, a, b)
+
+    def where_public(self, ctx: PartyContext, cond: Share, a: torch.Tensor, b: torch.Tensor) -> Share:
+        """``cond ? a : b`` for public encoded branches: ``b + bit (a - b)``. Rounds 1."""
+        bit = self.exact_rshift(ctx, cond, ctx.config.frac_bits, "where:bit")
+        return bit.mul_public(a - b).add_public(b)
+
+    def max_reduce(
+        self, ctx: PartyContext, x: Share, index: bool = False, one_hot: bool = False, op: str = "max"
+    ) -> tuple[Share, Share | None, Share | None]:
+        """Max over the last dimension; the index and one-hot come back in fixed point."""
+        vals, idx, oh = ordering.max_reduce(ctx, x, index, one_hot, op)
+        return vals, (None if idx is None else self.scale_int(ctx, idx)), (None if oh is None else self.scale_int(ctx, oh))
+
+    # ----- nonlinear functions ------------------------------------------------------------------------
+    def exp(self, ctx: PartyContext, x: Share) -> Share:
+        return nonlinear.exp(ctx, x)
+
+    def log(self, ctx: PartyContext, x: Share) -> Share:
+        return nonlinear.log(ctx, x)
+
+    def reciprocal(self, ctx: PartyContext, x: Share) -> Share:
+        return nonlinear.reciprocal(ctx, x)
+
+    def sqrt(self, ctx: PartyContext, x: Share) -> Share:
+        return nonlinear.sqrt(ctx, x)
+
+    def rsqrt(self, ctx: PartyContext, x: Share) -> Share:
+        return nonlinear.rsqrt(ctx, x)
+
+    def sqrt_wide(self, ctx: PartyContext, x: Share) -> Share:
+        return nonlinear.sqrt_wide(ctx, x)
+
+    def sigmoid(self, ctx: PartyContext, x: Share) -> Share:
+        return nonlinear.sigmoid(ctx, x)
+
+    def tanh(self, ctx: PartyContext, x: Share) -> Share:
+        return nonlinear.tanh(ctx, x)
+
+    def softmax(self, ctx: PartyContext, x: Share) -> Share:
+        return nonlinear.softmax(ctx, x)
+
+    def log_softmax(self, ctx: PartyContext, x: Share) -> Share:
+        return nonlinear.log_softmax(ctx, x)
+
+    def pow_int(self, ctx: PartyContext, x: Share, k: int) -> Share:
+        return nonlinear.pow_int(ctx, x, k)
+
+    def piecewise(self, ctx: PartyContext, x: Share, table: Any, op: str = "approx") -> Share:
+        return piecewise(ctx, x, table, op)
