@@ -30,6 +30,29 @@ REPO = Path(__file__).resolve().parent.parent
 SIM_TIMEOUT = 20.0
 
 
+# ----- thread tier -----------------------------------------------------------------------
+
+# The protocol families that every user-level test runs under (one test body, STYLE.md).  The
+# secure family is checked at every party count and for its costs; ``plaintext`` (values in the
+# clear, exact float64) is checked for the same results at fewer party counts.
+FAMILIES = ("additive-dealer", "plaintext")
+SECURE = "additive-dealer"
+PLAINTEXT = "plaintext"
+
+
+def families(*parties: int) -> list[Any]:
+    """``(protocol, n)`` parameters: the secure family at every party count, the others at the first."""
+    return [
+        pytest.param(p, n, id=f"{p}-{n}") for p in FAMILIES for n in (parties if p == SECURE else parties[:1])
+    ]
+
+
+@pytest.fixture(params=FAMILIES)
+def protocol(request) -> str:
+    """The protocol family of a test written once for every family (``sim(fn, n, protocol=protocol)``)."""
+    return request.param
+
+
 def simulate(fn: Callable[[Any], Any], parties: int = 2, *, received: dict | None = None, **options: Any) -> list[Any]:
     """``fn(ctx)`` in ``parties`` threads (plus the dealer thread); results in rank order."""
     options.setdefault("timeout", SIM_TIMEOUT)
