@@ -104,7 +104,9 @@ def square(input: SecretTensor) -> SecretTensor:
 def matmul(input: SecretTensor | torch.Tensor, other: SecretTensor | torch.Tensor) -> SecretTensor:
     if isinstance(input, SecretTensor) and isinstance(other, SecretTensor):
         _same(input, other)
-        return input._new(input.ctx.family.matmul(input.ctx, input.share, other.share), _result_dtype(input.dtype, other))
+        return input._new(
+            input.ctx.family.matmul(input.ctx, input.share, other.share), _result_dtype(input.dtype, other)
+        )
     secret, public, left = (input, other, False) if isinstance(input, SecretTensor) else (other, input, True)
     if not isinstance(public, torch.Tensor):
         raise ProtocolError(f"matmul needs a tensor operand, got {type(public).__name__}")
@@ -288,7 +290,11 @@ def where(
         input.dtype if isinstance(input, SecretTensor) else _result_dtype(torch.bool, input),
         other,
     )
-    if isinstance(condition, SecretTensor) and not isinstance(input, SecretTensor) and not isinstance(other, SecretTensor):
+    if (
+        isinstance(condition, SecretTensor)
+        and not isinstance(input, SecretTensor)
+        and not isinstance(other, SecretTensor)
+    ):
         _same(ref, condition)
         return ref._new(fam.where_public(ctx, condition.share, _enc(ref, input), _enc(ref, other)), dtype)
     a, b = _operand(ref, input), _operand(ref, other)

@@ -103,7 +103,9 @@ def conv2d(
 
 @register("linear", cost="as matmul", torch=(F.linear,))
 def linear(
-    input: SecretTensor | torch.Tensor, weight: SecretTensor | torch.Tensor, bias: SecretTensor | torch.Tensor | None = None
+    input: SecretTensor | torch.Tensor,
+    weight: SecretTensor | torch.Tensor,
+    bias: SecretTensor | torch.Tensor | None = None,
 ) -> SecretTensor:
     """``torch.nn.functional.linear``: ``input @ weight.T + bias``."""
     wt = weight.transpose(0, 1) if weight.dim() == 2 else weight
@@ -182,4 +184,3 @@ def avg_pool2d(
     total = input._new(win.sum(-1))
     out = mul(total, 1.0 / (divisor_override or kh * kw))
     return out.squeeze(0) if squeeze else out
-

@@ -54,6 +54,8 @@ class AdditiveDealerFamily(RingFamily):
 
     # ----- sharing and opening -------------------------------------------------------------------
     def share_input(self, ctx: PartyContext, value: Any, owner: int) -> tuple[Share, torch.dtype]:
+        if ctx.rank == owner and value is not None:
+            self.check_input(ctx, value)
         t, dtype = sharing.share_input(ctx, value, owner)
         return _a(ctx, t), dtype
 
@@ -70,8 +72,8 @@ class AdditiveDealerFamily(RingFamily):
     def square_raw(self, ctx, x, op="square"):
         return _a(ctx, beaver.square_raw(ctx, x.data, op))
 
-    def truncate_many(self, ctx, items, op):
-        return [_a(ctx, t) for t in truncation.truncate_many(ctx, [(s.data, f) for s, f in items], op)]
+    def divide_many(self, ctx, items, op):
+        return [_a(ctx, t) for t in truncation.divide_many(ctx, [(s.data, d) for s, d in items], op)]
 
     def exact_rshift(self, ctx, x, bits, op):
         return _a(ctx, truncation.exact_rshift(ctx, x.data, bits, op))

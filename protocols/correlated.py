@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -135,6 +136,31 @@ def _triple_derive(r, params):
 def _trunc_derive(r, params):
     f = int(params[0])
     return [logical_rshift(r[0], f), msb(r[0])]
+
+
+MAX_DIVISOR = 1 << 62
+
+
+def _div_check(p):
+    if len(p) < 1 or not 2 <= int(p[0]) <= MAX_DIVISOR:
+        raise ValueError(f"div takes a divisor in [2, 2^62] and a shape, got {tuple(p[:1])}")
+    return int(p[0])
+
+
+def _div_shapes(p):
+    _div_check(p)
+    return [tuple(p[1:])]
+
+
+def udiv(r: torch.Tensor, d: int) -> torch.Tensor:
+    """``floor(r / d)`` reading the int64 ``r`` as unsigned (the quotient fits in int64 for d >= 2)."""
+    q = r.contiguous().reshape(-1).numpy().view(np.uint64) // np.uint64(d)
+    return torch.from_numpy(q.view(np.int64)).reshape(r.shape)
+
+
+def _div_derive(r, params):
+    d = _div_check(params)
+    return [udiv(r[0], d), msb(r[0])]
 
 
 # ----- binary and mixed kinds (comparison, conversions, polynomials) ---------------------------------
@@ -263,6 +289,8 @@ CORRELATIONS: dict[str, Correlation] = {
     "square": Correlation("square", lambda p: [tuple(p)], lambda p: [tuple(p)], lambda r, p: [r[0] * r[0]]),
     # (r, r >> f, msb(r)) for exact truncation; params = (f, *shape).
     "trunc": Correlation("trunc", lambda p: [tuple(p[1:])], lambda p: [tuple(p[1:])] * 2, _trunc_derive),
+    # (r, floor(r / d), msb(r)) for exact division by a public integer d (unsigned r); params = (d, *shape).
+    "div": Correlation("div", _div_shapes, lambda p: _div_shapes(p) * 2, _div_derive),
     # XOR-shared (a, b_1..b_m, a & b_i): AND gates, one input fanned out to m others; params = (m, *shape).
     "band": Correlation(
         "band", _band_shapes, lambda p: [(int(p[0]), *p[1:])], _band_derive, lambda p: ([True, True], [True])

@@ -12,7 +12,8 @@ setup               ``needs_dealer`` (which extra node the family needs),
                     builds from the dealer's seed), ``encode_public``/``decode``
 sharing, opening    ``share_input``, ``open_all``, ``open_to``
 bilinear products   ``product`` (untruncated: ``mul``, ``matmul``, ``conv2d`` codes),
-                    ``square_raw``, and ``truncate_many`` (one truncation for all)
+                    ``square_raw``, and ``divide_many`` (exact division by public
+                    integers: the one truncation, ``truncate_many``, is ``d = 2^f``)
 binary shares       ``and_``, ``open_words``
 conversions         ``b2a``, ``a2b``, ``exact_rshift`` (exact division of multiples)
 ==================  ==================================================================
@@ -123,8 +124,12 @@ class ProtocolFamily(ABC):
         """``x * x``, not truncated."""
 
     @abstractmethod
+    def divide_many(self, ctx: PartyContext, items: Sequence[tuple[Share, int]], op: str) -> list[Share]:
+        """Divide each share by its public integer ``d``, all in one round; unbiased, under 1 unit."""
+
+    @abstractmethod
     def truncate_many(self, ctx: PartyContext, items: Sequence[tuple[Share, int]], op: str) -> list[Share]:
-        """Divide each share by ``2^bits`` (its own ``bits``), all in one round; unbiased, within 1 ulp."""
+        """Divide each share by ``2^bits`` (its own ``bits``), all in one round (ring families: ``divide_many``)."""
 
     @abstractmethod
     def exact_rshift(self, ctx: PartyContext, x: Share, bits: int, op: str) -> Share:

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mpc.callsite import user_call_site, warn_at_user
+from mpc.callsite import lossy_constants, user_call_site, warn_at_user
 from mpc.context import Expect, PartyContext
 from mpc.dtypes import CODE_DTYPES, DTYPE_CODES
 from mpc.errors import FixedPointWarning, ProtocolError
@@ -109,18 +109,14 @@ class PlaintextFamily(ProtocolFamily):
     def encode_public(self, ctx: PartyContext, value: Any, what: str = "public operand") -> torch.Tensor:
         t = value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
         ctx.encoder.encode(t, what=what)  # the same refusals as a secure run: NaN, inf, out of range
-        t = t.detach().to(torch.float64)
-        if t.numel():
-            scale = float(ctx.encoder.scale)
-            rounded = torch.round(t * scale) / scale
-            lost = (rounded - t).abs() > 0.01 * t.abs()
-            if bool(lost.any()):
-                worst = float(t[lost].reshape(-1)[0])
-                self.report(
-                    what, "rounding", f"the public constant {worst:.6g} becomes {float(round(worst * scale) / scale):.6g} "
-                    f"in fixed point with {ctx.config.frac_bits} fractional bits (off by more than 1%)"
-                )  # fmt: skip
-        return t
+        lost = lossy_constants(t, ctx.encoder.scale)
+        if lost is not None:
+            scale = ctx.encoder.scale
+            self.report(
+                what, "rounding", f"the public constant {lost:.6g} becomes {round(lost * scale) / scale:.6g} "
+                f"in fixed point with {ctx.config.frac_bits} fractional bits (off by more than 1%)"
+            )  # fmt: skip
+        return t.detach().to(torch.float64)
 
     def decode(self, ctx: PartyContext, opened: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         if dtype == torch.bool:
@@ -180,6 +176,9 @@ class PlaintextFamily(ProtocolFamily):
     def square_raw(self, ctx, x, op="square"):
         return self._out(ctx, op, x.value * x.value)
 
+    def divide_many(self, ctx, items, op):
+        return [PlainShare(s.value / d) for s, d in items]
+
     def truncate_many(self, ctx, items, op):
         # Real numbers carry no scale: dividing by 2^bits is a ring family's bookkeeping, not a value change.
         return [s for s, _ in items]
@@ -203,13 +202,20 @@ class PlaintextFamily(ProtocolFamily):
         return x
 
     def mul_public(self, ctx, x, value, op="mul_public"):
-        return self._out(ctx, op, x.value * self.encode_public(ctx, value))
+        # A scalar multiplier is exact in the secure families (RingFamily.scale_public): nothing to report.
+        if isinstance(value, torch.Tensor) and value.numel() != 1:
+            return self._out(ctx, op, x.value * self.encode_public(ctx, value))
+        c = float(value)
+        ctx.encoder.encode(c, what="public operand")  # the secure family's refusals: NaN, inf, out of range
+        return self._out(ctx, op, x.value * c)
 
     def matmul_public(self, ctx, x, m, left=False):
         return self._out(ctx, "matmul", x.matmul_public(self.encode_public(ctx, m), left).value)
 
     def conv2d_public(self, ctx, x, w, kernel_secret, **kw):
-        return self._out(ctx, "conv2d", x.conv2d_public(self.encode_public(ctx, w), kernel_secret=kernel_secret, **kw).value)
+        return self._out(
+            ctx, "conv2d", x.conv2d_public(self.encode_public(ctx, w), kernel_secret=kernel_secret, **kw).value
+        )
 
     # ----- binary shares are a ring notion -------------------------------------------------------------------
     def _no_words(self, what: str):
@@ -268,7 +274,11 @@ class PlaintextFamily(ProtocolFamily):
     def max_reduce(self, ctx, x, index=False, one_hot=False, op="max"):
         vals, idx = x.value.max(-1)
         oh = F.one_hot(idx, x.shape[-1]).to(torch.float64) if one_hot else None
-        return PlainShare(vals), (PlainShare(idx.to(torch.float64)) if index else None), (PlainShare(oh) if one_hot else None)
+        return (
+            PlainShare(vals),
+            (PlainShare(idx.to(torch.float64)) if index else None),
+            (PlainShare(oh) if one_hot else None),
+        )
 
     def _fn(self, ctx, name, x, fn):
         if name in DOMAINS:
@@ -309,4 +319,3 @@ class PlaintextFamily(ProtocolFamily):
         if k < 0:
             self.check_domain("reciprocal", x.value)
         return self._out(ctx, "pow", x.value**k)
-

@@ -11,21 +11,38 @@ these methods and the primitives, through ``ctx.family``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from fractions import Fraction
 from typing import Any
 
 import torch
 
+from mpc.callsite import OncePerSite, lossy_constants
 from mpc.context import PartyContext
+from mpc.errors import FixedPointWarning
 from mpc.fixedpoint import FixedPoint
 from mpc.ring import wrap_int
 from mpc.shares import AdditiveShare, Share
 
 from . import nonlinear, ordering
 from .approx import piecewise
-from .correlated import OP_CONV2D, OP_MATMUL, OP_MUL
+from .correlated import MAX_DIVISOR, OP_CONV2D, OP_MATMUL, OP_MUL
 from .family import CmpResult, ProtocolFamily
 
 __all__ = ["RingFamily", "compare_generic", "powers_generic"]
+
+
+def _ratio(c: Fraction, bound: int) -> tuple[int, int]:
+    """``(m, d)`` with ``|m| <= bound``, ``d >= 1`` and ``m / d`` the best such approximation of ``c``."""
+    if c == 0:
+        return 0, 1
+    sign = -1 if c < 0 else 1
+    a = abs(c)
+    if a.denominator == 1 and a.numerator <= bound:
+        return sign * a.numerator, 1
+    inv = (1 / a).limit_denominator(bound)  # d / m: the best approximation of 1/c with m <= bound
+    if inv == 0:
+        return 0, 1
+    return sign * inv.denominator, inv.numerator
 
 
 def compare_generic(
@@ -77,12 +94,51 @@ class RingFamily(ProtocolFamily):
     share_type: type[Share] = AdditiveShare
     lowest = -(1 << 61)  # below every encodable value: max pooling's padding
 
+    def __init__(self) -> None:
+        self.warnings = OncePerSite()
+
     # ----- encoding -------------------------------------------------------------------------------
     def encode_public(self, ctx: PartyContext, value: Any, what: str = "public operand") -> torch.Tensor:
-        return ctx.encoder.encode(value, what=what)
+        """Encode a public constant; warn (once per call site) when fixed point rounds it by more than 1%."""
+        enc = ctx.encoder.encode(value, what=what)
+        lost = lossy_constants(value, ctx.encoder.scale)
+        if lost is not None:
+            self.warnings.warn(
+                "rounding",
+                f"{what}: the public constant {lost:.6g} becomes {round(lost * ctx.encoder.scale) / ctx.encoder.scale:.6g} "
+                f"in fixed point with {ctx.config.frac_bits} fractional bits (off by more than 1%); multiply by a "
+                "public scalar instead (exact), or raise frac_bits",
+                FixedPointWarning,
+            )
+        return enc
+
+    def check_input(self, ctx: PartyContext, value: Any) -> None:
+        """At the owner, before sharing: warn when non-zero values of the input encode to zero."""
+        t = value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
+        if t.is_floating_point() and t.numel():
+            vanish = (t != 0) & ((t.to(torch.float64) * ctx.encoder.scale).round() == 0)
+            if bool(vanish.any()):
+                self.warnings.warn(
+                    "underflow",
+                    f"input: {int(vanish.sum())} non-zero values are below half the fixed-point resolution "
+                    f"2^-{ctx.config.frac_bits} and become 0; rescale the data or raise frac_bits",
+                    FixedPointWarning,
+                )
 
     def decode(self, ctx: PartyContext, opened: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        return ctx.encoder.decode(opened, dtype)
+        """Decode an opened value; warn when it is outside the range (an intermediate overflowed)."""
+        out = ctx.encoder.decode(opened, dtype)
+        if opened.numel():
+            big = float(opened.abs().max()) / ctx.encoder.scale
+            if big >= ctx.encoder.bound:
+                self.warnings.warn(
+                    "overflow",
+                    f"a revealed value has magnitude {big:.4g}, outside the fixed-point range |v| < "
+                    f"{ctx.encoder.bound:.4g}: an intermediate value overflowed and the result is garbage; rescale "
+                    "the inputs or dry-run the program with protocol='plaintext' to find where",
+                    FixedPointWarning,
+                )
+        return out
 
     def is_exact_multiplier(self, value: Any) -> bool:
         return FixedPoint.is_integral(value)
@@ -92,6 +148,9 @@ class RingFamily(ProtocolFamily):
         return x << ctx.config.frac_bits  # type: ignore[operator]
 
     # ----- products with truncation -----------------------------------------------------------------
+    def truncate_many(self, ctx: PartyContext, items: Sequence[tuple[Share, int]], op: str) -> list[Share]:
+        return self.divide_many(ctx, [(x, 1 << bits) for x, bits in items], op)
+
     def truncate(self, ctx: PartyContext, x: Share, bits: int | None = None, op: str = "trunc") -> Share:
         return self.truncate_many(ctx, [(x, ctx.config.frac_bits if bits is None else bits)], op)[0]
 
@@ -109,11 +168,52 @@ class RingFamily(ProtocolFamily):
         return self.truncate(ctx, self.square_raw(ctx, x), op="square:trunc")
 
     def mul_public(self, ctx: PartyContext, x: Share, value: Any, op: str = "mul_public") -> Share:
-        """``x * c`` for a public real ``c`` (one truncation round), or an integer ``c`` (local)."""
+        """``x * c`` for a public ``c``: local for an integer; see ``scale_public`` for a real scalar.
+
+        A tensor of reals is encoded with ``f`` fractional bits and the product
+        truncated once (one round; each element of ``c`` is rounded to 2^-f).
+        """
         if self.is_exact_multiplier(value):
             k = value.to(torch.int64) if isinstance(value, torch.Tensor) else int(value)
             return x.mul_public(k)
-        return self.truncate(ctx, x.mul_public(self.encode_public(ctx, value)), op=op)
+        if isinstance(value, torch.Tensor) and value.numel() != 1:
+            return self.truncate(ctx, x.mul_public(self.encode_public(ctx, value)), op=op)
+        return self.scale_public(ctx, x, float(value), op)
+
+    def scale_public(self, ctx: PartyContext, x: Share, c: float, op: str = "mul_public") -> Share:
+        """``x * c`` for a public real scalar, within 1 ulp plus 2^-20 relative whenever the result is in range.
+
+        ``c`` is written as ``m / d`` with integers (the best rational
+        approximation whose numerator keeps ``x m`` inside the ring for every
+        ``x`` whose product is in range: ``m < 2^f max(1, |c|)``); then ``x m`` is
+        local and ``/ d`` is one exact division (``divide_many``): one round,
+        8 (n-1) bytes per element, error under 1 ulp plus the approximation's
+        (exact for ``1 / N``, ``1e-4``, ``3e-6``, ``1 / 3000``...: every ``c`` that
+        is a ratio of small integers; under 2^-21 relative for the others).
+        In the rare case where no such ratio is within 2^-21 (``c`` just off a
+        ratio of small integers), ``c 2^14`` is split into two ratios, both
+        divisions go in one round at 14 extra fractional bits, and a second round
+        truncates them: two rounds, error under (1 + 2^-13) ulp.
+        """
+        f = ctx.config.frac_bits
+        ctx.encoder.encode(c, what="public operand")  # refuses NaN, infinities and |c| beyond the range
+        exact = Fraction(c)
+        if exact == 0:
+            return x.mul_public(0)
+        bound = int((1 << f) * max(1, abs(exact))) - 1
+        m, d = _ratio(exact, bound)
+        if d > MAX_DIVISOR:  # |x c| is below one ulp for every x in range
+            return x.mul_public(0)
+        if abs(Fraction(m, d) - exact) <= abs(exact) * Fraction(1, 1 << 21):
+            return x.mul_public(m) if d == 1 else self.divide_many(ctx, [(x.mul_public(m), d)], op)[0]
+        guard = 14
+        target = exact * (1 << guard)
+        m1, d1 = _ratio(target, bound)
+        m2, d2 = _ratio(target - Fraction(m1, d1), bound)
+        parts = [(x.mul_public(m1), d1)] + ([(x.mul_public(m2), d2)] if m2 and d2 <= MAX_DIVISOR else [])
+        fine = self.divide_many(ctx, parts, op)
+        total = fine[0] if len(fine) == 1 else fine[0] + fine[1]
+        return self.truncate(ctx, total, guard, op=f"{op}:2")
 
     def matmul_public(self, ctx: PartyContext, x: Share, m: torch.Tensor, left: bool = False) -> Share:
         if not m.is_floating_point():
@@ -179,7 +279,11 @@ class RingFamily(ProtocolFamily):
     ) -> tuple[Share, Share | None, Share | None]:
         """Max over the last dimension; the index and one-hot come back in fixed point."""
         vals, idx, oh = ordering.max_reduce(ctx, x, index, one_hot, op)
-        return vals, (None if idx is None else self.scale_int(ctx, idx)), (None if oh is None else self.scale_int(ctx, oh))
+        return (
+            vals,
+            (None if idx is None else self.scale_int(ctx, idx)),
+            (None if oh is None else self.scale_int(ctx, oh)),
+        )
 
     # ----- nonlinear functions ------------------------------------------------------------------------
     def exp(self, ctx: PartyContext, x: Share) -> Share:

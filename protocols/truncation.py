@@ -30,6 +30,17 @@ values must stay in range.  With ``exact`` (``x`` a multiple of 2^f in
 [0, 2^63), a bit held in fixed point, say) there is no carry and the result is
 exact.
 
+Division by any public integer ``d`` (``divide_many``) is the same protocol
+with ``floor(r / d)`` (unsigned) from the dealer and ``K`` a multiple of ``d``
+(``d ceil(2^62 / d)``, so the range is |x| < 2^62 - d): writing
+``c = q_c d + r_c`` and ``2^64 = Q d + R``, the wrapped sum is
+``c + w 2^64 = (q_c + w Q) d + r_c + w R``, so
+``floor((x' + r) / d) = q_c + w (Q + [r_c + R >= d])``, linear in the shared
+``w``; and ``floor((x' + r) / d) - floor(r / d) = floor(x' / d) + b`` with a
+carry ``b`` that is 1 with probability ``(x' mod d) / d``: stochastic rounding
+again, unbiased, under one unit, exact on multiples of ``d``.  Truncation is
+the case ``d = 2^f`` (``R = 0``).
+
 Rounds 1 for any number of tensors; bytes per party 8 (n-1) per element;
 the dealer sends 16 bytes per element to the last party.
 """
@@ -44,37 +55,70 @@ from mpc.context import PartyContext
 from mpc.ring import logical_rshift, msb, wrap_int
 from mpc.shares import holds_public
 
+from .correlated import udiv
 from .sharing import open_all
 
-__all__ = ["truncate", "truncate_many", "exact_rshift", "OFFSET_BITS"]
+__all__ = ["truncate", "truncate_many", "divide_many", "exact_rshift", "OFFSET_BITS"]
 
 OFFSET_BITS = 62
+
+
+def divide_many(
+    ctx: PartyContext, items: Sequence[tuple[torch.Tensor, int]], op: str, exact: bool = False
+) -> list[torch.Tensor]:
+    """Shares of ``x / d`` for every ``(x, d)`` with a public integer ``d >= 1``, all in one round.
+
+    The toolkit's one truncation: ``truncate_many`` is the case ``d = 2^f``.
+    ``exact``: every ``x`` is a multiple of its ``d`` in [0, 2^63) (no offset, no carry).
+    """
+    holder = holds_public(ctx.rank)
+    todo = [(i, x, int(d)) for i, (x, d) in enumerate(items) if d != 1 and x.numel() > 0]
+    out = [x.clone() if d == 1 or x.numel() == 0 else None for x, d in items]
+    if not todo:
+        return out  # type: ignore[return-value]
+    pow2 = [d & (d - 1) == 0 for _, _, d in todo]
+    handles = [
+        ctx.correlations.request("trunc", (d.bit_length() - 1, *x.shape))
+        if p
+        else ctx.correlations.request("div", (d, *x.shape))
+        for (_, x, d), p in zip(todo, pow2, strict=True)
+    ]
+    masked = []
+    for (_, x, d), h in zip(todo, handles, strict=True):
+        (r,) = h.randoms
+        masked.append((x + wrap_int(_offset(d)) if holder and not exact else x) + r)
+    opened = open_all(ctx, masked, op)
+    for (i, _x, d), p, h, c in zip(todo, pow2, handles, opened, strict=True):
+        r_q, r_msb = h.derived()
+        w = r_msb * (1 - msb(c))
+        if p:
+            f = d.bit_length() - 1
+            y = w * wrap_int(1 << (64 - f)) - r_q
+            if holder:
+                y += logical_rshift(c, f)
+        else:
+            big_q, big_r = divmod(1 << 64, d)
+            q_c = udiv(c, d)
+            r_c = c - q_c * d  # c mod d, as c - q d in the ring (exact: 0 <= c mod d < d)
+            y = w * (wrap_int(big_q) + (r_c + big_r >= d).to(torch.int64)) - r_q
+            if holder:
+                y += q_c
+        if holder and not exact:
+            y -= _offset(d) // d
+        out[i] = y
+    return out  # type: ignore[return-value]
+
+
+def _offset(d: int) -> int:
+    """``K``: the smallest multiple of ``d`` that is at least 2^62 (it maps |x| < 2^62 - d into [0, 2^63))."""
+    return -(-(1 << OFFSET_BITS) // d) * d
 
 
 def truncate_many(
     ctx: PartyContext, items: Sequence[tuple[torch.Tensor, int]], op: str, exact: bool = False
 ) -> list[torch.Tensor]:
-    """Shares of ``x / 2^f`` for every ``(x, f)``, all in one round (the toolkit's one truncation)."""
-    holder = holds_public(ctx.rank)
-    todo = [(i, x, f) for i, (x, f) in enumerate(items) if f > 0 and x.numel() > 0]
-    out = [x.clone() if f == 0 or x.numel() == 0 else None for x, f in items]
-    if not todo:
-        return out  # type: ignore[return-value]
-    handles = [ctx.correlations.request("trunc", (f, *x.shape)) for _, x, f in todo]
-    masked = []
-    for (_, x, _f), h in zip(todo, handles, strict=True):
-        (r,) = h.randoms
-        masked.append((x + wrap_int(1 << OFFSET_BITS) if holder and not exact else x) + r)
-    opened = open_all(ctx, masked, op)
-    for (i, _x, f), h, c in zip(todo, handles, opened, strict=True):
-        r_hi, r_msb = h.derived()
-        y = r_msb * (1 - msb(c)) * wrap_int(1 << (64 - f)) - r_hi
-        if holder:
-            y += logical_rshift(c, f)
-            if not exact:
-                y -= 1 << (OFFSET_BITS - f)
-        out[i] = y
-    return out  # type: ignore[return-value]
+    """Shares of ``x / 2^f`` for every ``(x, f)``, all in one round."""
+    return divide_many(ctx, [(x, 1 << f) for x, f in items], op, exact)
 
 
 def truncate(ctx: PartyContext, x: torch.Tensor, f: int | None = None, op: str = "trunc") -> torch.Tensor:

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from mpc.prg import Prg
-from protocols.truncation import truncate
+from protocols.truncation import divide_many, truncate
 
 F = 16
 
@@ -158,3 +158,39 @@ def test_truncation_is_unbiased_and_exact_on_multiples(sim):
     assert abs(float((err + 0.5).mean())) > 0.4
     multiples = (x >> F) << F
     assert torch.equal(truncate_in_threads(sim, multiples, 3, F, seed=5), x >> F)
+
+
+def _divide_program(ctx, shares: list[torch.Tensor], d: int):
+    before = ctx.stats.snapshot()
+    (out,) = divide_many(ctx, [(shares[ctx.rank], d)], "div")
+    after = ctx.stats.snapshot()
+    return out, after["rounds"] - before["rounds"], after["bytes_sent"] - before["bytes_sent"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("d", [3, 7, 1000, 3000, 10**6, (1 << 40) + 1, (1 << 61) - 1])
+def test_division_by_a_public_integer(sim, n, d):
+    """floor(x / d) or one more, for every |x| < 2^62 - d; exact on multiples; unbiased; one round."""
+    g = torch.Generator().manual_seed(d % 1000)
+    b = (1 << 62) - d
+    x = torch.cat(
+        [
+            torch.randint(-b + 1, b, (30_000,), generator=g, dtype=torch.int64),
+            torch.randint(-(1 << 30), 1 << 30, (30_000,), generator=g, dtype=torch.int64),
+            torch.tensor([0, 1, -1, b - 1, -(b - 1), d, -d, d - 1, 1 - d]),
+        ]
+    )
+    results = sim(functools.partial(_divide_program, shares=_shares(x, n, d % 97), d=d), n)
+    total = torch.zeros_like(x)
+    for out, rounds, sent in results:
+        assert rounds == 1 and sent == 8 * (n - 1) * x.numel()
+        total += out
+    err = total - torch.div(x, d, rounding_mode="floor")
+    assert set(err.unique().tolist()) <= {0, 1}
+    # the carry is 1 with probability frac(x / d): the mean error against x / d is about zero
+    frac = torch.remainder(x, d).to(torch.float64) / d
+    assert abs(float((err.to(torch.float64) - frac)[:60_000].mean())) < 0.02
+    multiples = torch.div(x[:1000], d, rounding_mode="floor") * d
+    res = sim(functools.partial(_divide_program, shares=_shares(multiples, n, 3), d=d), n)
+    assert torch.equal(sum(r[0] for r in res), torch.div(multiples, d, rounding_mode="floor"))
