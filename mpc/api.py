@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import torch
 
@@ -50,6 +50,30 @@ def set_context(ctx: PartyContext | None) -> None:
     _current.set(ctx)
 
 
+def _as_tensor(value: object) -> torch.Tensor:
+    """The value to share as a tensor, or an error that names its type and says what to use instead."""
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, torch.nn.Module):
+        raise ProtocolError(
+            f"mpc.share cannot share a {type(value).__name__} (a torch.nn.Module): share its tensors one by one "
+            "(for p in module.parameters(): mpc.share(p.detach(), owner=...))"
+        )
+    if isinstance(value, Mapping):
+        raise ProtocolError(
+            f"mpc.share cannot share a {type(value).__name__} (a state dict or mapping): share each tensor, e.g. "
+            "{k: mpc.share(v, owner=...) for k, v in state.items()}"
+        )
+    if isinstance(value, bool | int | float | list | tuple) or hasattr(value, "__array__"):
+        try:
+            return torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise ProtocolError(f"mpc.share cannot make a tensor of this {type(value).__name__}: {exc}") from None
+    raise ProtocolError(
+        f"mpc.share takes a torch tensor (or a number, list or numpy array), not a {type(value).__name__}"
+    )
+
+
 def share(value: torch.Tensor | float | int | None, owner: int, ctx: PartyContext | None = None) -> SecretTensor:
     """Secret-share ``value`` held by party ``owner``; every other party passes ``None``.
 
@@ -58,5 +82,7 @@ def share(value: torch.Tensor | float | int | None, owner: int, ctx: PartyContex
     fixed-point range.
     """
     ctx = current_context() if ctx is None else ctx
+    if value is not None:
+        value = _as_tensor(value)
     sh, dtype = ctx.family.share_input(ctx, value, owner)
     return SecretTensor(ctx, sh, dtype)

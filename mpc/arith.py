@@ -33,6 +33,33 @@ def _public_tensor(v: Public) -> torch.Tensor:
     return v if isinstance(v, torch.Tensor) else torch.as_tensor(v)
 
 
+def _shape_of(v) -> tuple[int, ...]:
+    return tuple(v.shape) if isinstance(v, SecretTensor | torch.Tensor) else ()
+
+
+def _check_broadcast(text: str, a, b) -> None:
+    """Refuse operands that do not broadcast, in the words of the user's operation."""
+    sa, sb = _shape_of(a), _shape_of(b)
+    try:
+        torch.broadcast_shapes(sa, sb)
+    except RuntimeError:
+        raise ProtocolError(f"{text}: shapes {sa} and {sb} do not broadcast") from None
+
+
+def _check_matmul(a, b) -> None:
+    sa, sb = _shape_of(a), _shape_of(b)
+    if not sa or not sb:
+        raise ProtocolError(f"x @ y: both operands need at least one dimension, got shapes {sa} and {sb}")
+    inner_a = sa[-1]
+    inner_b = sb[0] if len(sb) == 1 else sb[-2]
+    if inner_a != inner_b:
+        raise ProtocolError(f"x @ y: shapes {sa} and {sb} do not match ({inner_a} columns against {inner_b} rows)")
+    try:
+        torch.broadcast_shapes(sa[:-2], sb[:-2])
+    except RuntimeError:
+        raise ProtocolError(f"x @ y: the batch dimensions of shapes {sa} and {sb} do not broadcast") from None
+
+
 # ----- addition --------------------------------------------------------------------------------------
 
 
@@ -46,6 +73,7 @@ def add(input: SecretTensor | Public, other: SecretTensor | Public, *, alpha: fl
     if alpha != 1:
         other = mul(other, alpha) if isinstance(other, SecretTensor) else _public_tensor(other) * alpha
     dtype = _result_dtype(x.dtype, other)
+    _check_broadcast("x + y", x, other)
     if isinstance(other, SecretTensor):
         _same(x, other)
         return x._new(x.share + other.share, dtype)
@@ -75,6 +103,7 @@ def mul(input: SecretTensor | Public, other: SecretTensor | Public) -> SecretTen
     x: SecretTensor = input  # type: ignore[assignment]
     fam = x.ctx.family
     dtype = _result_dtype(x.dtype, other)
+    _check_broadcast("x * y", x, other)
     if isinstance(other, SecretTensor):
         _same(x, other)
         return x._new(fam.mul(x.ctx, x.share, other.share), dtype)
@@ -102,6 +131,10 @@ def square(input: SecretTensor) -> SecretTensor:
 
 @register("matmul", cost="secret x secret: 2 rounds; public real: 1 round", torch=(torch.matmul, torch.mm, torch.bmm))
 def matmul(input: SecretTensor | torch.Tensor, other: SecretTensor | torch.Tensor) -> SecretTensor:
+    for v in (input, other):
+        if not isinstance(v, SecretTensor | torch.Tensor):
+            raise ProtocolError(f"matmul needs a tensor operand, got {type(v).__name__}")
+    _check_matmul(input, other)
     if isinstance(input, SecretTensor) and isinstance(other, SecretTensor):
         _same(input, other)
         return input._new(
