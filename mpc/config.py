@@ -7,9 +7,10 @@ from dataclasses import asdict, dataclass
 
 from .errors import ConfigError
 
-__all__ = ["MPCConfig", "SUITES"]
+__all__ = ["MPCConfig", "PROTOCOLS"]
 
-SUITES = ("additive-dealer",)
+# The protocol families a run can choose (``protocols.families`` implements each; a test checks they agree).
+PROTOCOLS = ("additive-dealer", "plaintext")
 
 
 @dataclass(frozen=True)
@@ -19,13 +20,14 @@ class MPCConfig:
     frac_bits: fractional bits of the fixed-point encoding.
     timeout: seconds any receive waits before naming the silent peer.
     max_message_bytes: largest payload accepted from a peer (bigger frames are refused).
-    suite: protocol family.
+    protocol: protocol family: ``additive-dealer`` (secure, with a dealer) or ``plaintext`` (no secrecy:
+        a dry run that reports what fixed point would break).
     """
 
     frac_bits: int = 16
     timeout: float = 60.0
     max_message_bytes: int = 1 << 32
-    suite: str = "additive-dealer"
+    protocol: str = "additive-dealer"
 
     def __post_init__(self) -> None:
         if not isinstance(self.frac_bits, int) or not 0 <= self.frac_bits <= 28:
@@ -34,8 +36,8 @@ class MPCConfig:
             raise ConfigError(f"timeout must be a positive number of seconds, got {self.timeout!r}")
         if not isinstance(self.max_message_bytes, int) or self.max_message_bytes < 1024:
             raise ConfigError(f"max_message_bytes must be an integer >= 1024, got {self.max_message_bytes!r}")
-        if self.suite not in SUITES:
-            raise ConfigError(f"unknown protocol suite {self.suite!r}; choose one of {', '.join(SUITES)}")
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"unknown protocol family {self.protocol!r}; choose one of {', '.join(PROTOCOLS)}")
 
     def fingerprint(self) -> bytes:
         """32 bytes that differ when any option that changes results differs."""

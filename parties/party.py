@@ -30,7 +30,7 @@ def bytes_tensor(b: bytes) -> torch.Tensor:
 
 def setup_party(comm: Communicator, config: MPCConfig) -> PartyContext:
     rank, n = comm.rank, comm.world_size
-    suite = make_suite(config.suite)
+    suite = make_suite(config.protocol)
     if n < suite.min_parties:
         raise ConfigError(f"the {suite.name} suite needs at least {suite.min_parties} parties, got {n}")
     fp = config.fingerprint()

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mpc.dtypes import CODE_DTYPES
 from mpc.errors import WireError
 
 __all__ = [
@@ -48,17 +49,6 @@ OP_BYTES = 32
 _FMT = struct.Struct("<4sBBBBIQQ32s16q")
 HEADER_SIZE = _FMT.size
 
-DTYPES: dict[int, torch.dtype] = {
-    1: torch.int64,
-    2: torch.int32,
-    3: torch.int16,
-    4: torch.int8,
-    5: torch.uint8,
-    6: torch.bool,
-    7: torch.float64,
-    8: torch.float32,
-}
-_CODES = {v: k for k, v in DTYPES.items()}
 _NP = {
     torch.int64: np.int64,
     torch.int32: np.int32,
@@ -69,6 +59,9 @@ _NP = {
     torch.float64: np.float64,
     torch.float32: np.float32,
 }
+# The codes of mpc.dtypes (one table for the toolkit), for the dtypes a payload may have.
+DTYPES: dict[int, torch.dtype] = {c: d for c, d in CODE_DTYPES.items() if d in _NP}
+_CODES = {v: k for k, v in DTYPES.items()}
 
 
 @dataclass(frozen=True)
