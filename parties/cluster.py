@@ -197,4 +197,3 @@ def write_cluster(cluster: Cluster, path: str | Path) -> None:
             lines.append(f"public_key = {_toml_value(nd.public_key)}")
         lines.append("")
     Path(path).write_text("\n".join(lines))
-

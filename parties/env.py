@@ -47,7 +47,11 @@ class PartyEnv:
 
     def variables(self) -> dict[str, str]:
         """The variables to set (``MPC_KEY`` and ``MPC_WORLD_SIZE`` only when known)."""
-        out = {ENV_CLUSTER: str(Path(self.cluster).resolve()), ENV_RANK: str(self.rank), ENV_INSECURE: "1" if self.insecure else "0"}
+        out = {
+            ENV_CLUSTER: str(Path(self.cluster).resolve()),
+            ENV_RANK: str(self.rank),
+            ENV_INSECURE: "1" if self.insecure else "0",
+        }
         if self.world_size is not None:
             out[ENV_WORLD_SIZE] = str(self.world_size)
         if self.key is not None:

@@ -65,6 +65,7 @@ def load_secret_key(path: str | Path) -> bytes:
 def curve_for_node(cluster: Cluster, node_id: int, secret: bytes) -> CurveKeys:
     """Check that the secret key matches the cluster's public key for ``node_id``."""
     keys = cluster.public_keys()
+
     def who_is(i: int) -> str:
         return "the dealer" if cluster.dealer is not None and i == cluster.world_size else f"party {i}"
 

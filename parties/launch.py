@@ -22,9 +22,9 @@ import threading
 import time
 from pathlib import Path
 
-from .cluster import write_cluster
 from mpc.errors import MPCError
 
+from .cluster import write_cluster
 from .keys import save_key_pair
 from .local import LocalCluster, local_cluster
 

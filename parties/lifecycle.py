@@ -75,4 +75,3 @@ def run_dealer(comm: BufferedCommunicator, config: MPCConfig, idle_timeout: floa
     except BaseException as exc:
         comm.abort(abort_reason(exc, "the dealer"))
         raise
-

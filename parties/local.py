@@ -69,4 +69,3 @@ def local_cluster(n: int, insecure: bool, options: dict[str, Any]) -> LocalClust
         listeners.close()
         raise
     return LocalCluster(cluster, tuple(k[1] for k in keys), listeners)
-

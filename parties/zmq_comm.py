@@ -122,7 +122,9 @@ class ZmqCommunicator(BufferedCommunicator):
         curve = self._curve
         if curve is not None:
             if len(curve.node_keys) != self.nodes:
-                raise ConfigError(f"CURVE setup needs one public key per node ({self.nodes}), got {len(curve.node_keys)}")
+                raise ConfigError(
+                    f"CURVE setup needs one public key per node ({self.nodes}), got {len(curve.node_keys)}"
+                )
             self._key_rank = {k: i for i, k in enumerate(curve.node_keys)}
             if authenticator:
                 self._allow = _AllowList(k for i, k in enumerate(curve.node_keys) if i != self.rank)
