@@ -58,24 +58,38 @@ def _party_main(
     conn: Connection,
     listener: socket.socket | None = None,
 ) -> None:
+    reported: list[BaseException] = []
+
+    def report(exc: BaseException) -> None:  # before the abort notices: the caller names the root cause
+        reported.append(exc)
+        _report_error(conn, exc)
+
     try:
         config = cluster.config()
         comm = open_party_comm(cluster, rank, config, secret, insecure, adopt_listener(listener))
-        result, stats = run_party(comm, config, fn)
+        result, stats = run_party(comm, config, fn, report)
         conn.send_bytes(pickle.dumps(("ok", result, stats.as_dict())))
-    except BaseException as exc:  # noqa: BLE001 - reported to the caller (run_party aborted the run)
-        _report_error(conn, exc)
+    except BaseException as exc:  # noqa: BLE001 - reported to the caller
+        if not reported:
+            _report_error(conn, exc)
 
 
 def _dealer_main(
     cluster: Cluster, secret: bytes | None, insecure: bool, conn: Connection, listener: socket.socket | None = None
 ) -> None:
+    reported: list[BaseException] = []
+
+    def report(exc: BaseException) -> None:
+        reported.append(exc)
+        _report_error(conn, exc)
+
     try:
         config = cluster.config()
-        served = run_dealer(open_dealer(cluster, config, secret, insecure, adopt_listener(listener)), config)
-        conn.send_bytes(pickle.dumps(("ok", served, None)))
+        comm = open_dealer(cluster, config, secret, insecure, adopt_listener(listener))
+        conn.send_bytes(pickle.dumps(("ok", run_dealer(comm, config, report=report), None)))
     except BaseException as exc:  # noqa: BLE001
-        _report_error(conn, exc)
+        if not reported:
+            _report_error(conn, exc)
 
 
 def run(

@@ -61,17 +61,24 @@ def run_threads(
     results: list[Any] = [None] * n
     errors: dict[int | str, tuple[float, BaseException, str]] = {}
 
+    def reporter(who: int | str):
+        # Recorded before the abort notice goes out: the root cause is the earliest non-echo failure.
+        def report(exc: BaseException) -> None:
+            errors[who] = (time.monotonic(), exc, traceback.format_exc())
+
+        return report
+
     def party(rank: int) -> None:
         try:
-            results[rank], _ = run_party(comms[rank], config, fn)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller (run_party aborted the run)
-            errors[rank] = (time.monotonic(), exc, traceback.format_exc())
+            results[rank], _ = run_party(comms[rank], config, fn, reporter(rank))
+        except BaseException:  # noqa: BLE001, S110 - recorded by its reporter, re-raised in the caller
+            pass
 
     def dealer() -> None:
         try:
-            run_dealer(comms[n], config)
-        except BaseException as exc:  # noqa: BLE001
-            errors["dealer"] = (time.monotonic(), exc, traceback.format_exc())
+            run_dealer(comms[n], config, report=reporter("dealer"))
+        except BaseException:  # noqa: BLE001, S110
+            pass
 
     threads = [threading.Thread(target=party, args=(r,), name=f"mpc-party-{r}", daemon=True) for r in range(n)]
     if with_dealer:
