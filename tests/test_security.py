@@ -96,9 +96,9 @@ def no_linger(monkeypatch):
 def authenticated_link(no_linger):
     """Party 0's CURVE communicator and a raw socket that speaks to it with party 1's real key."""
     keys = ephemeral_keys(3)
-    with Listeners(3) as ls:  # party 0 listens on the port bound here; nobody listens on the others
-        addrs = ls.addresses
-        c0 = ZmqCommunicator(0, 2, addrs, MPCConfig(timeout=5.0), curve=_curve(keys, 0), listen_fd=ls.take(0))
+    with Listeners(3) as ls:  # party 0 adopts the port bound here; the others close before anyone connects
+        addrs, fd0 = ls.addresses, ls.take(0)
+    c0 = ZmqCommunicator(0, 2, addrs, MPCConfig(timeout=5.0), curve=_curve(keys, 0), listen_fd=fd0)
     zctx = zmq.Context()
     raw = None
     try:
@@ -115,8 +115,12 @@ def authenticated_link(no_linger):
 def test_unknown_key_is_refused_and_nothing_gets_through(no_linger):
     keys = ephemeral_keys(3)  # party 0, party 1, dealer
     (intruder_keys,) = ephemeral_keys(1)
-    listeners = Listeners(4)  # party 0, party 1 (unused), the dealer (unused), the intruder's own
-    addrs = listeners.addresses[:3]
+    # Party 0 and the intruder adopt the ports bound here; nobody listens at party 1's or the dealer's
+    # address (closed before anyone connects, so a connection there is refused, never accepted and dropped).
+    listeners = Listeners(4)
+    addrs, own = listeners.addresses[:3], listeners.addresses[3]
+    fd0, fd_intruder = listeners.take(0), listeners.take(3)
+    listeners.close()
     got: list = []
     c0 = ZmqCommunicator(
         0,
@@ -125,21 +129,19 @@ def test_unknown_key_is_refused_and_nothing_gets_through(no_linger):
         MPCConfig(timeout=2.0),
         curve=_curve(keys, 0),
         recorder=lambda *f: got.append(f),
-        listen_fd=listeners.take(0),
+        listen_fd=fd0,
     )
     intruder = None
     try:
         # The intruder poses as party 1 (it knows the cluster's public keys) with a key pair of its own.
-        own = listeners.addresses[3]
         intruder = ZmqCommunicator(
             1,
             2,
             [addrs[0], own, addrs[2]],
             MPCConfig(timeout=10.0),
             curve=_curve(keys, 1, own=intruder_keys),
-            listen_fd=listeners.take(3),
+            listen_fd=fd_intruder,
         )
-        listeners.close()
         # Its first receive (as in setup) polls its links' monitors: party 0 refused the handshake.
         start = time.monotonic()
         with pytest.raises(SecurityError, match="party 0 refused the CURVE handshake of party 1"):
@@ -156,7 +158,6 @@ def test_unknown_key_is_refused_and_nothing_gets_through(no_linger):
             c0.recv(1, "x", Expect((2,)))
         assert err.value.peer == 1 and got == []
     finally:
-        listeners.close()
         if intruder is not None:
             intruder.abort("test over")
         c0.abort("test over")
