@@ -1,4 +1,4 @@
-"""``mpc.run``: a function in N real party processes (plus the dealer, if the family has one), over ZeroMQ on localhost.
+"""``mpc.run``: a function in N real party processes (and the dealer, if the family has one) over ZeroMQ.
 
 And ``mpc.init``: the party context of a script started by ``mpc launch`` or
 ``mpc party``.
