@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from .config import MPCConfig
+from .errors import ProtocolError
 from .fixedpoint import FixedPoint
 from .prg import Prg
 
@@ -81,7 +82,7 @@ class Expect:
 
 
 class Communicator(ABC):
-    """How tagged tensors move between parties (ids 0..n-1) and the dealer (id n).
+    """How tagged tensors move between parties (ids 0..n-1) and the dealer (id n, if the family has one).
 
     Every message carries the sender, a per-link sequence number and the
     operation's name; a receiver that expected another operation or shape raises
@@ -92,9 +93,15 @@ class Communicator(ABC):
     rank: int
     world_size: int
     stats: CommStats
+    has_dealer: bool = True  # False when the protocol family runs without a dealer (node ids 0..n-1 only)
 
     @property
     def dealer_id(self) -> int:
+        if not self.has_dealer:
+            raise ProtocolError(
+                "this run has no dealer: its protocol family needs none, so nothing may ask it for "
+                "correlations (run with protocol='additive-dealer' for dealer-backed protocols)"
+            )
         return self.world_size
 
     @abstractmethod

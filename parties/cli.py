@@ -2,10 +2,15 @@
 
 ::
 
-    mpc launch -n N [--stats] [--timeout S] [--insecure] script.py [args...]
+    mpc launch -n N [--protocol P] [--stats] [--timeout S] [--insecure] script.py [args...]
     mpc party  --cluster cluster.toml --id I (--key FILE | --insecure) [--stats] script.py [args...]
     mpc dealer --cluster cluster.toml (--key FILE | --insecure) [--idle-timeout S]
     mpc keygen --out DIR --id NAME
+
+The protocol family of ``mpc party`` and ``mpc dealer`` is the cluster file's
+(``[options] protocol``); a family without a dealer has no [dealer] section and
+``mpc dealer`` refuses to start for it.  ``--listen-fd`` is how ``mpc launch``
+hands a node the listening socket it bound for it (``parties.ports``).
 """
 
 from __future__ import annotations
@@ -18,15 +23,16 @@ import sys
 import traceback
 from pathlib import Path
 
-from mpc.api import set_context
+from mpc.config import PROTOCOLS
+from mpc.context import PartyContext
 from mpc.errors import MPCError, PeerAborted
 
 from .cluster import load_cluster
-from .comm_base import abort_reason
-from .dealer import serve_dealer
+from .env import PartyEnv
 from .keys import keygen, load_secret_key
 from .launch import ECHO_EXIT, launch
-from .node import configure_logging, open_comm, open_party
+from .lifecycle import run_dealer, run_party
+from .node import configure_logging, open_dealer, open_party_comm
 
 __all__ = ["main"]
 
@@ -41,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     la.add_argument("--timeout", type=float, default=None, help="seconds a receive waits for a peer (default 60)")
     la.add_argument("--frac-bits", type=int, default=None, help="fixed-point fractional bits (default 16)")
     la.add_argument("--insecure", action="store_true", help="no encryption or authentication (warned at every party)")
+    la.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default=None,
+        help="protocol family (default additive-dealer; plaintext is NOT secure, starts no dealer, for debugging)",
+    )
     la.add_argument("script")
     la.add_argument("args", nargs=argparse.REMAINDER)
 
@@ -51,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     pa.add_argument("--insecure", action="store_true", help="no encryption or authentication (warned)")
     pa.add_argument("--timeout", type=float, default=None, help="override the cluster file's receive timeout")
     pa.add_argument("--stats", action="store_true", help="print rounds and bytes at the end")
+    pa.add_argument("--listen-fd", type=int, default=None, help=argparse.SUPPRESS)  # set by mpc launch
     pa.add_argument("script")
     pa.add_argument("args", nargs=argparse.REMAINDER)
 
@@ -59,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     de.add_argument("--key", help="the dealer's secret key file")
     de.add_argument("--insecure", action="store_true")
     de.add_argument("--idle-timeout", type=float, default=None, help="give up after this many idle seconds")
+    de.add_argument("--listen-fd", type=int, default=None, help=argparse.SUPPRESS)  # set by mpc launch
 
     kg = sub.add_parser("keygen", help="write a CURVE key pair")
     kg.add_argument("--out", required=True, help="directory for NAME.key and NAME.key_secret")
@@ -89,6 +103,10 @@ def _print_stats(rank: int, stats: dict) -> None:
     )
 
 
+def _exit_code(exc: SystemExit) -> int:
+    return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+
+
 def _party(args) -> int:
     cluster = load_cluster(args.cluster)
     if not 0 <= args.id < cluster.world_size:
@@ -97,39 +115,44 @@ def _party(args) -> int:
     if not script.is_file():
         raise MPCError(f"script {script} not found")
     config = cluster.config(timeout=args.timeout)
-    ctx = open_party(cluster, args.id, config, _secret(args), args.insecure)
-    os.environ.update(
-        MPC_CLUSTER=str(Path(args.cluster).resolve()), MPC_RANK=str(args.id), MPC_WORLD_SIZE=str(cluster.world_size)
-    )
-    set_context(ctx)
-    sys.argv = [str(script), *args.args]
-    sys.path.insert(0, str(script.resolve().parent))
-    code = 0
+    comm = open_party_comm(cluster, args.id, config, _secret(args), args.insecure, args.listen_fd)
+    # The script, and any process it starts, finds this party through the names mpc.init() reads.
+    env = PartyEnv(args.cluster, args.id, cluster.world_size, None if args.insecure else args.key, args.insecure)
+    os.environ.update(env.variables())
+    in_script = False
+
+    def program(ctx: PartyContext) -> None:
+        nonlocal in_script
+        sys.argv = [str(script), *args.args]
+        sys.path.insert(0, str(script.resolve().parent))
+        in_script = True
+        try:
+            runpy.run_path(str(script), run_name="__main__")
+        except SystemExit as exc:
+            if _exit_code(exc):
+                raise  # the lifecycle aborts the run: the script failed
+        except BaseException:
+            traceback.print_exc()
+            raise
+        in_script = False
+
     try:
-        runpy.run_path(str(script), run_name="__main__")
+        _, stats = run_party(comm, config, program)
     except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        if code:
-            ctx.comm.abort(f"script exited with code {code}")
-            return code
+        return _exit_code(exc)
     except BaseException as exc:
-        traceback.print_exc()
-        ctx.comm.abort(abort_reason(exc, f"party {args.id}"))
+        if not in_script:
+            raise  # setup or closing: reported by main()
         return ECHO_EXIT if isinstance(exc, PeerAborted) else 1
-    ctx.comm.close()
     if args.stats:
-        _print_stats(args.id, ctx.stats.as_dict())
-    return code
+        _print_stats(args.id, stats.as_dict())
+    return 0
 
 
 def _dealer(args) -> int:
     cluster = load_cluster(args.cluster)
-    comm = open_comm(cluster, cluster.world_size, cluster.config(), _secret(args), args.insecure)
-    try:
-        serve_dealer(comm, cluster.config(), idle_timeout=args.idle_timeout)
-    except BaseException as exc:
-        comm.abort(abort_reason(exc, "the dealer"))
-        raise
+    config = cluster.config()
+    run_dealer(open_dealer(cluster, config, _secret(args), args.insecure, args.listen_fd), config, args.idle_timeout)
     return 0
 
 
@@ -153,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             timeout=args.timeout,
             insecure=args.insecure,
             frac_bits=args.frac_bits,
+            protocol=args.protocol,
         )
     prefix = "" if args.cmd == "dealer" else ""
     configure_logging(prefix)

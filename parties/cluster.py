@@ -5,8 +5,9 @@
     [options]                  # optional; every party must use the same
     frac_bits = 16
     timeout = 60.0             # seconds a receive waits before naming the peer
+    protocol = "additive-dealer"   # the protocol family (mpc.config.PROTOCOLS)
 
-    [dealer]
+    [dealer]                   # only for a family that needs a dealer (additive-dealer);
     address = "tcp://10.0.0.9:7000"
     public_key = "z85 text"    # from `mpc keygen`; omitted only for --insecure runs
 
@@ -15,12 +16,16 @@
     address = "tcp://10.0.0.1:7000"
     public_key = "..."
 
+Which nodes a cluster has is the protocol family's to say: node ids are the
+parties ``0..n-1`` and, only when ``family.needs_dealer``, the dealer ``n``.  A
+[dealer] section under a family without one is refused, as is its absence under
+a family that needs one.
+
 Loaded once at the CLI edge into a frozen ``Cluster`` and passed down.
 """
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,11 +34,12 @@ import tomllib
 
 from mpc.config import MPCConfig
 from mpc.errors import ConfigError
+from protocols.families import get_family
 
-__all__ = ["Node", "Cluster", "load_cluster", "write_cluster", "free_tcp_addresses"]
+__all__ = ["Node", "Cluster", "parse_cluster", "load_cluster", "write_cluster"]
 
 _SCHEMES = ("tcp://", "ipc://", "inproc://")
-_OPTION_KEYS = {"frac_bits", "timeout", "max_message_bytes", "suite"}
+_OPTION_KEYS = {"frac_bits", "timeout", "max_message_bytes", "protocol"}
 
 
 @dataclass(frozen=True)
@@ -45,24 +51,53 @@ class Node:
 
 @dataclass(frozen=True)
 class Cluster:
+    """The nodes of a run: parties ``0..n-1`` and the dealer ``n`` iff the family needs one (checked here)."""
+
     parties: tuple[Node, ...]
-    dealer: Node
+    dealer: Node | None
     options: dict[str, Any] = field(default_factory=dict)
     source: str = "<memory>"
+
+    def __post_init__(self) -> None:
+        self.config()  # validate the options (the protocol's name among them) first
+        family = self.family
+        if family.needs_dealer and self.dealer is None:
+            raise ConfigError(
+                f"{self.source}: the {family.name} protocol family needs a dealer: add a [dealer] section "
+                'with its address (or set protocol = "plaintext" in [options] for an insecure debug run)'
+            )
+        if not family.needs_dealer and self.dealer is not None:
+            raise ConfigError(
+                f"{self.source}: the {family.name} protocol family needs no dealer: remove the [dealer] "
+                'section (or set protocol = "additive-dealer" in [options] to run with one)'
+            )
+        problem = family.check_parties(len(self.parties))
+        if problem is not None:
+            raise ConfigError(f"{self.source}: {problem}")
+
+    @property
+    def family(self) -> Any:
+        """The protocol family named by ``[options] protocol`` (default: ``MPCConfig``'s)."""
+        return get_family(self.options.get("protocol", MPCConfig.protocol))
 
     @property
     def world_size(self) -> int:
         return len(self.parties)
 
     @property
+    def nodes(self) -> tuple[Node, ...]:
+        """Every node in id order: the parties, then the dealer if there is one."""
+        return self.parties + ((self.dealer,) if self.dealer is not None else ())
+
+    @property
     def addresses(self) -> list[str]:
-        return [p.address for p in self.parties] + [self.dealer.address]
+        return [nd.address for nd in self.nodes]
 
     def node(self, node_id: int) -> Node:
-        return self.dealer if node_id == self.world_size else self.parties[node_id]
+        return self.nodes[node_id]
 
     def public_keys(self) -> list[str | None]:
-        return [p.public_key for p in self.parties] + [self.dealer.public_key]
+        return [nd.public_key for nd in self.nodes]
 
     def config(self, **overrides: Any) -> MPCConfig:
         opts = dict(self.options)
@@ -109,10 +144,8 @@ def parse_cluster(data: dict[str, Any], source: str = "<memory>") -> Cluster:
         parties[pid] = _node(raw, f"party {pid}", source, pid)
     if sorted(parties) != list(range(len(parties))):
         raise ConfigError(f"{source}: party ids must be 0..{len(parties) - 1}, got {sorted(parties)}")
-    if "dealer" not in data:
-        raise ConfigError(f"{source}: needs a [dealer] section with its address")
-    dealer = _node(data["dealer"], "[dealer]", source, "dealer")
-    nodes = [parties[i] for i in range(len(parties))] + [dealer]
+    dealer = _node(data["dealer"], "[dealer]", source, "dealer") if "dealer" in data else None
+    nodes = [parties[i] for i in range(len(parties))] + ([dealer] if dealer is not None else [])
     seen: dict[str, str] = {}
     for nd in nodes:
         who = "the dealer" if nd.id == "dealer" else f"party {nd.id}"
@@ -125,8 +158,7 @@ def parse_cluster(data: dict[str, Any], source: str = "<memory>") -> Cluster:
     options = data.get("options", {})
     if not isinstance(options, dict) or set(options) - _OPTION_KEYS:
         raise ConfigError(f"{source}: [options] may only set {sorted(_OPTION_KEYS)}")
-    cluster = Cluster(tuple(nodes[:-1]), dealer, dict(options), source)
-    cluster.config()  # validate the options now
+    cluster = Cluster(tuple(parties[i] for i in range(len(parties))), dealer, dict(options), source)
     return cluster
 
 
@@ -155,7 +187,8 @@ def write_cluster(cluster: Cluster, path: str | Path) -> None:
         lines.append("[options]")
         lines += [f"{k} = {_toml_value(v)}" for k, v in sorted(cluster.options.items())]
         lines.append("")
-    for title, nd in [("[dealer]", cluster.dealer)] + [("[[parties]]", p) for p in cluster.parties]:
+    dealer = [("[dealer]", cluster.dealer)] if cluster.dealer is not None else []
+    for title, nd in dealer + [("[[parties]]", p) for p in cluster.parties]:
         lines.append(title)
         if title == "[[parties]]":
             lines.append(f"id = {nd.id}")
@@ -164,23 +197,3 @@ def write_cluster(cluster: Cluster, path: str | Path) -> None:
             lines.append(f"public_key = {_toml_value(nd.public_key)}")
         lines.append("")
     Path(path).write_text("\n".join(lines))
-
-
-def free_tcp_addresses(count: int, host: str = "127.0.0.1") -> list[str]:
-    """Addresses on ports the OS just reported free.
-
-    A port is free when checked; another process could take it before the party
-    binds, which then fails with a clear "address already in use".  Local runs
-    only: across hosts, the cluster file names the ports.
-    """
-    socks, out = [], []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((host, 0))
-            socks.append(s)
-            out.append(f"tcp://{host}:{s.getsockname()[1]}")
-    finally:
-        for s in socks:
-            s.close()
-    return out

@@ -8,6 +8,9 @@ Messages of one link arrive in order.  A receive takes the next message of the
 awaited peer; messages from other peers that arrive meanwhile are buffered by
 sender.  The header's sequence number and operation must be the ones this party
 expects, else ``DesyncError`` names both sides' operations.
+
+Node ids are the parties ``0..n-1`` and, when the protocol family has one, the
+dealer ``n`` (``dealer=False``: no node ``n``; nothing may be sent to it).
 """
 
 from __future__ import annotations
@@ -67,14 +70,19 @@ class BufferedCommunicator(Communicator):
         timeout: float,
         max_message_bytes: int,
         recorder: Recorder | None = None,
+        dealer: bool = True,
     ) -> None:
         self.rank = rank
         self.world_size = world_size
+        self.has_dealer = bool(dealer)
+        self.nodes = world_size + 1 if dealer else world_size
         self.timeout = float(timeout)
         self.max_message_bytes = int(max_message_bytes)
         self.stats = CommStats()
         self._recorder = recorder
-        nodes = world_size + 1
+        nodes = self.nodes
+        if not 0 <= rank < nodes:
+            raise ValueError(f"node id {rank} is outside 0..{nodes - 1}")
         self._out_seq = [0] * nodes
         self._in_seq = [0] * nodes
         self._buf: list[deque[tuple[wire.Header, bytes | memoryview]]] = [deque() for _ in range(nodes)]
@@ -94,7 +102,7 @@ class BufferedCommunicator(Communicator):
 
     # ----- naming -------------------------------------------------------------------
     def name(self, node: int) -> str:
-        return "the dealer" if node == self.world_size else f"party {node}"
+        return "the dealer" if self.has_dealer and node == self.world_size else f"party {node}"
 
     def _check_open(self) -> None:
         if self._state != "open":
@@ -102,7 +110,7 @@ class BufferedCommunicator(Communicator):
 
     # ----- sending ------------------------------------------------------------------
     def _send(self, peer: int, kind: int, op: str, tensor: torch.Tensor | None) -> int:
-        if not 0 <= peer <= self.world_size or peer == self.rank:
+        if not 0 <= peer < self.nodes or peer == self.rank:
             raise ValueError(f"{self.name(self.rank)} cannot send to node {peer}")
         if tensor is None:
             payload: bytes | memoryview = b""
@@ -120,7 +128,7 @@ class BufferedCommunicator(Communicator):
         self, op: str, sends: Mapping[int, torch.Tensor], recvs: Mapping[int, Expect]
     ) -> dict[int, torch.Tensor]:
         self._check_open()
-        dealer = self.world_size
+        dealer = self.world_size if self.has_dealer else -1
         stats = self.stats
         with_parties = any(p != dealer for p in sends) or any(p != dealer for p in recvs)
         opstats = stats.op(op) if with_parties else None
@@ -198,11 +206,11 @@ class BufferedCommunicator(Communicator):
         h = wire.decode_header(hbuf, self.max_message_bytes, auth)
         sender = h.sender
         # An authenticated peer naming another node (the receiver itself included) is impersonation.
-        if auth is not None and auth != sender and 0 <= sender <= self.world_size:
+        if auth is not None and auth != sender and 0 <= sender < self.nodes:
             raise SecurityError(
                 f"a frame claims to come from {self.name(sender)} but was sent with the key of {self.name(auth)}"
             )
-        if not 0 <= sender <= self.world_size or sender == self.rank:
+        if not 0 <= sender < self.nodes or sender == self.rank:
             raise WireError(f"a frame names sender {sender}, which is not a peer of {self.name(self.rank)}", auth)
         if self._recorder is not None:
             self._recorder(sender, bytes(hbuf), bytes(payload))
@@ -243,7 +251,7 @@ class BufferedCommunicator(Communicator):
         if self._state != "open":
             return
         text = reason.encode("utf-8", "replace")[:ABORT_TEXT_LIMIT]
-        for peer in range(self.world_size + 1):
+        for peer in range(self.nodes):
             if peer != self.rank:
                 try:
                     self._send(
@@ -262,7 +270,7 @@ class BufferedCommunicator(Communicator):
         if self._state != "open":
             return
         try:
-            for peer in range(self.world_size + 1):
+            for peer in range(self.nodes):
                 if peer != self.rank:
                     self._send(peer, wire.KIND_BYE, "bye", None)
             deadline = time.monotonic() + self.timeout
@@ -286,7 +294,7 @@ class BufferedCommunicator(Communicator):
             self._close_transport()
 
     def _default_barrier(self) -> list[int]:
-        if self.rank == self.world_size:  # the dealer waits for every party
+        if self.has_dealer and self.rank == self.world_size:  # the dealer waits for every party
             return list(range(self.world_size))
         return [p for p in range(self.world_size) if p != self.rank]
 

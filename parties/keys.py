@@ -18,15 +18,20 @@ from mpc.errors import ConfigError, SecurityError
 from .cluster import Cluster
 from .zmq_comm import CurveKeys
 
-__all__ = ["keygen", "load_secret_key", "curve_for_node", "ephemeral_keys"]
+__all__ = ["keygen", "save_key_pair", "load_secret_key", "curve_for_node", "ephemeral_keys"]
 
 
 def keygen(out_dir: str | Path, name: str) -> tuple[Path, Path]:
+    public, secret = zmq.curve_keypair()
+    return save_key_pair(out_dir, name, public, secret)
+
+
+def save_key_pair(out_dir: str | Path, name: str, public: bytes, secret: bytes) -> tuple[Path, Path]:
+    """Write ``DIR/NAME.key`` and ``DIR/NAME.key_secret`` (mode 0600, never overwritten)."""
     if not name or any(c in name for c in "/\\") or name.startswith("."):
         raise ConfigError(f"key name {name!r} must be a plain file name")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    public, secret = zmq.curve_keypair()
     pub_path, sec_path = out / f"{name}.key", out / f"{name}.key_secret"
     if sec_path.exists():
         raise ConfigError(f"{sec_path} already exists; move it away first to rotate the key")
@@ -60,8 +65,12 @@ def load_secret_key(path: str | Path) -> bytes:
 def curve_for_node(cluster: Cluster, node_id: int, secret: bytes) -> CurveKeys:
     """Check that the secret key matches the cluster's public key for ``node_id``."""
     keys = cluster.public_keys()
-    who = "the dealer" if node_id == cluster.world_size else f"party {node_id}"
-    missing = [("the dealer" if i == cluster.world_size else f"party {i}") for i, k in enumerate(keys) if not k]
+
+    def who_is(i: int) -> str:
+        return "the dealer" if cluster.dealer is not None and i == cluster.world_size else f"party {i}"
+
+    who = who_is(node_id)
+    missing = [who_is(i) for i, k in enumerate(keys) if not k]
     if missing:
         raise ConfigError(
             f"{cluster.source} lists no public_key for {', '.join(missing)}: add the keys from `mpc keygen` "

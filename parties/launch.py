@@ -1,9 +1,11 @@
-"""``mpc launch``: a script in N party processes plus the dealer on this machine.
+"""``mpc launch``: a script in N party processes (plus the dealer, if the family has one) on this machine.
 
-The launcher writes a private run directory (mode 0700) with a cluster file on
-free loopback ports and fresh CURVE keys for every node, then starts
-``mpc dealer`` and ``mpc party`` for each id: the same code path as a run
-across hosts.  Every output line is prefixed with its process; the exit code is
+The launcher writes a private run directory (mode 0700) with a cluster file and
+fresh CURVE keys for every node (``parties.local``, shared with ``mpc.run``),
+then starts ``mpc dealer`` (only when the protocol family needs one) and
+``mpc party`` for each id: the same code path as a run across hosts.  The
+loopback ports are bound here and each node is handed its listening socket
+(``pass_fds`` and ``--listen-fd``; see ``parties.ports``), so none is guessed.  Every output line is prefixed with its process; the exit code is
 non-zero when any process fails, and then the others are stopped.  Ctrl-C stops
 every process it started.
 """
@@ -20,8 +22,11 @@ import threading
 import time
 from pathlib import Path
 
-from .cluster import Cluster, Node, free_tcp_addresses, write_cluster
-from .keys import keygen
+from mpc.errors import MPCError
+
+from .cluster import write_cluster
+from .keys import save_key_pair
+from .local import LocalCluster, local_cluster
 
 __all__ = ["launch"]
 
@@ -39,20 +44,17 @@ def _pump(stream, prefix: str, out) -> None:
     stream.close()
 
 
-def write_local_run(run_dir: Path, n: int, insecure: bool, options: dict) -> tuple[Path, list[Path | None]]:
-    addrs = free_tcp_addresses(n + 1)
-    pubs: list[str | None] = []
+def write_local_run(run_dir: Path, local: LocalCluster) -> tuple[Path, list[Path | None]]:
+    """Write the local cluster's file and its nodes' secret key files (mode 0600) into ``run_dir``."""
+    cluster = local.cluster
     secrets: list[Path | None] = []
-    for i in range(n + 1):
-        if insecure:
-            pubs.append(None)
+    for node, name in zip(cluster.nodes, local.node_names):
+        secret = local.secrets[len(secrets)]
+        if secret is None or node.public_key is None:
             secrets.append(None)
             continue
-        pub, sec = keygen(run_dir / "keys", "dealer" if i == n else f"party{i}")
-        pubs.append(pub.read_text().strip())
+        _, sec = save_key_pair(run_dir / "keys", name.replace(" ", ""), node.public_key.encode("ascii"), secret)
         secrets.append(sec)
-    nodes = [Node(i, addrs[i], pubs[i]) for i in range(n)]
-    cluster = Cluster(tuple(nodes), Node("dealer", addrs[n], pubs[n]), options)
     path = run_dir / "cluster.toml"
     write_cluster(cluster, path)
     return path, secrets
@@ -67,6 +69,7 @@ def launch(
     timeout: float | None = None,
     insecure: bool = False,
     frac_bits: int | None = None,
+    protocol: str | None = None,
 ) -> int:
     if n < 2:
         print("mpc launch: -n must be at least 2", file=sys.stderr)
@@ -79,30 +82,42 @@ def launch(
         options["timeout"] = float(timeout)
     if frac_bits is not None:
         options["frac_bits"] = int(frac_bits)
+    if protocol is not None:
+        options["protocol"] = protocol
+    try:
+        local = local_cluster(n, insecure, options)
+    except MPCError as exc:
+        print(f"mpc launch: {exc}", file=sys.stderr)
+        return 2
     run_dir = Path(tempfile.mkdtemp(prefix="mpc-run-"))
     os.chmod(run_dir, 0o700)
     procs: dict[str, subprocess.Popen] = {}
     pumps: list[threading.Thread] = []
     try:
-        cluster_path, secrets = write_local_run(run_dir, n, insecure, options)
-        base = [sys.executable, "-m", "parties.cli"]
-        cmds: dict[str, list[str]] = {}
-        for i in range(n + 1):
-            who = "dealer" if i == n else f"party {i}"
-            cmd = base + (["dealer"] if i == n else ["party"]) + ["--cluster", str(cluster_path)]
-            if i < n:
-                cmd += ["--id", str(i)]
-            cmd += ["--insecure"] if insecure else ["--key", str(secrets[i])]
-            if i < n:
-                cmd += (["--stats"] if stats else []) + [script, *args]
-            cmds[who] = cmd
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        for who, cmd in cmds.items():
-            p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-            procs[who] = p
-            t = threading.Thread(target=_pump, args=(p.stdout, f"[{who}] ", sys.stdout), daemon=True)
-            t.start()
-            pumps.append(t)
+        with local.listeners:  # each child holds its own copy once started; ours close after the loop
+            cluster_path, secrets = write_local_run(run_dir, local)
+            base = [sys.executable, "-m", "parties.cli"]
+            env = dict(os.environ, PYTHONUNBUFFERED="1")
+            for node, who in enumerate(local.node_names):
+                fd = local.listeners.fd(node)
+                is_party = who != "dealer"
+                cmd = base + (["party"] if is_party else ["dealer"]) + ["--cluster", str(cluster_path)]
+                cmd += (["--id", str(node)] if is_party else []) + ["--listen-fd", str(fd)]
+                cmd += ["--insecure"] if insecure else ["--key", str(secrets[node])]
+                if is_party:
+                    cmd += (["--stats"] if stats else []) + [script, *args]
+                p = subprocess.Popen(
+                    cmd,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,
+                    pass_fds=(fd,),
+                )
+                procs[who] = p
+                t = threading.Thread(target=_pump, args=(p.stdout, f"[{who}] ", sys.stdout), daemon=True)
+                t.start()
+                pumps.append(t)
         return _supervise(procs)
     except KeyboardInterrupt:
         print("mpc launch: interrupted, stopping every process", file=sys.stderr)

@@ -10,18 +10,19 @@ __all__ = ["MemoryHub", "MemoryCommunicator"]
 
 
 class MemoryHub:
-    """The shared mailboxes of one simulated run (parties 0..n-1 and the dealer n)."""
+    """The shared mailboxes of one simulated run (parties 0..n-1 and, unless ``dealer=False``, the dealer n)."""
 
-    def __init__(self, world_size: int) -> None:
+    def __init__(self, world_size: int, dealer: bool = True) -> None:
         self.world_size = world_size
-        self.boxes: list[queue.SimpleQueue] = [queue.SimpleQueue() for _ in range(world_size + 1)]
+        self.dealer = dealer
+        self.boxes: list[queue.SimpleQueue] = [queue.SimpleQueue() for _ in range(world_size + int(dealer))]
 
 
 class MemoryCommunicator(BufferedCommunicator):
     def __init__(
         self, hub: MemoryHub, rank: int, timeout: float, max_message_bytes: int, recorder: Recorder | None = None
     ) -> None:
-        super().__init__(rank, hub.world_size, timeout, max_message_bytes, recorder)
+        super().__init__(rank, hub.world_size, timeout, max_message_bytes, recorder, dealer=hub.dealer)
         self._hub = hub
 
     def _post(self, peer: int, header: bytes, payload, final: bool = False) -> None:

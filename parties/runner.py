@@ -1,4 +1,4 @@
-"""``mpc.run``: a function in N real party processes plus the dealer, over ZeroMQ on localhost.
+"""``mpc.run``: a function in N real party processes (and the dealer, if the family has one) over ZeroMQ.
 
 And ``mpc.init``: the party context of a script started by ``mpc launch`` or
 ``mpc party``.
@@ -8,6 +8,10 @@ in torch's thread pool).  Results come back as pickled bytes produced in the
 child with plain ``pickle`` (not through multiprocessing's reducers, which would
 pass torch tensors by file descriptor); these bytes travel only between the
 caller and its own child processes, never between parties.
+
+The cluster comes from ``parties.local`` (shared with ``mpc launch``): each
+child is handed the listening socket that the caller bound for it, so no port
+is guessed.  Each child runs the one lifecycle of ``parties.lifecycle``.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import atexit
 import multiprocessing as mp
 import os
 import pickle
+import socket
 import time
 import traceback
 from collections.abc import Callable
@@ -27,60 +32,64 @@ from mpc.config import MPCConfig
 from mpc.context import PartyContext
 from mpc.errors import ConfigError, PartyFailed, ProtocolError
 
-from .cluster import Cluster, Node, free_tcp_addresses, load_cluster
-from .comm_base import abort_reason
-from .dealer import serve_dealer
-from .keys import ephemeral_keys, load_secret_key
-from .node import env_flag, open_comm, open_party
+from .cluster import Cluster, load_cluster
+from .env import ENV_CLUSTER, ENV_RANK, PartyEnv
+from .keys import load_secret_key
+from .lifecycle import run_dealer, run_party
+from .local import local_cluster
+from .node import open_dealer, open_party, open_party_comm
+from .ports import adopt_listener
 
 __all__ = ["run", "init"]
 
 GRACE = 3.0
 
 
-def _local_cluster(n: int, insecure: bool, options: dict[str, Any]) -> tuple[Cluster, list[bytes | None]]:
-    addrs = free_tcp_addresses(n + 1)
-    if insecure:
-        keys: list[tuple[bytes | None, bytes | None]] = [(None, None)] * (n + 1)
-    else:
-        keys = list(ephemeral_keys(n + 1))
-    nodes = [Node(i, addrs[i], keys[i][0].decode() if keys[i][0] else None) for i in range(n + 1)]
-    dealer = Node("dealer", nodes[n].address, nodes[n].public_key)
-    return Cluster(tuple(nodes[:n]), dealer, options), [k[1] for k in keys]
+def _report_error(conn: Connection, exc: BaseException) -> None:
+    conn.send_bytes(pickle.dumps(("err", f"{type(exc).__name__}: {exc}", traceback.format_exc(), type(exc).__name__)))
 
 
 def _party_main(
-    cluster: Cluster, rank: int, secret: bytes | None, insecure: bool, fn: Callable, conn: Connection
+    cluster: Cluster,
+    rank: int,
+    secret: bytes | None,
+    insecure: bool,
+    fn: Callable,
+    conn: Connection,
+    listener: socket.socket | None = None,
 ) -> None:
-    ctx = None
+    reported: list[BaseException] = []
+
+    def report(exc: BaseException) -> None:  # before the abort notices: the caller names the root cause
+        reported.append(exc)
+        _report_error(conn, exc)
+
     try:
         config = cluster.config()
-        ctx = open_party(cluster, rank, config, secret, insecure)
-        set_context(ctx)
-        result = fn(ctx)
-        ctx.comm.close()
-        conn.send_bytes(pickle.dumps(("ok", result, ctx.stats.as_dict())))
+        comm = open_party_comm(cluster, rank, config, secret, insecure, adopt_listener(listener))
+        result, stats = run_party(comm, config, fn, report)
+        conn.send_bytes(pickle.dumps(("ok", result, stats.as_dict())))
     except BaseException as exc:  # noqa: BLE001 - reported to the caller
-        conn.send_bytes(
-            pickle.dumps(("err", f"{type(exc).__name__}: {exc}", traceback.format_exc(), type(exc).__name__))
-        )
-        if ctx is not None:
-            ctx.comm.abort(abort_reason(exc, f"party {rank}"))
+        if not reported:
+            _report_error(conn, exc)
 
 
-def _dealer_main(cluster: Cluster, secret: bytes | None, insecure: bool, conn: Connection) -> None:
-    comm = None
+def _dealer_main(
+    cluster: Cluster, secret: bytes | None, insecure: bool, conn: Connection, listener: socket.socket | None = None
+) -> None:
+    reported: list[BaseException] = []
+
+    def report(exc: BaseException) -> None:
+        reported.append(exc)
+        _report_error(conn, exc)
+
     try:
         config = cluster.config()
-        comm = open_comm(cluster, cluster.world_size, config, secret, insecure)
-        served = serve_dealer(comm, config)
-        conn.send_bytes(pickle.dumps(("ok", served, None)))
+        comm = open_dealer(cluster, config, secret, insecure, adopt_listener(listener))
+        conn.send_bytes(pickle.dumps(("ok", run_dealer(comm, config, report=report), None)))
     except BaseException as exc:  # noqa: BLE001
-        conn.send_bytes(
-            pickle.dumps(("err", f"{type(exc).__name__}: {exc}", traceback.format_exc(), type(exc).__name__))
-        )
-        if comm is not None:
-            comm.abort(abort_reason(exc, "the dealer"))
+        if not reported:
+            _report_error(conn, exc)
 
 
 def run(
@@ -92,8 +101,13 @@ def run(
     insecure: bool = False,
     return_stats: bool = False,
     run_timeout: float | None = None,
+    protocol: str = MPCConfig.protocol,
 ) -> list[Any]:
-    """Run ``fn(ctx)`` in ``parties`` processes plus the dealer; return the results in rank order.
+    """Run ``fn(ctx)`` in ``parties`` processes; return the results in rank order.
+
+    ``protocol`` names the protocol family (``mpc.config.PROTOCOLS``); a dealer
+    process is started only when the family needs one.  ``"plaintext"`` is NOT
+    secure (every node warns): for debugging only.
 
     ``fn`` must be picklable (a module-level function or a ``functools.partial``
     of one).  Links are encrypted with fresh CURVE keys unless ``insecure``.  An
@@ -103,32 +117,38 @@ def run(
     """
     if not isinstance(parties, int) or isinstance(parties, bool) or parties < 2:
         raise ConfigError(f"parties must be an integer >= 2, got {parties!r}")
-    MPCConfig(frac_bits=frac_bits, timeout=timeout)  # validate early, in the caller
+    options = {"frac_bits": frac_bits, "timeout": float(timeout), "protocol": protocol}
+    MPCConfig(**options)  # validate early, in the caller
     try:
         pickle.dumps(fn)
     except Exception as exc:
         raise ProtocolError(
             f"fn must be picklable (a module-level function or functools.partial of one): {exc}"
         ) from None
-    cluster, secrets = _local_cluster(parties, insecure, {"frac_bits": frac_bits, "timeout": float(timeout)})
+    local = local_cluster(parties, insecure, options)
+    cluster, secrets, listeners = local.cluster, local.secrets, local.listeners
     spawn = mp.get_context("spawn")
     procs: dict[int | str, mp.process.BaseProcess] = {}
     conns: dict[int | str, Connection] = {}
     try:
-        for who in [*range(parties), "dealer"]:
-            recv, send = spawn.Pipe(duplex=False)
-            if who == "dealer":
-                p = spawn.Process(
-                    target=_dealer_main, args=(cluster, secrets[parties], insecure, send), name="mpc-dealer"
-                )
-            else:
-                p = spawn.Process(
-                    target=_party_main, args=(cluster, who, secrets[who], insecure, fn, send), name=f"mpc-party-{who}"
-                )
-            p.daemon = True
-            p.start()
-            send.close()
-            procs[who], conns[who] = p, recv
+        with listeners:  # the children hold their own copies once started; ours close after the loop
+            for node, who in enumerate([*range(parties), *(["dealer"] if cluster.dealer is not None else [])]):
+                recv, send = spawn.Pipe(duplex=False)
+                sock = listeners.socket(node)
+                if who == "dealer":
+                    p = spawn.Process(
+                        target=_dealer_main, args=(cluster, secrets[node], insecure, send, sock), name="mpc-dealer"
+                    )
+                else:
+                    p = spawn.Process(
+                        target=_party_main,
+                        args=(cluster, who, secrets[node], insecure, fn, send, sock),
+                        name=f"mpc-party-{who}",
+                    )
+                p.daemon = True
+                p.start()
+                send.close()
+                procs[who], conns[who] = p, recv
         results = _collect(procs, conns, parties, run_timeout)
     finally:
         _stop(procs)
@@ -203,26 +223,24 @@ def _stop(procs) -> None:
 def init() -> PartyContext:
     """The party context of a script started by ``mpc launch`` or ``mpc party``.
 
-    Returns the context the CLI opened, or opens one from the environment the
-    launcher sets (``MPC_CLUSTER``, ``MPC_RANK``, ``MPC_KEY``, ``MPC_INSECURE``).
+    Returns the context the CLI opened, or opens one from the environment that
+    ``mpc party`` sets for its script and the processes it starts (the names
+    are those of ``parties.env``: ``MPC_CLUSTER``, ``MPC_RANK``, ``MPC_KEY``,
+    ``MPC_INSECURE``).
     """
     try:
         return current_context()
     except ProtocolError:
         pass
-    cluster_path, rank = os.environ.get("MPC_CLUSTER"), os.environ.get("MPC_RANK")
-    if not cluster_path or rank is None:
+    env = PartyEnv.read(os.environ)
+    if env is None:
         raise ConfigError(
-            "mpc.init() found no party environment: start the script with `mpc launch -n N script.py` "
-            "or `mpc party --cluster FILE --id I script.py`"
+            f"mpc.init() found no party environment ({ENV_CLUSTER}, {ENV_RANK}): start the script with "
+            "`mpc launch -n N script.py` or `mpc party --cluster FILE --id I script.py`"
         )
-    cluster = load_cluster(cluster_path)
-    if not rank.isdigit():
-        raise ConfigError(f"MPC_RANK must be a party id, got {rank!r}")
-    insecure = env_flag("MPC_INSECURE")
-    key = os.environ.get("MPC_KEY")
-    secret = load_secret_key(key) if key and not insecure else None
-    ctx = open_party(cluster, int(rank), cluster.config(), secret, insecure)
+    cluster = load_cluster(env.cluster)
+    secret = load_secret_key(env.key) if env.key and not env.insecure else None
+    ctx = open_party(cluster, env.rank, cluster.config(), secret, env.insecure)
     set_context(ctx)
     atexit.register(ctx.comm.close)
     return ctx

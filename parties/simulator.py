@@ -1,6 +1,6 @@
-"""The in-process simulator: one thread per party and one for the dealer.
+"""The in-process simulator: one thread per party and one for the dealer (if the family has one).
 
-Same setup, protocols and dealer code as real runs, over the in-memory
+Same lifecycle (``parties.lifecycle``), setup, protocols and dealer code as real runs, over the in-memory
 transport (default) or ZeroMQ ``inproc://`` sockets.  A party's exception is
 re-raised in the caller with a note naming the party; the others are stopped
 by the abort notice it sends.
@@ -14,14 +14,13 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from mpc.api import use_context
 from mpc.config import MPCConfig
 from mpc.errors import CommunicationError, PartyFailed, PeerAborted
+from protocols.families import get_family
 
-from .comm_base import BufferedCommunicator, abort_reason
-from .dealer import serve_dealer
+from .comm_base import BufferedCommunicator
+from .lifecycle import run_dealer, run_party
 from .memory import MemoryCommunicator, MemoryHub
-from .party import setup_party
 from .zmq_comm import inproc_communicators
 
 __all__ = ["run_threads"]
@@ -43,40 +42,47 @@ def run_threads(
     ``received``: if a dict is given, ``received[r]`` becomes the list of
     ``(sender, header bytes, payload bytes)`` frames party ``r`` received (the
     dealer is ``parties``), for secrecy tests.  ``comms``: prebuilt
-    communicators (one per party, then the dealer's), e.g. ZeroMQ over TCP.
+    communicators (one per party, then the dealer's if the family has one), e.g.
+    ZeroMQ over TCP.  The protocol family comes from ``config.protocol`` (or
+    ``protocol=...`` among ``options``); a dealer thread runs only when the family
+    needs one.
     """
     config = config or MPCConfig(**options)
     if not isinstance(parties, int) or parties < 2:
         raise PartyFailed("launcher", f"parties must be an integer >= 2, got {parties!r}")
     n = parties
+    with_dealer = get_family(config.protocol).needs_dealer
+    nodes = n + int(with_dealer)
     if comms is None:
-        comms = _make_comms(n, config, transport, received)
-    elif len(comms) != n + 1:
-        raise PartyFailed("launcher", f"need {n + 1} communicators (parties and dealer), got {len(comms)}")
+        comms = _make_comms(n, config, transport, received, with_dealer)
+    elif len(comms) != nodes:
+        what = "parties and dealer" if with_dealer else f"one per party: the {config.protocol} family has no dealer"
+        raise PartyFailed("launcher", f"need {nodes} communicators ({what}), got {len(comms)}")
     results: list[Any] = [None] * n
     errors: dict[int | str, tuple[float, BaseException, str]] = {}
 
+    def reporter(who: int | str):
+        # Recorded before the abort notice goes out: the root cause is the earliest non-echo failure.
+        def report(exc: BaseException) -> None:
+            errors[who] = (time.monotonic(), exc, traceback.format_exc())
+
+        return report
+
     def party(rank: int) -> None:
-        comm = comms[rank]
         try:
-            ctx = setup_party(comm, config)
-            with use_context(ctx):
-                results[rank] = fn(ctx)
-            comm.close()
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
-            errors[rank] = (time.monotonic(), exc, traceback.format_exc())
-            comm.abort(abort_reason(exc, f"party {rank}"))
+            results[rank], _ = run_party(comms[rank], config, fn, reporter(rank))
+        except BaseException:  # noqa: BLE001, S110 - recorded by its reporter, re-raised in the caller
+            pass
 
     def dealer() -> None:
-        comm = comms[n]
         try:
-            serve_dealer(comm, config)
-        except BaseException as exc:  # noqa: BLE001
-            errors["dealer"] = (time.monotonic(), exc, traceback.format_exc())
-            comm.abort(abort_reason(exc, "the dealer"))
+            run_dealer(comms[n], config, report=reporter("dealer"))
+        except BaseException:  # noqa: BLE001, S110
+            pass
 
     threads = [threading.Thread(target=party, args=(r,), name=f"mpc-party-{r}", daemon=True) for r in range(n)]
-    threads.append(threading.Thread(target=dealer, name="mpc-dealer", daemon=True))
+    if with_dealer:
+        threads.append(threading.Thread(target=dealer, name="mpc-dealer", daemon=True))
     for t in threads:
         t.start()
     deadline = time.monotonic() + join_timeout
@@ -106,7 +112,9 @@ def root_cause(errors: dict) -> tuple[Any, tuple]:
     return min(errors.items(), key=rank_key)
 
 
-def _make_comms(n: int, config: MPCConfig, transport: str, received: dict | None) -> list[BufferedCommunicator]:
+def _make_comms(
+    n: int, config: MPCConfig, transport: str, received: dict | None, dealer: bool
+) -> list[BufferedCommunicator]:
     def recorder(rank: int):
         if received is None:
             return None
@@ -114,10 +122,11 @@ def _make_comms(n: int, config: MPCConfig, transport: str, received: dict | None
         return lambda sender, h, p: log.append((sender, h, p))
 
     if transport == "memory":
-        hub = MemoryHub(n)
-        return [MemoryCommunicator(hub, r, config.timeout, config.max_message_bytes, recorder(r)) for r in range(n + 1)]
+        hub = MemoryHub(n, dealer=dealer)
+        nodes = n + int(dealer)
+        return [MemoryCommunicator(hub, r, config.timeout, config.max_message_bytes, recorder(r)) for r in range(nodes)]
     if transport == "inproc":
-        return inproc_communicators(n, config, recorder)
+        return inproc_communicators(n, config, recorder, dealer=dealer)
     raise PartyFailed("launcher", f"unknown simulator transport {transport!r}; use 'memory' or 'inproc'")
 
 

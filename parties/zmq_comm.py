@@ -12,6 +12,13 @@ and every received frame carries the ZAP ``User-Id`` (the sender's key), which
 must belong to the party named in the header.  Socket monitors turn a dropped
 connection into ``PeerLost`` and a refused handshake into ``SecurityError`` at
 once, instead of at the timeout.
+
+Without a dealer (a protocol family that needs none, ``dealer=False``) the
+nodes are the parties alone and ``addresses`` lists exactly ``n`` of them.
+
+``listen_fd``: a TCP socket already bound and listening (by the parent that
+started this node, see ``parties.ports``); the PULL socket adopts it through
+ZeroMQ's ``ZMQ_USE_FD`` instead of binding a port of its own, and closes it.
 """
 
 from __future__ import annotations
@@ -88,10 +95,11 @@ class ZmqCommunicator(BufferedCommunicator):
         context: zmq.Context | None = None,
         recorder: Recorder | None = None,
         authenticator: bool = True,
+        dealer: bool = True,
+        listen_fd: int | None = None,
     ) -> None:
-        super().__init__(rank, world_size, config.timeout, config.max_message_bytes, recorder)
-        if len(addresses) != world_size + 1:
-            raise ConfigError(f"need {world_size + 1} addresses (parties and dealer), got {len(addresses)}")
+        super().__init__(rank, world_size, config.timeout, config.max_message_bytes, recorder, dealer=dealer)
+        self._listen_fd = listen_fd
         self._own_context = context is None
         self._zctx = zmq.Context() if context is None else context
         self._curve = curve
@@ -102,6 +110,9 @@ class ZmqCommunicator(BufferedCommunicator):
         self._connected: set[int] = set()
         self._refused_by: set[int] = set()
         try:
+            if len(addresses) != self.nodes:
+                what = "parties and dealer" if dealer else "one per party, no dealer"
+                raise ConfigError(f"need {self.nodes} addresses ({what}), got {len(addresses)}")
             self._open(addresses, authenticator)
         except BaseException:
             self._close_transport(linger=0)
@@ -110,8 +121,10 @@ class ZmqCommunicator(BufferedCommunicator):
     def _open(self, addresses: Sequence[str], authenticator: bool) -> None:
         curve = self._curve
         if curve is not None:
-            if len(curve.node_keys) != self.world_size + 1:
-                raise ConfigError("CURVE setup needs one public key per party and for the dealer")
+            if len(curve.node_keys) != self.nodes:
+                raise ConfigError(
+                    f"CURVE setup needs one public key per node ({self.nodes}), got {len(curve.node_keys)}"
+                )
             self._key_rank = {k: i for i, k in enumerate(curve.node_keys)}
             if authenticator:
                 self._allow = _AllowList(k for i, k in enumerate(curve.node_keys) if i != self.rank)
@@ -130,6 +143,10 @@ class ZmqCommunicator(BufferedCommunicator):
             pull.zap_domain = b"mpc"
         own = addresses[self.rank]
         try:
+            if self._listen_fd is not None:
+                os.set_blocking(self._listen_fd, False)
+                pull.setsockopt(zmq.USE_FD, self._listen_fd)
+                self._listen_fd = None  # the PULL socket owns (and closes) it now
             pull.bind(own)
         except zmq.ZMQError as exc:
             hint = " (address already in use: another process holds this port)" if exc.errno == zmq.EADDRINUSE else ""
@@ -138,7 +155,7 @@ class ZmqCommunicator(BufferedCommunicator):
         self._poller.register(pull, zmq.POLLIN)
         self._push: dict[int, zmq.Socket] = {}
         self._monitors: dict[zmq.Socket, int] = {}
-        peers = range(self.world_size) if self.rank == self.world_size else range(self.world_size + 1)
+        peers = range(self.world_size) if self.has_dealer and self.rank == self.world_size else range(self.nodes)
         for peer in peers:
             if peer == self.rank:
                 continue
@@ -263,6 +280,9 @@ class ZmqCommunicator(BufferedCommunicator):
         pull = getattr(self, "_pull", None)
         if pull is not None:
             pull.close(linger=0)
+        if getattr(self, "_listen_fd", None) is not None:  # never handed to ZeroMQ: close it here
+            os.close(self._listen_fd)
+            self._listen_fd = None
         if self._auth is not None:
             self._auth.stop()
         if self._own_context:
@@ -275,13 +295,14 @@ class ZmqCommunicator(BufferedCommunicator):
 
 
 def inproc_communicators(
-    n: int, config: MPCConfig, recorder: Callable[[int], Recorder | None]
+    n: int, config: MPCConfig, recorder: Callable[[int], Recorder | None], dealer: bool = True
 ) -> list[ZmqCommunicator]:
     """ZeroMQ ``inproc://`` communicators for the thread simulator (one shared context)."""
     zctx = zmq.Context()
     tag = os.urandom(6).hex()
-    addresses = [f"inproc://mpc-{tag}-{i}" for i in range(n + 1)]
+    nodes = n + int(dealer)
+    addresses = [f"inproc://mpc-{tag}-{i}" for i in range(nodes)]
     comms: list[ZmqCommunicator] = []
-    for r in range(n + 1):
-        comms.append(ZmqCommunicator(r, n, addresses, config, context=zctx, recorder=recorder(r)))
+    for r in range(nodes):
+        comms.append(ZmqCommunicator(r, n, addresses, config, context=zctx, recorder=recorder(r), dealer=dealer))
     return comms

@@ -46,8 +46,8 @@ from mpc.context import Expect
 from mpc.errors import DesyncError, PeerTimeout, SecurityError, WireError
 from mpc.fixedpoint import FixedPoint
 from parties import wire, zmq_comm
-from parties.cluster import free_tcp_addresses
 from parties.keys import ephemeral_keys
+from parties.ports import Listeners
 from parties.simulator import run_threads
 from parties.zmq_comm import CurveKeys, ZmqCommunicator
 
@@ -96,8 +96,9 @@ def no_linger(monkeypatch):
 def authenticated_link(no_linger):
     """Party 0's CURVE communicator and a raw socket that speaks to it with party 1's real key."""
     keys = ephemeral_keys(3)
-    addrs = free_tcp_addresses(3)
-    c0 = ZmqCommunicator(0, 2, addrs, MPCConfig(timeout=5.0), curve=_curve(keys, 0))
+    with Listeners(3) as ls:  # party 0 adopts the port bound here; the others close before anyone connects
+        addrs, fd0 = ls.addresses, ls.take(0)
+    c0 = ZmqCommunicator(0, 2, addrs, MPCConfig(timeout=5.0), curve=_curve(keys, 0), listen_fd=fd0)
     zctx = zmq.Context()
     raw = None
     try:
@@ -114,15 +115,32 @@ def authenticated_link(no_linger):
 def test_unknown_key_is_refused_and_nothing_gets_through(no_linger):
     keys = ephemeral_keys(3)  # party 0, party 1, dealer
     (intruder_keys,) = ephemeral_keys(1)
-    addrs = free_tcp_addresses(3)
+    # Party 0 and the intruder adopt the ports bound here; nobody listens at party 1's or the dealer's
+    # address (closed before anyone connects, so a connection there is refused, never accepted and dropped).
+    listeners = Listeners(4)
+    addrs, own = listeners.addresses[:3], listeners.addresses[3]
+    fd0, fd_intruder = listeners.take(0), listeners.take(3)
+    listeners.close()
     got: list = []
-    c0 = ZmqCommunicator(0, 2, addrs, MPCConfig(timeout=2.0), curve=_curve(keys, 0), recorder=lambda *f: got.append(f))
+    c0 = ZmqCommunicator(
+        0,
+        2,
+        addrs,
+        MPCConfig(timeout=2.0),
+        curve=_curve(keys, 0),
+        recorder=lambda *f: got.append(f),
+        listen_fd=fd0,
+    )
     intruder = None
     try:
         # The intruder poses as party 1 (it knows the cluster's public keys) with a key pair of its own.
-        own = free_tcp_addresses(1)[0]
         intruder = ZmqCommunicator(
-            1, 2, [addrs[0], own, addrs[2]], MPCConfig(timeout=10.0), curve=_curve(keys, 1, own=intruder_keys)
+            1,
+            2,
+            [addrs[0], own, addrs[2]],
+            MPCConfig(timeout=10.0),
+            curve=_curve(keys, 1, own=intruder_keys),
+            listen_fd=fd_intruder,
         )
         # Its first receive (as in setup) polls its links' monitors: party 0 refused the handshake.
         start = time.monotonic()
@@ -708,7 +726,8 @@ def _tap_program(ctx):
 @pytest.mark.parametrize("curve", [True, False], ids=["curve", "insecure-control"])
 def test_wire_tap_sees_no_header_and_no_payload(curve):
     n = 2
-    real = free_tcp_addresses(n + 1)
+    listeners = Listeners(n + 1)
+    real = listeners.addresses
     keys = ephemeral_keys(n + 1) if curve else None
     relay = _TapRelay(real[1])
     got: list = []  # what party 1 received: (sender, header, payload)
@@ -724,6 +743,7 @@ def test_wire_tap_sees_no_header_and_no_payload(curve):
                     MPCConfig(timeout=20.0),
                     curve=_curve(keys, r) if keys else None,
                     recorder=(lambda *f: got.append(f)) if r == 1 else None,
+                    listen_fd=listeners.take(r),
                 )
             )
         results = run_threads(_tap_program, n, MPCConfig(timeout=20.0), comms=comms, join_timeout=50)
@@ -732,6 +752,7 @@ def test_wire_tap_sees_no_header_and_no_payload(curve):
             c.abort("test failed")
         raise
     finally:
+        listeners.close()
         relay.close()
     want = (torch.linspace(-3, 3, 24).reshape(4, 6).double() @ torch.linspace(2, -1, 18).reshape(6, 3).double()).relu()
     assert all(torch.allclose(y.double(), want, atol=1e-3) for y in results)

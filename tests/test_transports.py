@@ -16,8 +16,8 @@ import torch
 import mpc
 from mpc.config import MPCConfig
 from mpc.context import Expect
-from parties.cluster import free_tcp_addresses
 from parties.keys import ephemeral_keys
+from parties.ports import Listeners
 from parties.simulator import run_threads
 from parties.zmq_comm import CurveKeys, ZmqCommunicator
 
@@ -41,13 +41,15 @@ def _check(results, n):
         assert rounds == results[0][1] > 0
 
 
-def _zmq_comms(addresses: list[str], n: int, curve: bool) -> list[ZmqCommunicator]:
+def _zmq_comms(addresses: list[str], n: int, curve: bool, listeners: Listeners | None = None) -> list[ZmqCommunicator]:
+    """One communicator per node; over tcp the ports are bound first (``listeners``) and adopted, never guessed."""
     keys = ephemeral_keys(n + 1) if curve else None
     comms = []
     try:
         for r in range(n + 1):
             ck = CurveKeys(keys[r][0], keys[r][1], tuple(k[0] for k in keys)) if keys else None
-            comms.append(ZmqCommunicator(r, n, addresses, CFG, curve=ck))
+            fd = listeners.take(r) if listeners is not None else None
+            comms.append(ZmqCommunicator(r, n, addresses, CFG, curve=ck, listen_fd=fd))
     except BaseException:
         for c in comms:
             c.abort("setup failed")
@@ -73,7 +75,9 @@ def test_ipc_transport(tmp_path, curve):
 @pytest.mark.parametrize("curve", [False, True], ids=["plain", "curve"])
 def test_tcp_transport_in_threads(curve):
     n = 2
-    _check(run_threads(_program, n, CFG, comms=_zmq_comms(free_tcp_addresses(n + 1), n, curve), join_timeout=60), n)
+    with Listeners(n + 1) as ls:
+        comms = _zmq_comms(ls.addresses, n, curve, ls)
+    _check(run_threads(_program, n, CFG, comms=comms, join_timeout=60), n)
 
 
 @pytest.mark.timeout(30)
@@ -86,7 +90,8 @@ def test_unknown_simulator_transport_is_refused():
 @pytest.mark.parametrize("curve", [False, True], ids=["plain", "curve"])
 def test_large_simultaneous_exchange_neither_deadlocks_nor_is_refused(curve):
     """Both parties send 32 MiB to each other in the same round over tcp://: sends and receives overlap."""
-    comms = _zmq_comms(free_tcp_addresses(3), 2, curve)
+    with Listeners(3) as ls:
+        comms = _zmq_comms(ls.addresses, 2, curve, ls)
     size = 4 << 20  # int64 elements: 32 MiB each way
     sent = [torch.arange(size, dtype=torch.int64) * (r + 3) for r in range(2)]
     got: dict[int, torch.Tensor] = {}

@@ -1,0 +1,71 @@
+"""One local cluster for ``mpc.run`` and ``mpc launch``: loopback listeners, fresh keys, the family's nodes.
+
+Both entry points start every node of a run on this machine.  They build the
+same thing: one listening socket per node (``parties.ports``: bound here, handed
+to the child), a fresh CURVE key pair per node unless insecure, and a
+``Cluster`` with a dealer only when the protocol family needs one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mpc.config import MPCConfig
+from mpc.errors import ConfigError
+from protocols.families import get_family
+
+from .cluster import Cluster, Node
+from .keys import ephemeral_keys
+from .ports import Listeners
+
+__all__ = ["LocalCluster", "local_cluster"]
+
+
+@dataclass(frozen=True)
+class LocalCluster:
+    """A local run's cluster, every node's secret key (``None`` when insecure) and their listening sockets.
+
+    Index ``i`` of ``secrets`` and ``listeners`` is node ``i`` (parties, then the
+    dealer if the cluster has one).  Close ``listeners`` once the children run.
+    """
+
+    cluster: Cluster
+    secrets: tuple[bytes | None, ...]
+    listeners: Listeners
+
+    @property
+    def node_names(self) -> list[str]:
+        """``party 0``, ..., and ``dealer`` when there is one, in node id order."""
+        n = self.cluster.world_size
+        return [f"party {i}" for i in range(n)] + (["dealer"] if self.cluster.dealer is not None else [])
+
+
+def local_cluster(n: int, insecure: bool, options: dict[str, Any]) -> LocalCluster:
+    """A cluster of ``n`` parties (plus the dealer iff the family of ``options['protocol']`` needs one)."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ConfigError(f"the number of parties must be a positive integer, got {n!r}")
+    try:
+        protocol = MPCConfig(**options).protocol  # a bad option is named before any socket is bound
+    except TypeError as exc:
+        raise ConfigError(f"bad run options: {exc}") from None
+    family = get_family(protocol)
+    problem = family.check_parties(n)
+    if problem is not None:
+        raise ConfigError(problem)
+    count = n + (1 if family.needs_dealer else 0)
+    listeners = Listeners(count)
+    try:
+        addrs = listeners.addresses
+        if insecure:
+            keys: list[tuple[bytes | None, bytes | None]] = [(None, None)] * count
+        else:
+            keys = list(ephemeral_keys(count))
+        pubs = [k[0].decode("ascii") if k[0] else None for k in keys]
+        parties = tuple(Node(i, addrs[i], pubs[i]) for i in range(n))
+        dealer = Node("dealer", addrs[n], pubs[n]) if family.needs_dealer else None
+        cluster = Cluster(parties, dealer, dict(options), "<local run>")
+    except BaseException:
+        listeners.close()
+        raise
+    return LocalCluster(cluster, tuple(k[1] for k in keys), listeners)
