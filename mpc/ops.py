@@ -17,6 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+import torch.nn.functional as F
+
 from .errors import MPCError
 
 __all__ = ["Op", "OPS", "TORCH_OPS", "register", "call", "torch_dispatch", "NotSupportedError"]
@@ -61,13 +64,25 @@ def call(name: str, *args: Any, **kwargs: Any) -> Any:
 
 
 def _torch_name(func: Any) -> str:
-    mod = getattr(func, "__module__", None) or ""
-    qual = getattr(func, "__qualname__", None) or getattr(func, "__name__", repr(func))
-    if mod.startswith("torch.nn.functional"):
-        return f"torch.nn.functional.{qual}"
-    if mod.startswith("torch") or mod == "":
-        return f"torch.{qual}" if not qual.startswith("torch") else qual
-    return f"{mod}.{qual}"
+    """The name a user typed: ``torch.sin``, ``torch.nn.functional.gelu``, ``torch.Tensor.cumsum``, ``torch.fft.fft``."""
+    name = getattr(func, "__name__", None) or repr(func)
+    spaces = (
+        ("torch", torch),
+        ("torch.nn.functional", F),
+        ("torch.Tensor", torch.Tensor),
+        ("torch.fft", torch.fft),
+        ("torch.linalg", torch.linalg),
+        ("torch.special", torch.special),
+    )
+    for prefix, space in spaces:
+        if getattr(space, name, None) is func:
+            return f"{prefix}.{name}"
+    for prefix, space in spaces:  # under another name (torch.fft.fft is fft_fft)
+        for attr in dir(space):
+            if getattr(space, attr, None) is func:
+                return f"{prefix}.{attr}"
+    mod = getattr(func, "__module__", None) or "torch"
+    return f"{mod}.{name}"
 
 
 def torch_dispatch(func: Any, args: tuple, kwargs: dict | None) -> Any:
