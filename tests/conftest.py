@@ -42,9 +42,7 @@ PLAINTEXT = "plaintext"
 
 def families(*parties: int) -> list[Any]:
     """``(protocol, n)`` parameters: the secure family at every party count, the others at the first."""
-    return [
-        pytest.param(p, n, id=f"{p}-{n}") for p in FAMILIES for n in (parties if p == SECURE else parties[:1])
-    ]
+    return [pytest.param(p, n, id=f"{p}-{n}") for p in FAMILIES for n in (parties if p == SECURE else parties[:1])]
 
 
 @pytest.fixture(params=FAMILIES)

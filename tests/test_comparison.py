@@ -19,13 +19,12 @@ import functools
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import SECURE, families
 
 import mpc
 from mpc import SecretTensor
 from mpc.errors import ProtocolError
 from parties import wire
-
-from conftest import SECURE, families
 
 F16 = 2.0**16
 TOP = 2.0**30 - 2.0**-16  # the largest value of the documented range

@@ -27,6 +27,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import FAMILIES, PLAINTEXT, SECURE
 
 import mpc
 from mpc.ops import OPS, TORCH_OPS
@@ -34,8 +35,6 @@ from mpc.shares import AdditiveShare, BinaryShare, PlainShare, holds_public
 from mpc.tensor import SecretTensor
 from protocols.additive import AdditiveDealerFamily
 from protocols.ring_family import RingFamily
-
-from conftest import FAMILIES, PLAINTEXT, SECURE
 
 ULP = 2.0**-16
 
@@ -511,6 +510,7 @@ def test_plaintext_runs_start_no_dealer(sim):
 
 
 # ----- share types: local operations (pure tier) ------------------------------------------------------------
+
 
 def _additive(value: torch.Tensor, parties: int, seed: int) -> list[AdditiveShare]:
     g = torch.Generator().manual_seed(seed)

@@ -36,13 +36,12 @@ import warnings
 
 import pytest
 import torch
+from conftest import SECURE, families
 
 import mpc
 from mpc.errors import ProtocolError
 from protocols import nonlinear as NL
 from protocols.plaintext import DOMAINS
-
-from conftest import SECURE, families
 
 F16 = 2.0**16
 ULP = 2.0**-16

@@ -35,12 +35,11 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import SECURE, families
 
 import mpc
 from mpc import SecretTensor
 from mpc.errors import ProtocolError
-
-from conftest import SECURE, families
 
 ULP = 2.0**-16
 TRUNC = 1.5  # ulps: the error bound of one truncation
