@@ -69,6 +69,22 @@ def _pair(v: int | tuple[int, int], name: str, what: str = "conv2d") -> tuple[in
     raise ProtocolError(f"{what}: {name} must be an int or a pair of ints, got {v!r}")
 
 
+def _check_conv2d(input, weight, stride, padding, dilation, groups) -> None:
+    """Refuse shapes that do not fit, in the words of the user's conv2d."""
+    si, sw = tuple(input.shape), tuple(weight.shape)
+    if len(si) != 4 or len(sw) != 4:
+        raise ProtocolError(f"conv2d: needs a 4-d input (N, C, H, W) and a 4-d weight, got shapes {si} and {sw}")
+    if not isinstance(groups, int) or groups < 1 or si[1] != sw[1] * groups or sw[0] % groups:
+        raise ProtocolError(
+            f"conv2d: input {si} has {si[1]} channels but weight {sw} expects {sw[1]} x groups={groups}"
+        )
+    if min(*stride, *dilation) < 1 or min(padding) < 0:
+        raise ProtocolError("conv2d: stride and dilation must be positive and padding not negative")
+    for k, (n, kk) in enumerate(zip(si[2:], sw[2:])):
+        if n + 2 * padding[k] < dilation[k] * (kk - 1) + 1:
+            raise ProtocolError(f"conv2d: kernel {sw[2:]} is larger than the padded input {si[2:]} (padding {padding})")
+
+
 @register("conv2d", cost="secret x secret: 2 rounds; public kernel or input: 1 round", torch=(F.conv2d,))
 def conv2d(
     input: SecretTensor | torch.Tensor,
@@ -81,6 +97,7 @@ def conv2d(
 ) -> SecretTensor:
     """``torch.nn.functional.conv2d`` where the input, the kernel or both are secret."""
     st, pd, dl = _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
+    _check_conv2d(input, weight, st, pd, dl, groups)
     if isinstance(input, SecretTensor) and isinstance(weight, SecretTensor):
         if weight.ctx is not input.ctx:
             raise ProtocolError("cannot combine secret tensors of different party contexts")

@@ -88,10 +88,11 @@ class PlaintextFamily(ProtocolFamily):
                 )  # fmt: skip
         return value
 
-    def check_domain(self, op: str, value: torch.Tensor) -> None:
+    def check_domain(self, op: str, value: torch.Tensor) -> bool:
+        """Report a call outside ``op``'s documented domain; whether there was one."""
         lo, hi, on_abs = DOMAINS[op]
         if not value.numel():
-            return
+            return False
         v = value.abs() if on_abs else value
         bad = (v < lo) | (v > hi)
         if bool(bad.any()):
@@ -101,6 +102,8 @@ class PlaintextFamily(ProtocolFamily):
                 op, "domain", f"called with {worst:.6g}, outside its documented domain {where}: the secure "
                 "result there is the documented saturation value (see protocols.nonlinear)"
             )  # fmt: skip
+            return True
+        return False
 
     def _out(self, ctx: PartyContext, op: str, value: torch.Tensor) -> PlainShare:
         return PlainShare(self.check_range(ctx, op, value))
@@ -204,17 +207,17 @@ class PlaintextFamily(ProtocolFamily):
     def mul_public(self, ctx, x, value, op="mul_public"):
         # A scalar multiplier is exact in the secure families (RingFamily.scale_public): nothing to report.
         if isinstance(value, torch.Tensor) and value.numel() != 1:
-            return self._out(ctx, op, x.value * self.encode_public(ctx, value))
+            return self._out(ctx, op, x.value * self.encode_public(ctx, value, what=op))
         c = float(value)
         ctx.encoder.encode(c, what="public operand")  # the secure family's refusals: NaN, inf, out of range
         return self._out(ctx, op, x.value * c)
 
     def matmul_public(self, ctx, x, m, left=False):
-        return self._out(ctx, "matmul", x.matmul_public(self.encode_public(ctx, m), left).value)
+        return self._out(ctx, "matmul", x.matmul_public(self.encode_public(ctx, m, what="matmul"), left).value)
 
     def conv2d_public(self, ctx, x, w, kernel_secret, **kw):
         return self._out(
-            ctx, "conv2d", x.conv2d_public(self.encode_public(ctx, w), kernel_secret=kernel_secret, **kw).value
+            ctx, "conv2d", x.conv2d_public(self.encode_public(ctx, w, what="conv2d"), kernel_secret=kernel_secret, **kw).value
         )
 
     # ----- binary shares are a ring notion -------------------------------------------------------------------
@@ -272,6 +275,8 @@ class PlaintextFamily(ProtocolFamily):
         return PlainShare(torch.where(cond.value > 0.5, a, b))
 
     def max_reduce(self, ctx, x, index=False, one_hot=False, op="max"):
+        if x.shape[-1] == 0:
+            raise ProtocolError("max: the reduced dimension is empty")
         vals, idx = x.value.max(-1)
         oh = F.one_hot(idx, x.shape[-1]).to(torch.float64) if one_hot else None
         return (
@@ -281,8 +286,8 @@ class PlaintextFamily(ProtocolFamily):
         )
 
     def _fn(self, ctx, name, x, fn):
-        if name in DOMAINS:
-            self.check_domain(name, x.value)
+        if name in DOMAINS and self.check_domain(name, x.value):
+            return PlainShare(fn(x.value))  # reported once, as a domain problem (its NaN/inf is no range problem)
         return self._out(ctx, name, fn(x.value))
 
     def exp(self, ctx, x):
