@@ -18,6 +18,7 @@ import torch
 
 from .context import PartyContext
 from .errors import ProtocolError
+from .ops import record
 from .tensor import SecretTensor
 
 __all__ = ["share", "current_context", "use_context"]
@@ -84,5 +85,9 @@ def share(value: torch.Tensor | float | int | None, owner: int, ctx: PartyContex
     ctx = current_context() if ctx is None else ctx
     if value is not None:
         value = _as_tensor(value)
+    n = ctx.world_size
+    if not isinstance(owner, int) or isinstance(owner, bool) or not 0 <= owner < n:
+        raise ProtocolError(f"owner must be a party id in 0..{n - 1}, got {owner!r}")
+    record(ctx, "share", f"share(owner={owner})")
     sh, dtype = ctx.family.share_input(ctx, value, owner)
     return SecretTensor(ctx, sh, dtype)

@@ -21,6 +21,7 @@ from .config import MPCConfig
 from .errors import ProtocolError
 from .fixedpoint import FixedPoint
 from .prg import Prg
+from .transcript import Transcript
 
 __all__ = ["Communicator", "CommStats", "OpStats", "Expect", "CorrelationSource", "Handle", "PartyContext"]
 
@@ -93,6 +94,7 @@ class Communicator(ABC):
     rank: int
     world_size: int
     stats: CommStats
+    transcript: Transcript | None = None
     has_dealer: bool = True  # False when the protocol family runs without a dealer (node ids 0..n-1 only)
 
     @property
@@ -188,6 +190,9 @@ class PartyContext:
         self.encoder = FixedPoint(config.frac_bits)
         # The protocol family (a ``protocols.family.ProtocolFamily``; typed Any so the core needs no protocols).
         self.family = family
+        # The running digest of this party's public transcript; the communicator sends it with every frame.
+        self.transcript = Transcript()
+        comm.transcript = self.transcript
         self.log = logging.LoggerAdapter(log, {"party": rank})
 
     @property

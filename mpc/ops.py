@@ -13,6 +13,8 @@ A torch function that has no entry raises ``MPCError`` naming it.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .callsite import user_call_site
 from .errors import MPCError
 
 __all__ = ["Op", "OPS", "TORCH_OPS", "register", "call", "torch_dispatch", "NotSupportedError"]
@@ -60,7 +63,64 @@ def register(name: str, *, cost: str = "", torch: tuple[Callable[..., Any], ...]
 
 
 def call(name: str, *args: Any, **kwargs: Any) -> Any:
-    return OPS[name].forward(*args, **kwargs)
+    return _run(OPS[name], args, kwargs)
+
+
+def _run(entry: Op, args: tuple, kwargs: dict) -> Any:
+    """Run an entry's forward; a user-level call (not one inside another operation) goes into the transcript."""
+    ctx = _context_of(args, kwargs)
+    t = getattr(ctx, "transcript", None)
+    if t is None or t.depth:
+        return entry.forward(*args, **kwargs)
+    record(ctx, entry.name, describe(entry.name, args, kwargs))
+    t.depth += 1
+    try:
+        return entry.forward(*args, **kwargs)
+    finally:
+        t.depth -= 1
+
+
+def record(ctx: Any, name: str, text: str) -> None:
+    """Enter one user-level operation into the party's transcript (``mpc.transcript``)."""
+    filename, line, func = user_call_site()
+    ctx.transcript.record(name, text, f"{os.path.basename(filename)}:{line} in {func}")
+
+
+def _is_secret(a: Any) -> bool:
+    return hasattr(a, "share") and hasattr(a, "ctx")
+
+
+def _context_of(args: tuple, kwargs: dict) -> Any:
+    for a in (*args, *kwargs.values()):
+        if _is_secret(a):
+            return a.ctx
+        if isinstance(a, list | tuple):
+            for b in a:
+                if _is_secret(b):
+                    return b.ctx
+    return None
+
+
+def describe_value(a: Any) -> str:
+    """The public description of an operand: a secret's shape and dtype, a public value's encoding."""
+    if _is_secret(a):
+        return f"secret{tuple(a.shape)}:{str(a.dtype).removeprefix('torch.')}"
+    if isinstance(a, torch.Tensor):
+        data = a.detach().cpu().contiguous()
+        digest = hashlib.blake2b(data.numpy().tobytes() if data.dtype != torch.bfloat16 else data.float().numpy().tobytes(),
+                                 digest_size=4).hexdigest()  # fmt: skip
+        return f"public{tuple(a.shape)}:{str(a.dtype).removeprefix('torch.')}#{digest}"
+    if isinstance(a, list | tuple):
+        inner = ", ".join(describe_value(b) for b in a)
+        return f"[{inner}]" if isinstance(a, list) else f"({inner})"
+    if a is None or isinstance(a, bool | int | float | str | slice | type(Ellipsis)):
+        return repr(a)  # a float's repr is its exact value
+    return type(a).__name__
+
+
+def describe(name: str, args: tuple, kwargs: dict) -> str:
+    parts = [describe_value(a) for a in args] + [f"{k}={describe_value(v)}" for k, v in sorted(kwargs.items())]
+    return f"{name}({', '.join(parts)})"
 
 
 def _torch_name(func: Any) -> str:
@@ -93,4 +153,4 @@ def torch_dispatch(func: Any, args: tuple, kwargs: dict | None) -> Any:
             f"{_torch_name(func)} is not supported on secret tensors; the supported operations are listed in "
             "mpc.ops.OPS (reveal() first only if the value may be made public)"
         )
-    return entry.forward(*args, **(kwargs or {}))
+    return _run(entry, args, kwargs or {})

@@ -33,8 +33,10 @@ from mpc.errors import (
     SecurityError,
     WireError,
 )
+from mpc.transcript import Transcript
 
 from . import wire
+from .desync import decode_records, encode_records, explain
 
 __all__ = ["BufferedCommunicator", "Frames", "abort_reason"]
 
@@ -87,7 +89,13 @@ class BufferedCommunicator(Communicator):
         self._in_seq = [0] * nodes
         self._buf: list[deque[tuple[wire.Header, bytes | memoryview]]] = [deque() for _ in range(nodes)]
         self._bye: set[int] = set()
+        self._bye_hdr: dict[int, wire.Header] = {}
         self._state = "open"
+        # The program-consistency check (mpc.transcript): set by the party setup; None for the dealer.
+        self.transcript: Transcript | None = None
+        self._agreed = [0] * nodes  # per peer: the last operation count on which both transcripts agreed
+        self._desync_sent: set[int] = set()
+        self._desync_recv: dict[int, list] = {}
 
     # ----- transport primitives ---------------------------------------------------
     @abstractmethod
@@ -112,13 +120,15 @@ class BufferedCommunicator(Communicator):
     def _send(self, peer: int, kind: int, op: str, tensor: torch.Tensor | None) -> int:
         if not 0 <= peer < self.nodes or peer == self.rank:
             raise ValueError(f"{self.name(self.rank)} cannot send to node {peer}")
+        t = self.transcript
+        mark = (t.count, t.digest) if t is not None else (0, bytes(wire.DIGEST_BYTES))
         if tensor is None:
             payload: bytes | memoryview = b""
-            header = wire.encode_header(kind, self.rank, self._out_seq[peer], op, torch.uint8, (0,), 0)
+            header = wire.encode_header(kind, self.rank, self._out_seq[peer], op, torch.uint8, (0,), 0, *mark)
         else:
             payload = wire.payload_of(tensor)
             header = wire.encode_header(
-                kind, self.rank, self._out_seq[peer], op, tensor.dtype, tuple(tensor.shape), payload.nbytes
+                kind, self.rank, self._out_seq[peer], op, tensor.dtype, tuple(tensor.shape), payload.nbytes, *mark
             )
         self._out_seq[peer] += 1
         self._post(peer, header, payload, kind != wire.KIND_DATA)
@@ -183,6 +193,8 @@ class BufferedCommunicator(Communicator):
     ) -> tuple[wire.Header, bytes | memoryview]:
         while not self._buf[peer]:
             if peer in self._bye:
+                if peer in self._bye_hdr:
+                    self._check_transcript(peer, self._bye_hdr[peer])  # names the first difference, if any
                 raise DesyncError(
                     f"{self.name(peer)} finished its program while {self.name(self.rank)} still expected "
                     f"'{op}' from it: the parties run different programs",
@@ -221,6 +233,12 @@ class BufferedCommunicator(Communicator):
             raise err
         if h.kind == wire.KIND_BYE:
             self._bye.add(sender)
+            self._bye_hdr[sender] = h
+            return
+        if h.kind == wire.KIND_DESYNC:
+            self._desync_recv[sender] = decode_records(payload)
+            if sender not in self._desync_sent and self._is_party(sender):
+                self._desync(sender)  # answer with this side's records, then raise
             return
         if len(payload) != h.nbytes:
             raise WireError(
@@ -229,7 +247,48 @@ class BufferedCommunicator(Communicator):
             )
         self._buf[sender].append((h, payload))
 
+    # ----- the program-consistency check --------------------------------------------------
+    def _is_party(self, node: int) -> bool:
+        return not (self.has_dealer and node == self.world_size) and self.rank != self.world_size
+
+    def _check_transcript(self, peer: int, h: wire.Header) -> None:
+        t = self.transcript
+        if t is None or not self._is_party(peer):
+            return
+        if h.opidx == t.count and h.digest == t.digest:
+            self._agreed[peer] = t.count
+            return
+        self._desync(peer)
+
+    def _desync(self, peer: int) -> None:
+        """Exchange transcript records with ``peer`` and raise the DesyncError that names the first difference."""
+        t = self.transcript
+        assert t is not None
+        theirs = self._desync_recv.get(peer)
+        start = self._agreed[peer]
+        if theirs:
+            start = min(start, theirs[0].index - 1)
+        mine = t.since(start)
+        if peer not in self._desync_sent:
+            self._desync_sent.add(peer)
+            try:
+                self._send(peer, wire.KIND_DESYNC, "desync", encode_records(mine))
+            except Exception:  # noqa: BLE001 - the peer may be gone; the error below still names the divergence
+                pass
+        deadline = time.monotonic() + min(5.0, self.timeout)
+        while peer not in self._desync_recv and time.monotonic() < deadline:
+            try:
+                frames = self._poll(max(0.0, deadline - time.monotonic()))
+                if frames is not None:
+                    self._ingest(frames)
+            except CommunicationError:
+                break
+        raise DesyncError(
+            explain(self.name(self.rank), self.name(peer), t.count, mine, self._desync_recv.get(peer)), peer
+        )
+
     def _accept(self, peer: int, op: str, expect: Expect, h: wire.Header, payload) -> torch.Tensor:
+        self._check_transcript(peer, h)
         expected_seq = self._in_seq[peer]
         self._in_seq[peer] += 1
         if h.seq != expected_seq or h.op != op:
@@ -282,6 +341,10 @@ class BufferedCommunicator(Communicator):
                     frames = self._poll(left)
                     if frames is not None:
                         self._ingest(frames)
+                if self._buf[peer] and self._is_party(peer):
+                    self._check_transcript(peer, self._buf[peer][0][0])
+                if peer in self._bye_hdr:
+                    self._check_transcript(peer, self._bye_hdr[peer])
                 if self._buf[peer]:
                     h = self._buf[peer][0][0]
                     raise DesyncError(

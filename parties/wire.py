@@ -1,10 +1,10 @@
 """The wire format: one fixed-size header frame, then the raw tensor buffer.
 
-Header (little-endian, 188 bytes)::
+Header (little-endian, 204 bytes)::
 
     magic   4s   b"MPCW"
-    version u8   1
-    kind    u8   1 data, 2 abort, 3 bye
+    version u8   2
+    kind    u8   1 data, 2 abort, 3 bye, 4 desync (the sender's transcript records, text)
     dtype   u8   code from DTYPES
     ndim    u8   0..16
     sender  u32  party id of the sender (the dealer is id n)
@@ -12,6 +12,8 @@ Header (little-endian, 188 bytes)::
     nbytes  u64  payload length, must equal prod(shape) * itemsize
     op      32s  operation name, ASCII, NUL-padded
     shape   16 x i64
+    opidx   u64  the sender's count of user-level operations (``mpc.transcript``)
+    digest  8s   the sender's transcript digest after them
 
 Nothing from the wire is ever unpickled or evaluated: a payload becomes an
 array only after its header passed every check, and only with the declared,
@@ -36,17 +38,20 @@ __all__ = [
     "KIND_DATA",
     "KIND_ABORT",
     "KIND_BYE",
+    "KIND_DESYNC",
     "encode_header",
     "decode_header",
     "decode_payload",
 ]
 
 MAGIC = b"MPCW"
-VERSION = 1
-KIND_DATA, KIND_ABORT, KIND_BYE = 1, 2, 3
+VERSION = 2
+KIND_DATA, KIND_ABORT, KIND_BYE, KIND_DESYNC = 1, 2, 3, 4
+KINDS = (KIND_DATA, KIND_ABORT, KIND_BYE, KIND_DESYNC)
+DIGEST_BYTES = 8
 MAX_NDIM = 16
 OP_BYTES = 32
-_FMT = struct.Struct("<4sBBBBIQQ32s16q")
+_FMT = struct.Struct("<4sBBBBIQQ32s16qQ8s")
 HEADER_SIZE = _FMT.size
 
 _NP = {
@@ -73,6 +78,8 @@ class Header:
     dtype: torch.dtype
     shape: tuple[int, ...]
     nbytes: int
+    opidx: int = 0
+    digest: bytes = bytes(DIGEST_BYTES)
 
 
 def _who(peer: int | None) -> str:
@@ -80,7 +87,15 @@ def _who(peer: int | None) -> str:
 
 
 def encode_header(
-    kind: int, sender: int, seq: int, op: str, dtype: torch.dtype, shape: tuple[int, ...], nbytes: int
+    kind: int,
+    sender: int,
+    seq: int,
+    op: str,
+    dtype: torch.dtype,
+    shape: tuple[int, ...],
+    nbytes: int,
+    opidx: int = 0,
+    digest: bytes = bytes(DIGEST_BYTES),
 ) -> bytes:
     opb = op.encode("ascii")
     if len(opb) > OP_BYTES:
@@ -90,7 +105,7 @@ def encode_header(
     if dtype not in _CODES:
         raise ValueError(f"dtype {dtype} cannot be sent")
     dims = list(shape) + [0] * (MAX_NDIM - len(shape))
-    return _FMT.pack(MAGIC, VERSION, kind, _CODES[dtype], len(shape), sender, seq, nbytes, opb, *dims)
+    return _FMT.pack(MAGIC, VERSION, kind, _CODES[dtype], len(shape), sender, seq, nbytes, opb, *dims, opidx, digest)
 
 
 def decode_header(buf: bytes | memoryview, max_bytes: int, peer: int | None = None) -> Header:
@@ -98,12 +113,13 @@ def decode_header(buf: bytes | memoryview, max_bytes: int, peer: int | None = No
     who = _who(peer)
     if len(buf) != HEADER_SIZE:
         raise WireError(f"{who} sent a header of {len(buf)} bytes, expected {HEADER_SIZE}", peer)
-    magic, version, kind, code, ndim, sender, seq, nbytes, opb, *dims = _FMT.unpack(buf)
+    magic, version, kind, code, ndim, sender, seq, nbytes, opb, *rest = _FMT.unpack(buf)
+    dims, opidx, digest = rest[:MAX_NDIM], rest[MAX_NDIM], rest[MAX_NDIM + 1]
     if magic != MAGIC:
         raise WireError(f"{who} sent a frame with a wrong magic number {magic!r}: not an mpc peer", peer)
     if version != VERSION:
         raise WireError(f"{who} speaks wire version {version}, this party speaks {VERSION}: upgrade both", peer)
-    if kind not in (KIND_DATA, KIND_ABORT, KIND_BYE):
+    if kind not in KINDS:
         raise WireError(f"{who} sent an unknown message kind {kind}", peer)
     if code not in DTYPES:
         raise WireError(f"{who} sent a payload of forbidden dtype code {code}", peer)
@@ -127,7 +143,7 @@ def decode_header(buf: bytes | memoryview, max_bytes: int, peer: int | None = No
             )
     if nbytes != numel * itemsize:
         raise WireError(f"{who} declared {nbytes} payload bytes for shape {shape} of {dtype}", peer)
-    return Header(kind, sender, seq, op, dtype, shape, nbytes)
+    return Header(kind, sender, seq, op, dtype, shape, nbytes, opidx, digest)
 
 
 def decode_payload(h: Header, buf: bytes | memoryview, peer: int | None = None) -> torch.Tensor:

@@ -37,6 +37,8 @@ from .family import ProtocolFamily
 
 __all__ = ["PlaintextFamily", "DOMAINS", "NOT_SECURE"]
 
+_EMPTY = torch.empty(0, dtype=torch.uint8)
+
 NOT_SECURE = (
     "the plaintext protocol family is NOT SECURE: every party holds every value in the clear; "
     "use it to dry-run a program, then run it with protocol='additive-dealer'"
@@ -163,13 +165,20 @@ class PlaintextFamily(ProtocolFamily):
         v = ctx.comm.exchange("share:clear", {}, {owner: Expect(shape, torch.float64)})[owner]
         return PlainShare(v), CODE_DTYPES[int(meta[0])]
 
+    def _sync(self, ctx: PartyContext, op: str) -> None:
+        """An empty exchange with every peer: nothing to open, but the transcript digests are compared."""
+        peers = [j for j in range(ctx.world_size) if j != ctx.rank]
+        ctx.comm.exchange(op, {j: _EMPTY for j in peers}, {j: Expect((0,), torch.uint8) for j in peers})
+
     def open_all(self, ctx: PartyContext, shares: Sequence[Share], op: str) -> list[torch.Tensor]:
+        self._sync(ctx, op)
         return [s.value.clone() for s in shares]  # type: ignore[attr-defined]
 
     def open_to(self, ctx: PartyContext, share: Share, to: int, op: str) -> torch.Tensor | None:
         n = ctx.world_size
         if not isinstance(to, int) or isinstance(to, bool) or not 0 <= to < n:
             raise ProtocolError(f"reveal target must be a party id in 0..{n - 1}, got {to!r}")
+        self._sync(ctx, op)
         return share.value.clone() if ctx.rank == to else None  # type: ignore[attr-defined]
 
     # ----- products: exact ------------------------------------------------------------------------------

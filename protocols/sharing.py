@@ -83,16 +83,24 @@ def open_all(ctx: PartyContext, shares: Sequence[torch.Tensor], op: str) -> list
 
 
 def open_to(ctx: PartyContext, share: torch.Tensor, to: int, op: str = "reveal") -> torch.Tensor | None:
-    """Open a shared tensor to party ``to`` only; the others get None."""
+    """Open a shared tensor to party ``to`` only; the others get None.
+
+    Party ``to`` sends every other party an empty frame in the same round (no
+    payload): it carries the transcript digest, so parties that disagree on the
+    recipient find out at once instead of all waiting for each other.
+    """
     n = ctx.world_size
     if not isinstance(to, int) or isinstance(to, bool) or not 0 <= to < n:
         raise ProtocolError(f"reveal target must be a party id in 0..{n - 1}, got {to!r}")
     if ctx.rank != to:
-        ctx.comm.exchange(op, {to: share.contiguous()}, {})
+        ctx.comm.exchange(op, {to: share.contiguous()}, {to: Expect((0,), torch.uint8)})
         return None
     peers = [j for j in range(n) if j != to]
-    got = ctx.comm.exchange(op, {}, {j: Expect(tuple(share.shape)) for j in peers})
+    got = ctx.comm.exchange(op, {j: _EMPTY for j in peers}, {j: Expect(tuple(share.shape)) for j in peers})
     total = share.clone()
     for j in peers:
         total += got[j]
     return total
+
+
+_EMPTY = torch.empty(0, dtype=torch.uint8)

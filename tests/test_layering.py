@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-CORE = {"ring", "fixedpoint", "prg", "config", "context", "errors", "shares", "dtypes", "callsite"}
+CORE = {"ring", "fixedpoint", "prg", "config", "context", "errors", "shares", "dtypes", "callsite", "transcript"}
 OUTER_ONLY = {"zmq", "subprocess", "argparse", "multiprocessing"}
 FACADE = "mpc/__init__.py"
 

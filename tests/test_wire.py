@@ -22,7 +22,7 @@ from parties.memory import MemoryCommunicator, MemoryHub
 from parties.zmq_comm import ZmqCommunicator
 
 LIMIT = 1 << 20
-_FMT = struct.Struct("<4sBBBBIQQ32s16q")  # the layout the wire module documents
+_FMT = struct.Struct("<4sBBBBIQQ32s16qQ8s")  # the layout the wire module documents
 
 
 def _header(kind=wire.KIND_DATA, sender=1, seq=7, op="mul", dtype=torch.int64, shape=(3, 4), nbytes=None):
@@ -127,12 +127,12 @@ def test_wrong_magic_version_kind():
     f = _fields(_header())
     _refused(_pack([b"XXXX", *f[1:]]), "wrong magic")
     _refused(b"GET / HTTP/1.1\r\n".ljust(wire.HEADER_SIZE, b"\x00"), "wrong magic")
-    for version in (0, 2, 255):
+    for version in (0, 1, 255):
         g = list(f)
         g[1] = version
         e = _refused(_pack(g), "wire version")
         assert f"version {version}" in str(e)
-    for kind in (0, 4, 255):
+    for kind in (0, 5, 255):
         g = list(f)
         g[2] = kind
         _refused(_pack(g), "unknown message kind")
