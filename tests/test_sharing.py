@@ -428,7 +428,7 @@ def _desync(ctx, case: str):
         ("shapes", [r"diverge at operation #3", r"slice\(None, 2, None\)", r"slice\(None, 3, None\)"]),
         ("transposed", [r"diverge at operation #4", r"t\(secret\(2, 3\)", r"reveal\(secret\(2, 3\)"]),
         ("matmul shapes", [r"diverge at operation #3", r"reshape\(secret\(6,\):float32, 2, 3\)", "3, 2"]),
-        ("ends early", [r"diverge at operation #3", "party 1 had no such operation", r"reveal\(secret"]),
+        ("ends early", [r"diverge at operation #4", "party 1 had no such operation", r"reveal\(secret"]),
         ("extra send", [r"diverge at operation #4", "party 0 had no such operation", r"reveal\(secret"]),
     ],
 )
