@@ -2,15 +2,30 @@
 
 ::
 
-    mpc launch -n N [--protocol P] [--stats] [--timeout S] [--insecure] script.py [args...]
-    mpc party  --cluster cluster.toml --id I (--key FILE | --insecure) [--stats] script.py [args...]
-    mpc dealer --cluster cluster.toml (--key FILE | --insecure) [--idle-timeout S]
+    mpc launch -n N [--protocol P] [--stats] [--timeout S] [--insecure] [--debug] script.py [args...]
+    mpc party  --cluster cluster.toml --id I (--key FILE | --insecure) [--stats] [--debug] script.py [args...]
+    mpc dealer --cluster cluster.toml (--key FILE | --insecure) [--idle-timeout S] [--debug]
     mpc keygen --out DIR --id NAME
 
 The protocol family of ``mpc party`` and ``mpc dealer`` is the cluster file's
 (``[options] protocol``); a family without a dealer has no [dealer] section and
 ``mpc dealer`` refuses to start for it.  ``--listen-fd`` is how ``mpc launch``
 hands a node the listening socket it bound for it (``parties.ports``).
+
+What a failing node prints (on stderr):
+
+* an error of the toolkit outside the script (a bad cluster file or key, an
+  unreachable peer at setup) and any ``CommunicationError`` (``PeerLost``,
+  ``PeerTimeout``, ``PeerAborted``, ``DesyncError``: a peer died, went silent,
+  failed, or runs another program), even one raised inside the script: ONE line,
+  ``mpc party: party 0: PeerLost: ... (at script.py:12)``, naming the peer and
+  the likely cause.  The toolkit's frames would tell the user nothing more;
+* any other exception raised while the script runs (the user's own, or a
+  misuse of the API such as a shape error): its traceback, starting at the
+  script's frame (the launcher's frames above it are dropped), because the
+  line of the script that raised it is what the user needs;
+* with ``--debug`` (which ``mpc launch --debug`` passes on to every node): the
+  full traceback as well, in every case.
 """
 
 from __future__ import annotations
@@ -25,9 +40,10 @@ from pathlib import Path
 
 from mpc.config import PROTOCOLS
 from mpc.context import PartyContext
-from mpc.errors import MPCError, PeerAborted
+from mpc.errors import CommunicationError, ConfigError, MPCError, PeerAborted
 
 from .cluster import load_cluster
+from .dealer import IDLE_FACTOR, idle_limit
 from .env import PartyEnv
 from .keys import keygen, load_secret_key
 from .launch import ECHO_EXIT, launch
@@ -35,6 +51,9 @@ from .lifecycle import run_dealer, run_party
 from .node import configure_logging, open_dealer, open_party_comm
 
 __all__ = ["main"]
+
+
+_DEBUG_HELP = "print the full traceback of every error (by default a lost or failed peer is one line)"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="protocol family (default additive-dealer; plaintext is NOT secure, starts no dealer, for debugging)",
     )
+    la.add_argument("--debug", action="store_true", help=_DEBUG_HELP + " (passed to every node)")
     la.add_argument("script")
     la.add_argument("args", nargs=argparse.REMAINDER)
 
@@ -63,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     pa.add_argument("--insecure", action="store_true", help="no encryption or authentication (warned)")
     pa.add_argument("--timeout", type=float, default=None, help="override the cluster file's receive timeout")
     pa.add_argument("--stats", action="store_true", help="print rounds and bytes at the end")
+    pa.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     pa.add_argument("--listen-fd", type=int, default=None, help=argparse.SUPPRESS)  # set by mpc launch
     pa.add_argument("script")
     pa.add_argument("args", nargs=argparse.REMAINDER)
@@ -71,7 +92,15 @@ def _parser() -> argparse.ArgumentParser:
     de.add_argument("--cluster", required=True)
     de.add_argument("--key", help="the dealer's secret key file")
     de.add_argument("--insecure", action="store_true")
-    de.add_argument("--idle-timeout", type=float, default=None, help="give up after this many idle seconds")
+    de.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help=f"give up after S seconds without a request from the last party (default: {IDLE_FACTOR} x the "
+        f"cluster's receive timeout, i.e. {IDLE_FACTOR * 60} s with the default timeout of 60 s)",
+    )
+    de.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     de.add_argument("--listen-fd", type=int, default=None, help=argparse.SUPPRESS)  # set by mpc launch
 
     kg = sub.add_parser("keygen", help="write a CURVE key pair")
@@ -84,7 +113,7 @@ def _secret(args) -> bytes | None:
     if args.insecure:
         return None
     if not args.key:
-        raise MPCError("give this node's secret key with --key FILE (create one with `mpc keygen`), or --insecure")
+        raise ConfigError("give this node's secret key with --key FILE (create one with `mpc keygen`), or --insecure")
     return load_secret_key(args.key)
 
 
@@ -107,43 +136,85 @@ def _exit_code(exc: SystemExit) -> int:
     return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
 
 
+def _who(args) -> str:
+    return "dealer" if args.cmd == "dealer" else f"party {args.id}"
+
+
+def _fail_line(args, exc: BaseException, where: str = "") -> int:
+    """An error of the toolkit as one line (after its traceback with ``--debug``); the exit code."""
+    if args.debug:
+        traceback.print_exception(type(exc), exc, exc.__traceback__)
+    print(f"mpc {args.cmd}: {_who(args)}: {type(exc).__name__}: {exc}{where}", file=sys.stderr)
+    return ECHO_EXIT if isinstance(exc, PeerAborted) else 1
+
+
+def _in_script(tb, script: str):
+    """The frames of ``tb`` that lie in ``script``, outermost first."""
+    while tb is not None:
+        if os.path.realpath(tb.tb_frame.f_code.co_filename) == script:
+            yield tb
+        tb = tb.tb_next
+
+
+def _script_line(exc: BaseException, script: Path) -> str:
+    """`` (at script.py:12)``: the innermost line of the script in ``exc``'s traceback ('' if none)."""
+    frames = list(_in_script(exc.__traceback__, os.path.realpath(script)))
+    return f" (at {script.name}:{frames[-1].tb_lineno})" if frames else ""
+
+
+def _print_script_error(exc: BaseException, script: Path, debug: bool) -> None:
+    """The traceback of an error raised by the script, from the script's frame on (in full with ``debug``)."""
+    tb = exc.__traceback__
+    if not debug:
+        tb = next(_in_script(tb, os.path.realpath(script)), tb)
+    sys.stderr.write("".join(traceback.format_exception(type(exc), exc, tb)))
+    sys.stderr.flush()
+
+
 def _party(args) -> int:
     cluster = load_cluster(args.cluster)
     if not 0 <= args.id < cluster.world_size:
-        raise MPCError(f"unknown party id {args.id}: {args.cluster} lists parties 0..{cluster.world_size - 1}")
+        raise ConfigError(
+            f"unknown party id {args.id}: {args.cluster} lists parties 0..{cluster.world_size - 1}; "
+            "pass one of them with --id"
+        )
     script = Path(args.script)
     if not script.is_file():
-        raise MPCError(f"script {script} not found")
+        raise ConfigError(f"script {script} not found: give the path of the Python file to run (from {Path.cwd()})")
     config = cluster.config(timeout=args.timeout)
     comm = open_party_comm(cluster, args.id, config, _secret(args), args.insecure, args.listen_fd)
     # The script, and any process it starts, finds this party through the names mpc.init() reads.
     env = PartyEnv(args.cluster, args.id, cluster.world_size, None if args.insecure else args.key, args.insecure)
     os.environ.update(env.variables())
-    in_script = False
+    printed: list[BaseException] = []  # the script's own errors, whose traceback is already out
 
     def program(ctx: PartyContext) -> None:
-        nonlocal in_script
         sys.argv = [str(script), *args.args]
         sys.path.insert(0, str(script.resolve().parent))
-        in_script = True
         try:
             runpy.run_path(str(script), run_name="__main__")
         except SystemExit as exc:
             if _exit_code(exc):
                 raise  # the lifecycle aborts the run: the script failed
-        except BaseException:
-            traceback.print_exc()
+        except (CommunicationError, KeyboardInterrupt):
+            raise  # a peer's problem, not the script's: one line (below); Ctrl-C: main()
+        except BaseException as exc:
+            _print_script_error(exc, script, args.debug)
+            printed.append(exc)
             raise
-        in_script = False
 
     try:
         _, stats = run_party(comm, config, program)
     except SystemExit as exc:
         return _exit_code(exc)
+    except MPCError as exc:
+        if any(e is exc for e in printed):
+            return 1
+        return _fail_line(args, exc, _script_line(exc, script))
     except BaseException as exc:
-        if not in_script:
-            raise  # setup or closing: reported by main()
-        return ECHO_EXIT if isinstance(exc, PeerAborted) else 1
+        if any(e is exc for e in printed):
+            return 1
+        raise
     if args.stats:
         _print_stats(args.id, stats.as_dict())
     return 0
@@ -152,7 +223,8 @@ def _party(args) -> int:
 def _dealer(args) -> int:
     cluster = load_cluster(args.cluster)
     config = cluster.config()
-    run_dealer(open_dealer(cluster, config, _secret(args), args.insecure, args.listen_fd), config, args.idle_timeout)
+    idle = idle_limit(config, args.idle_timeout)  # a bad value is named before anything is opened
+    run_dealer(open_dealer(cluster, config, _secret(args), args.insecure, args.listen_fd), config, idle)
     return 0
 
 
@@ -168,25 +240,28 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.cmd == "launch":
         script_args = args.args[1:] if args.args[:1] == ["--"] else args.args
-        return launch(
-            args.parties,
-            args.script,
-            script_args,
-            stats=args.stats,
-            timeout=args.timeout,
-            insecure=args.insecure,
-            frac_bits=args.frac_bits,
-            protocol=args.protocol,
-        )
-    prefix = "" if args.cmd == "dealer" else ""
-    configure_logging(prefix)
+        try:
+            return launch(
+                args.parties,
+                args.script,
+                script_args,
+                stats=args.stats,
+                timeout=args.timeout,
+                insecure=args.insecure,
+                frac_bits=args.frac_bits,
+                protocol=args.protocol,
+                debug=args.debug,
+            )
+        except MPCError as exc:
+            print(f"mpc launch: {exc}", file=sys.stderr)
+            return 2
+    configure_logging("")
     try:
         return _party(args) if args.cmd == "party" else _dealer(args)
     except MPCError as exc:
-        who = "dealer" if args.cmd == "dealer" else f"party {args.id}"
-        print(f"mpc {args.cmd}: {who}: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return ECHO_EXIT if isinstance(exc, PeerAborted) else 1
+        return _fail_line(args, exc)
     except KeyboardInterrupt:
+        print(f"mpc {args.cmd}: {_who(args)}: interrupted", file=sys.stderr)
         return 130
 
 

@@ -1,5 +1,11 @@
 """The dealer service: hands out seeds, then answers the last party's requests.
 
+The dealer is idle between two requests of party n-1; it gives up after
+``idle_limit(config)`` seconds (``IDLE_FACTOR`` times the cluster's receive
+timeout, 600 s with the default 60 s, unless ``--idle-timeout`` says otherwise)
+with a ``PeerTimeout`` that names the party it waited for and how long: a dealer
+whose parties died without a word never lingers.
+
 The dealer never receives a share of any input or intermediate value: the only
 messages it receives are the public requests (correlation kind and shapes) of
 party n-1, byes and abort notices.  It is trusted not to collude with any
@@ -11,16 +17,28 @@ from __future__ import annotations
 import logging
 
 from mpc.config import MPCConfig
-from mpc.errors import ProtocolError
+from mpc.errors import ConfigError, PeerTimeout, ProtocolError
 from mpc.prg import new_seed
 from protocols.correlated import CORRELATIONS, MAX_PARAMS, DealerGenerator, _numel
 
 from .comm_base import BufferedCommunicator
 from .party import bytes_tensor
 
-__all__ = ["serve_dealer"]
+__all__ = ["serve_dealer", "idle_limit", "IDLE_FACTOR"]
 
 log = logging.getLogger("mpc.dealer")
+
+# The dealer's default idle limit, in units of the cluster's receive timeout.
+IDLE_FACTOR = 10
+
+
+def idle_limit(config: MPCConfig, idle_timeout: float | None = None) -> float:
+    """Seconds the dealer waits for the next request: ``idle_timeout``, else ``IDLE_FACTOR`` x ``config.timeout``."""
+    if idle_timeout is None:
+        return IDLE_FACTOR * config.timeout
+    if isinstance(idle_timeout, bool) or not isinstance(idle_timeout, int | float) or not idle_timeout > 0:
+        raise ConfigError(f"the dealer's idle timeout must be a positive number of seconds, got {idle_timeout!r}")
+    return float(idle_timeout)
 
 
 def _check_request(op: str, params: tuple[int, ...], max_bytes: int) -> str:
@@ -44,6 +62,7 @@ def _check_request(op: str, params: tuple[int, ...], max_bytes: int) -> str:
 
 def serve_dealer(comm: BufferedCommunicator, config: MPCConfig, idle_timeout: float | None = None) -> int:
     """Run the dealer until every party said bye; returns the number of requests served."""
+    wait = idle_limit(config, idle_timeout)
     n = comm.world_size
     fp = config.fingerprint()
     seeds = [new_seed() for _ in range(n)]
@@ -53,9 +72,21 @@ def serve_dealer(comm: BufferedCommunicator, config: MPCConfig, idle_timeout: fl
     del seeds
     last = n - 1
     served = 0
-    wait = idle_timeout if idle_timeout is not None else 10.0 * 365 * 86400
     while True:
-        msg = comm.recv_any(last, timeout=wait)
+        try:
+            msg = comm.recv_any(last, timeout=wait)
+        except PeerTimeout as exc:
+            if exc.peer != last:
+                raise
+            default = idle_timeout is None
+            raise PeerTimeout(
+                f"the dealer waited {wait:g}s for a request from party {last} (the party that asks for "
+                f"correlations) and got neither a request nor its bye: party {last} is dead, stuck, or "
+                f"computes locally for longer than the dealer's idle timeout ({wait:g}s"
+                + (f" = {IDLE_FACTOR} x the cluster's timeout" if default else "")
+                + "); raise it with `mpc dealer --idle-timeout SECONDS` or the cluster's [options] timeout",
+                last,
+            ) from None
         if msg is None:
             break
         op, params_t = msg

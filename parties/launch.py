@@ -8,6 +8,12 @@ loopback ports are bound here and each node is handed its listening socket
 (``pass_fds`` and ``--listen-fd``; see ``parties.ports``), so none is guessed.  Every output line is prefixed with its process; the exit code is
 non-zero when any process fails, and then the others are stopped.  Ctrl-C stops
 every process it started.
+
+Bad arguments (``-n``, a missing script, bad options) raise ``ConfigError``
+before anything starts.  ``debug`` passes ``--debug`` to every node (full
+tracebacks).  The dealer runs with its default idle limit
+(``parties.dealer.idle_limit``: 10 x the run's timeout), so a dealer whose
+parties vanished gives up by itself.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import threading
 import time
 from pathlib import Path
 
-from mpc.errors import MPCError
+from mpc.errors import ConfigError
 
 from .cluster import write_cluster
 from .keys import save_key_pair
@@ -70,13 +76,12 @@ def launch(
     insecure: bool = False,
     frac_bits: int | None = None,
     protocol: str | None = None,
+    debug: bool = False,
 ) -> int:
-    if n < 2:
-        print("mpc launch: -n must be at least 2", file=sys.stderr)
-        return 2
+    if not isinstance(n, int) or isinstance(n, bool) or n < 2:
+        raise ConfigError(f"-n must be a number of parties of at least 2, got {n!r}: e.g. `mpc launch -n 2 {script}`")
     if not Path(script).is_file():
-        print(f"mpc launch: script {script} not found", file=sys.stderr)
-        return 2
+        raise ConfigError(f"script {script} not found: give the path of the Python file to run (from {Path.cwd()})")
     options: dict = {}
     if timeout is not None:
         options["timeout"] = float(timeout)
@@ -84,11 +89,7 @@ def launch(
         options["frac_bits"] = int(frac_bits)
     if protocol is not None:
         options["protocol"] = protocol
-    try:
-        local = local_cluster(n, insecure, options)
-    except MPCError as exc:
-        print(f"mpc launch: {exc}", file=sys.stderr)
-        return 2
+    local = local_cluster(n, insecure, options)  # a bad option raises ConfigError before any process starts
     run_dir = Path(tempfile.mkdtemp(prefix="mpc-run-"))
     os.chmod(run_dir, 0o700)
     procs: dict[str, subprocess.Popen] = {}
@@ -104,6 +105,7 @@ def launch(
                 cmd = base + (["party"] if is_party else ["dealer"]) + ["--cluster", str(cluster_path)]
                 cmd += (["--id", str(node)] if is_party else []) + ["--listen-fd", str(fd)]
                 cmd += ["--insecure"] if insecure else ["--key", str(secrets[node])]
+                cmd += ["--debug"] if debug else []
                 if is_party:
                     cmd += (["--stats"] if stats else []) + [script, *args]
                 p = subprocess.Popen(
@@ -134,6 +136,17 @@ def _failed(procs: dict[str, subprocess.Popen]) -> dict[str, int]:
     return {who: c for who, c in codes.items() if c not in (None, 0)}
 
 
+def _exited(code: int) -> str:
+    """``exited with code 1`` or, for a process killed by a signal, ``was killed by SIGKILL (code -9)``."""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"was killed by {name} (code {code})"
+    return f"exited with code {code}"
+
+
 def _supervise(procs: dict[str, subprocess.Popen]) -> int:
     parties = {w: p for w, p in procs.items() if w != "dealer"}
     while True:
@@ -145,7 +158,7 @@ def _supervise(procs: dict[str, subprocess.Popen]) -> int:
                 time.sleep(0.05)
                 failed = _failed(procs)
             who, code = min(failed.items(), key=lambda wc: (wc[1] == ECHO_EXIT, wc[1] > 0))
-            print(f"mpc launch: {who} exited with code {code}; stopping the others", file=sys.stderr)
+            print(f"mpc launch: {who} {_exited(code)}; stopping the others", file=sys.stderr)
             return code if code > 0 else 1
         if all(p.poll() == 0 for p in parties.values()):
             dealer = procs.get("dealer")
@@ -156,7 +169,7 @@ def _supervise(procs: dict[str, subprocess.Popen]) -> int:
                     print("mpc launch: the dealer did not finish after every party did", file=sys.stderr)
                     return 1
                 if code != 0:
-                    print(f"mpc launch: the dealer exited with code {code}", file=sys.stderr)
+                    print(f"mpc launch: the dealer {_exited(code)}", file=sys.stderr)
                     return code if code > 0 else 1
             return 0
         time.sleep(0.05)

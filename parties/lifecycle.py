@@ -8,6 +8,12 @@ party:  setup (``setup_party``) -> run the program with the context current
         -> close (bye to every peer, wait for theirs);
 dealer: serve until every party said bye -> close.
 
+A party's result leaves the run in the clear (it is pickled back to ``mpc.run``'s
+caller, or handed to ``run_threads``'s): a result that holds a ``SecretTensor``
+(even inside a list, tuple, set or dict) is refused with a ``ProtocolError``
+that names the party and says to reveal it first (``check_result``), before the
+closing barrier, so that every runner reports it the same way.
+
 On any error the node first reports it (``report``, given by the runner: the
 first failure must be on record before the abort notices make the others fail
 too, so that the runner can name the root cause), then sends every peer an
@@ -24,17 +30,61 @@ from typing import TypeVar
 from mpc.api import use_context
 from mpc.config import MPCConfig
 from mpc.context import CommStats, PartyContext
-from mpc.errors import ConfigError
+from mpc.errors import ConfigError, ProtocolError
+from mpc.tensor import SecretTensor
 from protocols.families import get_family
 
 from .comm_base import BufferedCommunicator, abort_reason
 from .dealer import serve_dealer
 from .party import setup_party
 
-__all__ = ["open_context", "run_party", "run_dealer"]
+__all__ = ["open_context", "run_party", "run_dealer", "check_result"]
 
 T = TypeVar("T")
 Report = Callable[[BaseException], None]
+
+_MAX_DEPTH = 32  # containers nested deeper than this are not searched (nobody returns such a thing)
+
+
+def _secret_path(value: object, path: str, seen: set[int], depth: int) -> str | None:
+    """Where in ``value`` a ``SecretTensor`` sits (``result[1]['w']``), or ``None``."""
+    if isinstance(value, SecretTensor):
+        return path
+    if depth >= _MAX_DEPTH or id(value) in seen:
+        return None
+    if isinstance(value, dict):
+        seen.add(id(value))
+        for k, v in value.items():
+            found = _secret_path(k, f"{path} (a key)", seen, depth + 1) or _secret_path(
+                v, f"{path}[{k!r}]", seen, depth + 1
+            )
+            if found:
+                return found
+    elif isinstance(value, list | tuple):
+        seen.add(id(value))
+        for i, v in enumerate(value):
+            found = _secret_path(v, f"{path}[{i}]", seen, depth + 1)
+            if found:
+                return found
+    elif isinstance(value, set | frozenset):
+        seen.add(id(value))
+        for v in value:
+            found = _secret_path(v, f"{path} (an element)", seen, depth + 1)
+            if found:
+                return found
+    return None
+
+
+def check_result(result: object, who: str) -> None:
+    """Refuse a party's result that holds a ``SecretTensor``: only revealed values may leave the run."""
+    where = _secret_path(result, "result", set(), 0)
+    if where is not None:
+        shown = "" if where == "result" else f" (at {where})"
+        raise ProtocolError(
+            f"{who}'s function returned a SecretTensor{shown}: a share is useless outside the run and "
+            "is not the value; open it first: return x.reveal() (every party gets the value) or "
+            "x.reveal(to=k) (party k gets it, the others None)"
+        )
 
 
 def _fail(comm: BufferedCommunicator, exc: BaseException, who: str, report: Report | None) -> None:
@@ -72,6 +122,7 @@ def run_party(
     try:
         with use_context(ctx):
             result = program(ctx)
+        check_result(result, comm.name(comm.rank))
         comm.close()
     except BaseException as exc:
         _fail(comm, exc, comm.name(comm.rank), report)

@@ -68,7 +68,14 @@ def _party_main(
         config = cluster.config()
         comm = open_party_comm(cluster, rank, config, secret, insecure, adopt_listener(listener))
         result, stats = run_party(comm, config, fn, report)
-        conn.send_bytes(pickle.dumps(("ok", result, stats.as_dict())))
+        try:
+            data = pickle.dumps(("ok", result, stats.as_dict()))
+        except Exception as exc:  # noqa: BLE001 - pickle raises many types for one user mistake
+            raise ProtocolError(
+                f"party {rank}'s result cannot be sent back to the caller ({type(exc).__name__}: {exc}): "
+                "return tensors, numbers, strings, None, or lists, tuples and dicts of them"
+            ) from None
+        conn.send_bytes(data)
     except BaseException as exc:  # noqa: BLE001 - reported to the caller
         if not reported:
             _report_error(conn, exc)
@@ -110,15 +117,25 @@ def run(
     secure (every node warns): for debugging only.
 
     ``fn`` must be picklable (a module-level function or a ``functools.partial``
-    of one).  Links are encrypted with fresh CURVE keys unless ``insecure``.  An
-    exception in any party is raised here as ``PartyFailed`` with that party's
+    of one), and so must its results, which travel back in the clear: a result
+    that holds a ``SecretTensor`` is refused (``ProtocolError`` naming the party:
+    return ``x.reveal()`` or ``x.reveal(to=k)`` instead).  The dealer gives up
+    after ``parties.dealer.idle_limit`` seconds without a request (10 x
+    ``timeout``).  Links are encrypted with fresh CURVE keys unless
+    ``insecure``.  An exception in any party is raised here as ``PartyFailed`` with that party's
     id and traceback, and every other process is stopped.  With
     ``return_stats`` each result is a pair ``(value, stats dict)``.
     """
     if not isinstance(parties, int) or isinstance(parties, bool) or parties < 2:
         raise ConfigError(f"parties must be an integer >= 2, got {parties!r}")
+    if not callable(fn):
+        raise ProtocolError(f"fn must be a function of the party context, fn(ctx), got {type(fn).__name__}")
+    if run_timeout is not None and (
+        isinstance(run_timeout, bool) or not isinstance(run_timeout, int | float) or not run_timeout > 0
+    ):
+        raise ConfigError(f"run_timeout must be a positive number of seconds or None, got {run_timeout!r}")
+    MPCConfig(frac_bits=frac_bits, timeout=timeout, protocol=protocol)  # validate early, in the caller
     options = {"frac_bits": frac_bits, "timeout": float(timeout), "protocol": protocol}
-    MPCConfig(**options)  # validate early, in the caller
     try:
         pickle.dumps(fn)
     except Exception as exc:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mpc.config import MPCConfig
-from mpc.errors import CommunicationError, PartyFailed, PeerAborted
+from mpc.errors import CommunicationError, ConfigError, PartyFailed, PeerAborted, ProtocolError
 from protocols.families import get_family
 
 from .comm_base import BufferedCommunicator
@@ -46,10 +46,15 @@ def run_threads(
     ZeroMQ over TCP.  The protocol family comes from ``config.protocol`` (or
     ``protocol=...`` among ``options``); a dealer thread runs only when the family
     needs one.
+
+    Bad arguments raise ``ConfigError``.  A result that holds a ``SecretTensor``
+    is refused (``ProtocolError`` naming the party: reveal it first).
     """
     config = config or MPCConfig(**options)
-    if not isinstance(parties, int) or parties < 2:
-        raise PartyFailed("launcher", f"parties must be an integer >= 2, got {parties!r}")
+    if not isinstance(parties, int) or isinstance(parties, bool) or parties < 2:
+        raise ConfigError(f"parties must be an integer >= 2, got {parties!r}")
+    if not callable(fn):
+        raise ProtocolError(f"fn must be a function of the party context, fn(ctx), got {type(fn).__name__}")
     n = parties
     with_dealer = get_family(config.protocol).needs_dealer
     nodes = n + int(with_dealer)
@@ -57,7 +62,7 @@ def run_threads(
         comms = _make_comms(n, config, transport, received, with_dealer)
     elif len(comms) != nodes:
         what = "parties and dealer" if with_dealer else f"one per party: the {config.protocol} family has no dealer"
-        raise PartyFailed("launcher", f"need {nodes} communicators ({what}), got {len(comms)}")
+        raise ConfigError(f"need {nodes} communicators ({what}), got {len(comms)}: pass one per node")
     results: list[Any] = [None] * n
     errors: dict[int | str, tuple[float, BaseException, str]] = {}
 
@@ -127,7 +132,7 @@ def _make_comms(
         return [MemoryCommunicator(hub, r, config.timeout, config.max_message_bytes, recorder(r)) for r in range(nodes)]
     if transport == "inproc":
         return inproc_communicators(n, config, recorder, dealer=dealer)
-    raise PartyFailed("launcher", f"unknown simulator transport {transport!r}; use 'memory' or 'inproc'")
+    raise ConfigError(f"unknown simulator transport {transport!r}; use 'memory' or 'inproc'")
 
 
 def _context_cleanup(comms: list[BufferedCommunicator]) -> None:

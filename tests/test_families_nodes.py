@@ -25,7 +25,7 @@ import mpc
 import parties.runner
 from mpc.config import MPCConfig
 from mpc.context import Expect
-from mpc.errors import ConfigError, PartyFailed, ProtocolError
+from mpc.errors import ConfigError, ProtocolError
 from parties import cli
 from parties.cluster import Cluster, Node, load_cluster, parse_cluster, write_cluster
 from parties.env import ENV_NAMES, PartyEnv
@@ -87,7 +87,7 @@ def test_dealer_family_threads_still_run_the_dealer():
 @pytest.mark.timeout(30)
 def test_communicator_counts_follow_the_family():
     cfg = MPCConfig(protocol="plaintext", timeout=5.0)
-    with pytest.raises(PartyFailed, match="need 2 communicators .*the plaintext family has no dealer"):
+    with pytest.raises(ConfigError, match="need 2 communicators .*the plaintext family has no dealer"):
         hub = MemoryHub(2)
         run_threads(ranks, 2, cfg, comms=[MemoryCommunicator(hub, r, 5.0, 1 << 20) for r in range(3)])
     hub = MemoryHub(2, dealer=False)

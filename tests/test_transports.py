@@ -82,7 +82,7 @@ def test_tcp_transport_in_threads(curve):
 
 @pytest.mark.timeout(30)
 def test_unknown_simulator_transport_is_refused():
-    with pytest.raises(mpc.PartyFailed, match="unknown simulator transport 'udp'"):
+    with pytest.raises(mpc.ConfigError, match="unknown simulator transport 'udp'"):
         run_threads(functools.partial(_program), 2, CFG, transport="udp")
 
 
