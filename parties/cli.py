@@ -223,8 +223,8 @@ def _party(args) -> int:
 def _dealer(args) -> int:
     cluster = load_cluster(args.cluster)
     config = cluster.config()
-    idle = idle_limit(config, args.idle_timeout)  # a bad value is named before anything is opened
-    run_dealer(open_dealer(cluster, config, _secret(args), args.insecure, args.listen_fd), config, idle)
+    idle_limit(config, args.idle_timeout)  # a bad value is named before anything is opened
+    run_dealer(open_dealer(cluster, config, _secret(args), args.insecure, args.listen_fd), config, args.idle_timeout)
     return 0
 
 

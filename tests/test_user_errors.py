@@ -368,6 +368,7 @@ def test_launch_dealer_gives_up_after_its_default_idle_limit(party_logs, mpc_cmd
     assert proc.returncode == 1 and "mpc launch: dealer exited with code 1; stopping the others" in proc.stderr
     lines = _one_liners(proc.stdout, "[dealer] mpc dealer: dealer: PeerTimeout: ")
     assert len(lines) == 1 and "the dealer waited 20s for a request from party 1" in lines[0], proc.stdout
+    assert "(20s = 10 x the cluster's timeout)" in lines[0] and "--idle-timeout" in lines[0]
     assert "Traceback" not in proc.stdout
     assert 20 <= elapsed < 50, elapsed
 
