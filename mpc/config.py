@@ -30,11 +30,15 @@ class MPCConfig:
     protocol: str = "additive-dealer"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.frac_bits, int) or not 0 <= self.frac_bits <= 28:
+        if not isinstance(self.frac_bits, int) or isinstance(self.frac_bits, bool) or not 0 <= self.frac_bits <= 28:
             raise ConfigError(f"frac_bits must be an integer in [0, 28], got {self.frac_bits!r}")
-        if not isinstance(self.timeout, int | float) or not self.timeout > 0:
+        if not isinstance(self.timeout, int | float) or isinstance(self.timeout, bool) or not self.timeout > 0:
             raise ConfigError(f"timeout must be a positive number of seconds, got {self.timeout!r}")
-        if not isinstance(self.max_message_bytes, int) or self.max_message_bytes < 1024:
+        if (
+            not isinstance(self.max_message_bytes, int)
+            or isinstance(self.max_message_bytes, bool)
+            or self.max_message_bytes < 1024
+        ):
             raise ConfigError(f"max_message_bytes must be an integer >= 1024, got {self.max_message_bytes!r}")
         if self.protocol not in PROTOCOLS:
             raise ConfigError(f"unknown protocol family {self.protocol!r}; choose one of {', '.join(PROTOCOLS)}")

@@ -30,6 +30,7 @@ from mpc.errors import (
     DesyncError,
     PeerAborted,
     PeerTimeout,
+    ProtocolError,
     SecurityError,
     WireError,
 )
@@ -84,7 +85,7 @@ class BufferedCommunicator(Communicator):
         self._recorder = recorder
         nodes = self.nodes
         if not 0 <= rank < nodes:
-            raise ValueError(f"node id {rank} is outside 0..{nodes - 1}")
+            raise ProtocolError(f"node id {rank} is outside 0..{nodes - 1}")
         self._out_seq = [0] * nodes
         self._in_seq = [0] * nodes
         self._buf: list[deque[tuple[wire.Header, bytes | memoryview]]] = [deque() for _ in range(nodes)]
@@ -96,6 +97,7 @@ class BufferedCommunicator(Communicator):
         self._agreed = [0] * nodes  # per peer: the last operation count on which both transcripts agreed
         self._desync_sent: set[int] = set()
         self._desync_recv: dict[int, list] = {}
+        self._resolving = False
 
     # ----- transport primitives ---------------------------------------------------
     @abstractmethod
@@ -119,7 +121,7 @@ class BufferedCommunicator(Communicator):
     # ----- sending ------------------------------------------------------------------
     def _send(self, peer: int, kind: int, op: str, tensor: torch.Tensor | None) -> int:
         if not 0 <= peer < self.nodes or peer == self.rank:
-            raise ValueError(f"{self.name(self.rank)} cannot send to node {peer}")
+            raise ProtocolError(f"{self.name(self.rank)} cannot send to node {peer}")
         t = self.transcript
         mark = (t.count, t.digest) if t is not None else (0, bytes(wire.DIGEST_BYTES))
         if tensor is None:
@@ -237,8 +239,11 @@ class BufferedCommunicator(Communicator):
             return
         if h.kind == wire.KIND_DESYNC:
             self._desync_recv[sender] = decode_records(payload)
-            if sender not in self._desync_sent and self._is_party(sender):
-                self._desync(sender)  # answer with this side's records, then raise
+            if self._is_party(sender) and self.transcript is not None:
+                if self._resolving:
+                    self._send_records(sender)  # answer, and go on resolving with the peer awaited
+                elif sender not in self._desync_sent:
+                    self._desync(sender)  # answer with this side's records, then raise
             return
         if len(payload) != h.nbytes:
             raise WireError(
@@ -260,29 +265,46 @@ class BufferedCommunicator(Communicator):
             return
         self._desync(peer)
 
-    def _desync(self, peer: int) -> None:
-        """Exchange transcript records with ``peer`` and raise the DesyncError that names the first difference."""
-        t = self.transcript
-        assert t is not None
+    def _records_for(self, peer: int) -> list:
+        assert self.transcript is not None
         theirs = self._desync_recv.get(peer)
         start = self._agreed[peer]
         if theirs:
             start = min(start, theirs[0].index - 1)
-        mine = t.since(start)
-        if peer not in self._desync_sent:
-            self._desync_sent.add(peer)
-            try:
-                self._send(peer, wire.KIND_DESYNC, "desync", encode_records(mine))
-            except Exception:  # noqa: BLE001 - the peer may be gone; the error below still names the divergence
-                pass
+        return self.transcript.since(start)
+
+    def _send_records(self, peer: int) -> None:
+        if peer in self._desync_sent:
+            return
+        self._desync_sent.add(peer)
+        try:
+            self._send(peer, wire.KIND_DESYNC, "desync", encode_records(self._records_for(peer)))
+        except Exception:  # noqa: BLE001 - the peer may be gone; the error still names the divergence
+            pass
+
+    def _desync(self, peer: int) -> None:
+        """Exchange transcript records with ``peer`` and raise the DesyncError that names the first difference.
+
+        While waiting for the peer's records, records from other peers are answered and stored, and an
+        abort from a third party does not cut the wait short: only the awaited peer's loss does.
+        """
+        t = self.transcript
+        assert t is not None
+        self._send_records(peer)
         deadline = time.monotonic() + min(5.0, self.timeout)
-        while peer not in self._desync_recv and time.monotonic() < deadline:
-            try:
-                frames = self._poll(max(0.0, deadline - time.monotonic()))
-                if frames is not None:
-                    self._ingest(frames)
-            except CommunicationError:
-                break
+        self._resolving = True
+        try:
+            while peer not in self._desync_recv and time.monotonic() < deadline:
+                try:
+                    frames = self._poll(max(0.0, deadline - time.monotonic()))
+                    if frames is not None:
+                        self._ingest(frames)
+                except CommunicationError as exc:
+                    if exc.peer == peer or exc.peer is None:
+                        break
+        finally:
+            self._resolving = False
+        mine = self._records_for(peer)
         raise DesyncError(
             explain(self.name(self.rank), self.name(peer), t.count, mine, self._desync_recv.get(peer)), peer
         )

@@ -52,8 +52,8 @@ def explain(me: str, peer: str, count: int, mine: list[Record], theirs: list[Rec
     if theirs is None:
         last = mine[-1].describe() if mine else f"#{count} (no operation recorded)"
         return (
-            f"{head}: their public transcripts differ at or before {me}'s operation {last}, and {peer} did not "
-            "describe its operations in time; run the same script with the same public values at every party"
+            f"{head} at or before operation {last}: their public transcripts differ, and {peer} did not describe "
+            "its operations in time; run the same script with the same public values at every party"
         )
     a, b = first_difference(mine, theirs)
     if a is None and b is None:

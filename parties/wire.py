@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from mpc.dtypes import CODE_DTYPES
-from mpc.errors import WireError
+from mpc.errors import ProtocolError, WireError
 
 __all__ = [
     "Header",
@@ -99,11 +99,11 @@ def encode_header(
 ) -> bytes:
     opb = op.encode("ascii")
     if len(opb) > OP_BYTES:
-        raise ValueError(f"operation name {op!r} is longer than {OP_BYTES} bytes")
+        raise ProtocolError(f"operation name {op!r} is longer than {OP_BYTES} bytes")
     if len(shape) > MAX_NDIM:
-        raise ValueError(f"tensors of more than {MAX_NDIM} dimensions cannot be sent")
+        raise ProtocolError(f"tensors of more than {MAX_NDIM} dimensions cannot be sent")
     if dtype not in _CODES:
-        raise ValueError(f"dtype {dtype} cannot be sent")
+        raise ProtocolError(f"dtype {dtype} cannot be sent")
     dims = list(shape) + [0] * (MAX_NDIM - len(shape))
     return _FMT.pack(MAGIC, VERSION, kind, _CODES[dtype], len(shape), sender, seq, nbytes, opb, *dims, opidx, digest)
 

@@ -133,6 +133,12 @@ def _triple_derive(r, params):
     return [_bilinear(int(params[0]), r[0], r[1], extra)]
 
 
+def _trunc_shapes(p):
+    if len(p) < 1 or not 1 <= int(p[0]) <= 62:
+        raise ValueError(f"trunc takes a shift in [1, 62] and a shape, got {tuple(p[:1])}")
+    return [tuple(p[1:])]
+
+
 def _trunc_derive(r, params):
     f = int(params[0])
     return [logical_rshift(r[0], f), msb(r[0])]
@@ -288,7 +294,7 @@ CORRELATIONS: dict[str, Correlation] = {
     # (a, a*a) for squaring.
     "square": Correlation("square", lambda p: [tuple(p)], lambda p: [tuple(p)], lambda r, p: [r[0] * r[0]]),
     # (r, r >> f, msb(r)) for exact truncation; params = (f, *shape).
-    "trunc": Correlation("trunc", lambda p: [tuple(p[1:])], lambda p: [tuple(p[1:])] * 2, _trunc_derive),
+    "trunc": Correlation("trunc", _trunc_shapes, lambda p: _trunc_shapes(p) * 2, _trunc_derive),
     # (r, floor(r / d), msb(r)) for exact division by a public integer d (unsigned r); params = (d, *shape).
     "div": Correlation("div", _div_shapes, lambda p: _div_shapes(p) * 2, _div_derive),
     # XOR-shared (a, b_1..b_m, a & b_i): AND gates, one input fanned out to m others; params = (m, *shape).
