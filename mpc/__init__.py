@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from . import arith as _arith  # noqa: F401 - registers the table's operations
-from .api import current_context, share, use_context
+from . import grads as _grads  # noqa: F401 - registers the table's backward rules
+from .api import current_context, is_grad_enabled, no_grad, share, use_context
 from .config import MPCConfig
 from .context import CommStats, PartyContext
 from .errors import (
@@ -50,6 +51,8 @@ from .tensor import MaxResult, SecretTensor
 
 __all__ = [
     "share",
+    "no_grad",
+    "is_grad_enabled",
     "current_context",
     "use_context",
     "SecretTensor",

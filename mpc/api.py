@@ -16,12 +16,13 @@ from collections.abc import Iterator, Mapping
 
 import torch
 
+from . import autograd
 from .context import PartyContext
 from .errors import ProtocolError
 from .ops import record
 from .tensor import SecretTensor
 
-__all__ = ["share", "current_context", "use_context"]
+__all__ = ["share", "current_context", "use_context", "no_grad", "is_grad_enabled"]
 
 _current: contextvars.ContextVar[PartyContext | None] = contextvars.ContextVar("mpc_party_context", default=None)
 
@@ -75,12 +76,19 @@ def _as_tensor(value: object) -> torch.Tensor:
     )
 
 
-def share(value: torch.Tensor | float | int | None, owner: int, ctx: PartyContext | None = None) -> SecretTensor:
+def share(
+    value: torch.Tensor | float | int | None,
+    owner: int,
+    ctx: PartyContext | None = None,
+    *,
+    requires_grad: bool = False,
+) -> SecretTensor:
     """Secret-share ``value`` held by party ``owner``; every other party passes ``None``.
 
     The shape and dtype travel as public metadata; the value is refused at the
     owner, before anything is sent, if it is NaN, infinite or outside the
-    fixed-point range.
+    fixed-point range.  With ``requires_grad`` the result is a leaf whose
+    gradient ``backward()`` computes (a floating-point dtype is required).
     """
     ctx = current_context() if ctx is None else ctx
     if value is not None:
@@ -90,4 +98,36 @@ def share(value: torch.Tensor | float | int | None, owner: int, ctx: PartyContex
         raise ProtocolError(f"owner must be a party id in 0..{n - 1}, got {owner!r}")
     record(ctx, "share", f"share(owner={owner})")
     sh, dtype = ctx.family.share_input(ctx, value, owner)
-    return SecretTensor(ctx, sh, dtype)
+    out = SecretTensor(ctx, sh, dtype)
+    return out.requires_grad_() if requires_grad else out
+
+
+class no_grad(contextlib.ContextDecorator):  # noqa: N801 (torch's name)
+    """``with mpc.no_grad():`` (or ``@mpc.no_grad()``): operations in the block are not recorded for autograd.
+
+    Grad mode is the party context's (``ctx.grad_enabled``): ``ctx=`` or the
+    current context of this thread.  Results of operations in the block do not
+    require grad; leaves keep their ``requires_grad``.
+    """
+
+    def __init__(self, ctx: PartyContext | None = None) -> None:
+        self._ctx = ctx
+        self._saved: list[tuple[PartyContext, bool]] = []
+
+    def _recreate_cm(self) -> no_grad:  # a decorated function may run in several party threads at once
+        return type(self)(self._ctx)
+
+    def __enter__(self) -> None:
+        ctx = current_context() if self._ctx is None else self._ctx
+        self._saved.append((ctx, ctx.grad_enabled))
+        ctx.grad_enabled = False
+
+    def __exit__(self, *exc: object) -> bool:
+        ctx, previous = self._saved.pop()
+        ctx.grad_enabled = previous
+        return False
+
+
+def is_grad_enabled(ctx: PartyContext | None = None) -> bool:
+    """Whether operations on ``ctx``'s (or the current context's) secret tensors are recorded for autograd."""
+    return autograd.is_grad_enabled(current_context() if ctx is None else ctx)

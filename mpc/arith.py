@@ -210,6 +210,22 @@ def getitem(input: SecretTensor, index) -> SecretTensor:
     return input._new(input.share[index])
 
 
+@register("scatter_sum", cost="local")
+def scatter_sum(input: SecretTensor, shape: Sequence[int], index: torch.Tensor) -> SecretTensor:
+    """Zeros of ``shape`` with each element of ``input`` added at its flat position ``index`` (public, int64,
+    ``input``'s shape; repeats add up): the adjoint of gathering by ``index`` (autograd's indexing, pooling)."""
+    index = torch.as_tensor(index)
+    if tuple(index.shape) != tuple(input.shape):
+        raise ProtocolError(f"scatter_sum: index has shape {tuple(index.shape)}, the input {tuple(input.shape)}")
+    return input._new(input.share.scatter_sum(tuple(shape), index))
+
+
+@register("detach", cost="local", torch=(torch.detach,))
+def detach(input: SecretTensor) -> SecretTensor:
+    """The same share outside the autograd graph."""
+    return input._new(input.share)
+
+
 # ----- comparisons (results are secret 0/1 tensors of dtype bool, held in fixed point) --------------------------
 
 

@@ -194,6 +194,8 @@ class PartyContext:
         self.transcript = Transcript()
         comm.transcript = self.transcript
         self.log = logging.LoggerAdapter(log, {"party": rank})
+        # Autograd's grad mode for this party's secret tensors (``mpc.no_grad`` switches it off for a block).
+        self.grad_enabled = True
 
     @property
     def stats(self) -> CommStats:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .arith import add, log_softmax, matmul, maximum, minimum, mul, softmax, where
+from .arith import add, getitem, log_softmax, matmul, maximum, minimum, mul, scatter_sum, softmax, where
 from .context import PartyContext
 from .errors import ProtocolError
 from .ops import register
@@ -158,6 +158,17 @@ def _windows(input: SecretTensor, what: str, kh, kw, sh, sw, ph, pw, dh, dw, pad
     return win.reshape(*win.shape[:4], kh * kw), squeeze
 
 
+def window_index(shape, kh, kw, sh, sw, ph, pw, dh, dw) -> tuple[tuple[int, ...], torch.Tensor]:
+    """The padded shape of a 4-d input and, for each (N, C, OH, OW) window, the flat positions of its kh*kw
+    elements in the padded input: what ``_windows`` gathers (the folding of a window gradient scatters back)."""
+    n, c, h, w = shape
+    padded = (n, c, h + 2 * ph, w + 2 * pw)
+    eh, ew = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    pos = torch.arange(n * c * padded[2] * padded[3], dtype=torch.int64).reshape(padded)
+    win = pos.unfold(2, eh, sh).unfold(3, ew, sw)[..., ::dh, ::dw]
+    return padded, win.reshape(*win.shape[:4], kh * kw)
+
+
 @register("max_pool2d", cost="4 rounds per halving of the window (8 for 2x2, 16 for 3x3)",
           torch=(F.max_pool2d, getattr(F, "_max_pool2d", F.max_pool2d)))  # fmt: skip
 def max_pool2d(
@@ -181,6 +192,31 @@ def max_pool2d(
     win, squeeze = _windows(input, "max_pool2d", *args, pad_value=getattr(fam, "lowest", 0))
     vals, _, _ = input.ctx.family.max_reduce(input.ctx, win, op="maxpool")
     return input._new(vals.squeeze(0) if squeeze else vals)
+
+
+@register("max_pool2d_backward",
+          cost="max_pool2d's tournament again, with its one-hot (8 rounds for 2x2), and one product (1-2 rounds)")  # fmt: skip
+def max_pool2d_backward(
+    grad: SecretTensor | torch.Tensor,
+    input: SecretTensor,
+    kernel_size: int | tuple[int, int],
+    stride: int | tuple[int, int] | None = None,
+    padding: int | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
+) -> SecretTensor:
+    """The gradient of ``max_pool2d`` for its input: ``grad`` routed to the first maximum of each window
+    (torch's choice on ties), summed where windows overlap; ``grad`` is secret or public."""
+    args = _pool_args("max_pool2d", kernel_size, stride, padding, dilation)
+    win, squeeze = _windows(input, "max_pool2d", *args, pad_value=input.ctx.family.lowest)
+    _, _, oh = input.ctx.family.max_reduce(input.ctx, win, one_hot=True, op="maxpool")
+    g = grad.unsqueeze(0) if squeeze else grad
+    routed = mul(input._new(oh), g.unsqueeze(-1))  # (N, C, OH, OW, kh*kw)
+    shape = (1, *input.shape) if squeeze else tuple(input.shape)
+    padded, index = window_index(shape, *args)
+    full = scatter_sum(routed, padded, index)
+    ph, pw = args[4], args[5]
+    out = getitem(full, (slice(None), slice(None), slice(ph, ph + shape[2]), slice(pw, pw + shape[3])))
+    return out._new(out.share.squeeze(0)) if squeeze else out
 
 
 @register("avg_pool2d", cost="local, and one truncation round (a public 1/k)", torch=(F.avg_pool2d,))

@@ -3,7 +3,8 @@
 An entry names the operation, its forward function (on secret tensors and
 public operands), its cost (rounds and bytes per element for the additive
 dealer family, as documented) and the torch callables that dispatch to it.
-Its ``backward`` slot is where autograd's rule goes.  ``SecretTensor``'s
+Its ``backward`` slot holds autograd's rule (``mpc.grads``; ``mpc.autograd``
+records the graph from ``_run`` and walks it).  ``SecretTensor``'s
 methods, ``mpc.functional`` and ``SecretTensor.__torch_function__`` all go
 through this table, so a new operation is one ``@register`` in
 ``mpc.arith`` or ``mpc.functional`` and is reachable from all three at once.
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .autograd import attach
 from .callsite import user_call_site
 from .errors import MPCError
 
@@ -67,7 +69,8 @@ def call(name: str, *args: Any, **kwargs: Any) -> Any:
 
 
 def _run(entry: Op, args: tuple, kwargs: dict) -> Any:
-    """Run an entry's forward; a user-level call (not one inside another operation) goes into the transcript."""
+    """Run an entry's forward; a user-level call (not one inside another operation) goes into the transcript
+    and, when its operands require grad, into the autograd graph (``mpc.autograd.attach``)."""
     ctx = _context_of(args, kwargs)
     t = getattr(ctx, "transcript", None)
     if t is None or t.depth:
@@ -75,9 +78,10 @@ def _run(entry: Op, args: tuple, kwargs: dict) -> Any:
     record(ctx, entry.name, describe(entry.name, args, kwargs))
     t.depth += 1
     try:
-        return entry.forward(*args, **kwargs)
+        out = entry.forward(*args, **kwargs)
     finally:
         t.depth -= 1
+    return attach(entry, args, kwargs, out)
 
 
 def record(ctx: Any, name: str, text: str) -> None:

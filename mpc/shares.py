@@ -122,6 +122,15 @@ class Share:
     def __getitem__(self: S, index) -> S:
         return self._map(lambda t: t[index])
 
+    def scatter_sum(self: S, shape, index: torch.Tensor) -> S:
+        """The adjoint of a gather: zeros of ``shape`` with each element of ``self`` added at its flat position
+        ``index`` (an int64 tensor of ``self``'s shape; positions may repeat)."""
+        n = 1
+        for d in shape:
+            n *= int(d)
+        flat = index.reshape(-1).to(torch.int64)
+        return self._map(lambda t: t.new_zeros(n).index_add(0, flat, t.reshape(-1)).reshape(tuple(shape)))
+
     def sum(self: S, dim=None, keepdim: bool = False) -> S:
         return self._map(lambda t: t.sum() if dim is None else t.sum(dim=dim, keepdim=keepdim))
 

@@ -15,9 +15,10 @@ from typing import Any, NamedTuple
 
 import torch
 
+from . import autograd
 from .context import PartyContext
 from .errors import ProtocolError
-from .ops import call, torch_dispatch
+from .ops import call, describe, record, torch_dispatch
 from .shares import Share
 
 __all__ = ["SecretTensor", "MaxResult", "Public"]
@@ -62,10 +63,90 @@ def _secret_value(what: str):
     return refuse
 
 
-class SecretTensor:
-    """One party's share of a secret tensor."""
+class _Autograd:
+    """Autograd's interface of ``SecretTensor`` (``mpc.autograd``; rules in ``mpc.grads``).
 
-    __slots__ = ("ctx", "share", "dtype")
+    Graph metadata and the backward pass: nothing here computes on shares
+    except ``detach`` (an entry of the table) and the rules that ``backward``
+    runs (each an entry of the table), so these members sit in a base class
+    apart from the computing methods.
+    """
+
+    __slots__ = ()
+    ctx: PartyContext
+    share: Share
+    dtype: torch.dtype
+    _requires_grad: bool
+    grad_fn: autograd.Node | None
+    _grad: SecretTensor | None
+    shape: torch.Size
+
+    @property
+    def requires_grad(self) -> bool:
+        """Whether gradients flow to this tensor: a leaf marked by ``requires_grad_()``, or a recorded result."""
+        return self._requires_grad or self.grad_fn is not None
+
+    @requires_grad.setter
+    def requires_grad(self, flag: bool) -> None:
+        self.requires_grad_(flag)
+
+    def requires_grad_(self, requires_grad: bool = True) -> SecretTensor:
+        """Mark this leaf as one whose gradient ``backward()`` computes (into ``.grad``); returns it."""
+        if self.grad_fn is not None:
+            if not requires_grad:
+                raise ProtocolError(
+                    "requires_grad can be switched off only on a leaf; this tensor is the result of recorded "
+                    "operations: use .detach()"
+                )
+            return self
+        if requires_grad and not self.dtype.is_floating_point:
+            raise ProtocolError(f"only secret tensors of a floating-point dtype can require grad, not {self.dtype}")
+        self._requires_grad = bool(requires_grad)
+        return self
+
+    @property
+    def is_leaf(self) -> bool:
+        return self.grad_fn is None
+
+    @property
+    def grad(self) -> SecretTensor | None:
+        """The gradient accumulated by ``backward()`` (a ``SecretTensor``), or None; assign None to zero it."""
+        return self._grad
+
+    @grad.setter
+    def grad(self, value: SecretTensor | None) -> None:
+        if value is not None:
+            if not isinstance(value, SecretTensor) or value.ctx is not self.ctx:
+                raise ProtocolError("a secret tensor's .grad is a SecretTensor of the same party context, or None")
+            if tuple(value.shape) != tuple(self.shape):
+                raise ProtocolError(f".grad must have the tensor's shape {tuple(self.shape)}, got {tuple(value.shape)}")
+        self._grad = value
+
+    def detach(self) -> SecretTensor:
+        """The same secret value, outside the graph (does not require grad)."""
+        return call("detach", self)
+
+    def backward(self, gradient=None, retain_graph: bool | None = None, create_graph: bool = False) -> None:
+        """Accumulate the gradient of this tensor into ``.grad`` of every leaf that requires grad.
+
+        ``gradient`` (public tensor or ``SecretTensor`` of this shape) defaults to 1
+        for a one-element tensor.  The rules' operations are counted and
+        transcribed like any other; see ``mpc.grads`` for what each costs.
+        """
+        extra = {} if gradient is None else {"gradient": gradient}
+        record(self.ctx, "backward", describe("backward", (self,), extra))
+        autograd.backward(self, gradient, retain_graph=retain_graph, create_graph=create_graph)
+
+
+class SecretTensor(_Autograd):
+    """One party's share of a secret tensor.
+
+    Autograd (``mpc.autograd``): a leaf that ``requires_grad`` gets its
+    gradient, itself a ``SecretTensor``, in ``.grad`` after ``y.backward()``;
+    a result of recorded operations has a ``grad_fn``.
+    """
+
+    __slots__ = ("ctx", "share", "dtype", "_requires_grad", "grad_fn", "_grad")
 
     def __init__(self, ctx: PartyContext, share: Share, dtype: torch.dtype = torch.float32) -> None:
         if not isinstance(share, Share):
@@ -73,6 +154,9 @@ class SecretTensor:
         self.ctx = ctx
         self.share = share
         self.dtype = dtype
+        self._requires_grad = False
+        self.grad_fn: autograd.Node | None = None
+        self._grad: SecretTensor | None = None
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
@@ -104,7 +188,14 @@ class SecretTensor:
         return self.ctx.family.name
 
     def __repr__(self) -> str:
-        return f"SecretTensor(shape={tuple(self.shape)}, dtype={self.dtype}, party={self.ctx.rank})"
+        grad = (
+            f", grad_fn={self.grad_fn!r}"
+            if self.grad_fn is not None
+            else ", requires_grad=True"
+            if self._requires_grad
+            else ""
+        )
+        return f"SecretTensor(shape={tuple(self.shape)}, dtype={self.dtype}, party={self.ctx.rank}{grad})"
 
     def __bool__(self) -> bool:
         raise ProtocolError("the truth value of a SecretTensor is secret; reveal it or use a secret comparison")
