@@ -28,12 +28,12 @@ import torch.nn.functional as F
 
 from mpc.callsite import lossy_constants, user_call_site, warn_at_user
 from mpc.context import Expect, PartyContext
-from mpc.dtypes import CODE_DTYPES, DTYPE_CODES
 from mpc.errors import FixedPointWarning, ProtocolError
 from mpc.shares import BinaryShare, PlainShare, Share
 
 from .correlated import OP_CONV2D, OP_MATMUL, OP_MUL, _bilinear
 from .family import ProtocolFamily
+from .sharing import input_tensor, recv_metadata, send_metadata
 
 __all__ = ["PlaintextFamily", "DOMAINS", "NOT_SECURE"]
 
@@ -138,32 +138,18 @@ class PlaintextFamily(ProtocolFamily):
 
     # ----- sharing and opening -----------------------------------------------------------------------------
     def share_input(self, ctx: PartyContext, value: Any, owner: int) -> tuple[Share, torch.dtype]:
-        n = ctx.world_size
-        if not isinstance(owner, int) or isinstance(owner, bool) or not 0 <= owner < n:
-            raise ProtocolError(f"owner must be a party id in 0..{n - 1}, got {owner!r}")
-        peers = [j for j in range(n) if j != owner]
-        if ctx.rank == owner:
-            if value is None:
-                raise ProtocolError(f"party {owner} is the owner and must pass a tensor, got None")
-            t = value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
-            if t.dtype not in DTYPE_CODES:
-                raise ProtocolError(f"cannot share a tensor of dtype {t.dtype}")
-            ctx.encoder.encode(t.detach().cpu(), what=f"input of party {owner}")  # same refusals as secure runs
-            v = t.detach().cpu().to(torch.float64).contiguous()
-            meta = torch.tensor([DTYPE_CODES[t.dtype], t.dim(), *t.shape], dtype=torch.int64)
-            ctx.comm.exchange("share", {j: meta for j in peers}, {})
+        """The owner sends its value in the clear (after the metadata every family sends): NOT secret."""
+        t = input_tensor(ctx, value, owner)
+        peers = [j for j in range(ctx.world_size) if j != owner]
+        if t is not None:
+            ctx.encoder.encode(t, what=f"input of party {owner}")  # the same refusals as secure runs
+            v = t.to(torch.float64).contiguous()
+            send_metadata(ctx, t, owner)
             ctx.comm.exchange("share:clear", {j: v for j in peers}, {})
             return PlainShare(v), t.dtype
-        if value is not None:
-            raise ProtocolError(
-                f"party {ctx.rank} is not the owner (owner={owner}) and must pass None; only the owner's tensor is shared"
-            )
-        meta = ctx.comm.exchange("share", {}, {owner: Expect(None)})[owner]
-        if meta.dim() != 1 or meta.numel() < 2 or int(meta[0]) not in CODE_DTYPES or int(meta[1]) != meta.numel() - 2:
-            raise ProtocolError(f"malformed share metadata from party {owner}")
-        shape = tuple(int(d) for d in meta[2:])
+        shape, dtype = recv_metadata(ctx, owner)
         v = ctx.comm.exchange("share:clear", {}, {owner: Expect(shape, torch.float64)})[owner]
-        return PlainShare(v), CODE_DTYPES[int(meta[0])]
+        return PlainShare(v), dtype
 
     def _sync(self, ctx: PartyContext, op: str) -> None:
         """An empty exchange with every peer: nothing to open, but the transcript digests are compared."""

@@ -23,43 +23,62 @@ from mpc.dtypes import CODE_DTYPES as _CODE_DTYPES
 from mpc.dtypes import DTYPE_CODES
 from mpc.errors import ProtocolError
 
-__all__ = ["share_input", "open_all", "open_to", "DTYPE_CODES"]
+__all__ = ["share_input", "input_tensor", "send_metadata", "recv_metadata", "open_all", "open_to", "DTYPE_CODES"]
 
 MAX_NDIM = 16
 
 
-def share_input(ctx: PartyContext, value: torch.Tensor | None, owner: int) -> tuple[torch.Tensor, torch.dtype]:
-    """Share ``value`` held by ``owner``; returns this party's share and the public dtype."""
+def input_tensor(ctx: PartyContext, value: torch.Tensor | None, owner: int) -> torch.Tensor | None:
+    """Every family's checks of an input: a valid owner, a tensor at the owner (returned), None elsewhere."""
     n = ctx.world_size
     if not isinstance(owner, int) or isinstance(owner, bool) or not 0 <= owner < n:
         raise ProtocolError(f"owner must be a party id in 0..{n - 1}, got {owner!r}")
-    peers = [j for j in range(n) if j != owner]
-    if ctx.rank == owner:
-        if value is None:
-            raise ProtocolError(f"party {owner} is the owner and must pass a tensor, got None")
-        t = value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
-        if t.dtype not in DTYPE_CODES:
-            raise ProtocolError(f"cannot share a tensor of dtype {t.dtype}")
-        if t.dim() > MAX_NDIM:
-            raise ProtocolError(f"cannot share a tensor of more than {MAX_NDIM} dimensions")
-        enc = ctx.encoder.encode(t.detach().cpu(), what=f"input of party {owner}")
-        meta = torch.tensor([DTYPE_CODES[t.dtype], t.dim(), *t.shape], dtype=torch.int64)
-        ctx.comm.exchange("share", {j: meta for j in peers}, {})
-        mine = enc
-        for j in peers:
-            mine = mine - ctx.pair_prgs[j].int64(enc.shape)
-        return mine, t.dtype
-    if value is not None:
-        raise ProtocolError(
-            f"party {ctx.rank} is not the owner (owner={owner}) and must pass None; only the owner's tensor is shared"
-        )
+    if ctx.rank != owner:
+        if value is not None:
+            raise ProtocolError(
+                f"party {ctx.rank} is not the owner (owner={owner}) and must pass None; only the owner's tensor is shared"
+            )
+        return None
+    if value is None:
+        raise ProtocolError(f"party {owner} is the owner and must pass a tensor, got None")
+    t = value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
+    if t.dtype not in DTYPE_CODES:
+        raise ProtocolError(f"cannot share a tensor of dtype {t.dtype}")
+    if t.dim() > MAX_NDIM:
+        raise ProtocolError(f"cannot share a tensor of more than {MAX_NDIM} dimensions")
+    return t.detach().cpu()
+
+
+def send_metadata(ctx: PartyContext, t: torch.Tensor, owner: int) -> None:
+    """The owner's one message of public metadata (dtype code, ndim, shape) to every other party."""
+    meta = torch.tensor([DTYPE_CODES[t.dtype], t.dim(), *t.shape], dtype=torch.int64)
+    ctx.comm.exchange("share", {j: meta for j in range(ctx.world_size) if j != owner}, {})
+
+
+def recv_metadata(ctx: PartyContext, owner: int) -> tuple[tuple[int, ...], torch.dtype]:
+    """The shape and dtype the owner announced, checked."""
     meta = ctx.comm.exchange("share", {}, {owner: Expect(None)})[owner]
     if meta.dim() != 1 or meta.numel() < 2 or int(meta[0]) not in _CODE_DTYPES or int(meta[1]) != meta.numel() - 2:
         raise ProtocolError(f"malformed share metadata from party {owner}")
     shape = tuple(int(d) for d in meta[2:])
     if any(d < 0 for d in shape):
         raise ProtocolError(f"negative dimension in share metadata from party {owner}")
-    return ctx.pair_prgs[owner].int64(shape), _CODE_DTYPES[int(meta[0])]
+    return shape, _CODE_DTYPES[int(meta[0])]
+
+
+def share_input(ctx: PartyContext, value: torch.Tensor | None, owner: int) -> tuple[torch.Tensor, torch.dtype]:
+    """Share ``value`` held by ``owner``; returns this party's share and the public dtype."""
+    t = input_tensor(ctx, value, owner)
+    if t is not None:
+        enc = ctx.encoder.encode(t, what=f"input of party {owner}")
+        send_metadata(ctx, t, owner)
+        mine = enc
+        for j in range(ctx.world_size):
+            if j != owner:
+                mine = mine - ctx.pair_prgs[j].int64(enc.shape)
+        return mine, t.dtype
+    shape, dtype = recv_metadata(ctx, owner)
+    return ctx.pair_prgs[owner].int64(shape), dtype
 
 
 def open_all(ctx: PartyContext, shares: Sequence[torch.Tensor], op: str) -> list[torch.Tensor]:
