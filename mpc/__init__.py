@@ -13,6 +13,7 @@ from typing import Any
 
 from . import arith as _arith  # noqa: F401 - registers the table's operations
 from . import grads as _grads  # noqa: F401 - registers the table's backward rules
+from . import nn, optim  # the user layer: layers, losses, optimizers
 from .api import current_context, is_grad_enabled, no_grad, share, use_context
 from .config import MPCConfig
 from .context import CommStats, PartyContext
@@ -50,6 +51,8 @@ from .ops import OPS
 from .tensor import MaxResult, SecretTensor
 
 __all__ = [
+    "nn",
+    "optim",
     "share",
     "no_grad",
     "is_grad_enabled",
