@@ -250,8 +250,8 @@ def _matmul_grads(g: Grad, x: Any, y: Any, need_x: bool, need_y: bool) -> tuple[
     xs, ys = tuple(x.shape), tuple(y.shape)
     x2 = x.unsqueeze(0) if len(xs) == 1 else x
     y2 = y.unsqueeze(-1) if len(ys) == 1 else y
-    g2 = g.unsqueeze(-2) if len(xs) == 1 else g
-    g2 = g2.unsqueeze(-1) if len(ys) == 1 else g2
+    g2 = g.unsqueeze(-1) if len(ys) == 1 else g
+    g2 = g2.unsqueeze(-2) if len(xs) == 1 else g2
     gx = gy = None
     if need_x:
         gx = _sum_to(call("matmul", g2, y2.mT) if _secret(g2) or _secret(y2) else g2 @ y2.mT, x2.shape).reshape(xs)

@@ -14,6 +14,7 @@ A torch function that has no entry raises ``MPCError`` naming it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Callable
@@ -50,7 +51,12 @@ TORCH_OPS: dict[Any, Op] = {}
 
 
 def register(name: str, *, cost: str = "", torch: tuple[Callable[..., Any], ...] = ()) -> Callable:
-    """Decorator: enter ``fn`` in the table as the forward of ``name``, reachable from ``torch`` callables."""
+    """Decorator: enter ``fn`` in the table as the forward of ``name``, reachable from ``torch`` callables.
+
+    The decorated name becomes a function that calls through the table (``_run``), so that
+    ``mpc.conv2d(...)``, ``mpc.functional.cat(...)`` and the forwards' calls of one another are all
+    table calls: a user-level one is transcribed and recorded for autograd, a nested one just runs.
+    """
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         if name in OPS:
@@ -59,7 +65,12 @@ def register(name: str, *, cost: str = "", torch: tuple[Callable[..., Any], ...]
         OPS[name] = entry
         for t in torch:
             TORCH_OPS[t] = entry
-        return fn
+
+        @functools.wraps(fn)
+        def through_table(*args: Any, **kwargs: Any) -> Any:
+            return _run(entry, args, kwargs)
+
+        return through_table
 
     return deco
 
