@@ -238,7 +238,7 @@ def test_losses_match_torch(sim, protocol):
     y01 = (rand(6, 4, seed=4) > 0).double()
     idx = torch.tensor([0, 3, 1, 2, 3, 0])
     onehot = torch.nn.functional.one_hot(idx, 4).double()
-    F = torch.nn.functional
+    F = torch.nn.functional  # noqa: N806 (torch's alias)
     want = {
         "mse": F.mse_loss(x, y01),
         "mse_sum": F.mse_loss(x, y01, reduction="sum"),
@@ -318,8 +318,10 @@ def test_clip_grad_value(sim, protocol):
 
 def _train(ctx, net, kind, x, y, steps):
     model = mnn.from_torch(net if ctx.rank == 0 else None, owner=0)
-    opt = mpc.optim.SGD(model.parameters(), lr=0.1, momentum=0.9) if kind == "sgd" else mpc.optim.Adam(
-        model.parameters(), lr=1e-2
+    opt = (
+        mpc.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        if kind == "sgd"
+        else mpc.optim.Adam(model.parameters(), lr=1e-2)
     )
     xs = mpc.share(x if ctx.rank == 1 else None, owner=1)
     ys = mpc.share(y if ctx.rank == 1 else None, owner=1)
@@ -342,8 +344,10 @@ def test_training_steps_match_torch(sim, protocol, kind):
     x = rand(16, 5, seed=6)
     y = torch.randint(0, 3, (16,), generator=torch.Generator().manual_seed(7))
     ref = copy.deepcopy(net).double()
-    topt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9) if kind == "sgd" else torch.optim.Adam(
-        ref.parameters(), lr=1e-2
+    topt = (
+        torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9)
+        if kind == "sgd"
+        else torch.optim.Adam(ref.parameters(), lr=1e-2)
     )
     want_losses = []
     for _ in range(2):
