@@ -36,7 +36,9 @@ Operations whose result carries no gradient (comparisons, ``sign``,
 not require grad, as in torch.
 
 This module works on secret tensors by their interface (``ctx``, ``share``,
-``dtype``, ``requires_grad``, ``grad_fn``, ``grad``) and imports neither
+``dtype``, ``_new``, ``requires_grad``, ``grad_fn``, ``grad``): saved operands
+and gradients are plain ``SecretTensor`` objects (``_new``) even when an
+operand is a subclass (``mpc.nn.Parameter``).  It imports neither
 ``mpc.tensor`` nor ``mpc.ops``, both of which import it.
 """
 
@@ -113,7 +115,7 @@ def _signature(fn: Callable) -> inspect.Signature:
 def _detach(v: Any, edges: list) -> Any:
     """``v`` with every secret tensor replaced by a detached one (edges recorded for those requiring grad)."""
     if _is_secret(v):
-        d = type(v)(v.ctx, v.share, v.dtype)
+        d = v._new(v.share)
         if v.requires_grad:
             edges.append((d, v))
         return d
@@ -141,14 +143,14 @@ def attach(entry: Any, args: tuple, kwargs: dict, out: Any) -> Any:
     if target is None or not target.dtype.is_floating_point or not is_grad_enabled(target.ctx):
         return out
     if any(target is a for a in (*args, *kwargs.values())):  # an operation that returned an operand
-        fresh = type(target)(target.ctx, target.share, target.dtype)
+        fresh = target._new(target.share)
         out = fresh if out is target else type(out)(fresh, *out[1:])  # type: ignore[arg-type]
         target = fresh
     bound = _signature(entry.forward).bind(*args, **kwargs)
     bound.apply_defaults()
     edges: list[tuple[Any, Any]] = []
     saved = {k: _detach(v, edges) for k, v in bound.arguments.items()}
-    node = Node(entry.name, entry.backward, saved, type(target)(target.ctx, target.share, target.dtype), edges)
+    node = Node(entry.name, entry.backward, saved, target._new(target.share), edges)
     target.grad_fn = node
     return out
 
@@ -168,9 +170,9 @@ def _as_secret(like: Any, g: Any) -> Any:
     """The gradient ``g`` for the leaf ``like``: a secret tensor of the leaf's dtype (a public ``g`` shared locally)."""
     ctx = like.ctx
     if _is_secret(g):
-        return type(like)(ctx, g.share.contiguous(), like.dtype)
+        return like._new(g.share.contiguous(), like.dtype)
     enc = ctx.family.encode_public(ctx, g.to(torch.float64), what="gradient")
-    return type(like)(ctx, type(like.share).public(enc, ctx.rank), like.dtype)
+    return like._new(type(like.share).public(enc, ctx.rank), like.dtype)
 
 
 def _seed(root: Any, gradient: Any) -> Any:

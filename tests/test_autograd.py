@@ -492,3 +492,34 @@ def test_mlp_training_step_matches_torch(sim, protocol, n):
         for k, p in tp.items():
             torch.testing.assert_close(grads[k].double(), p.grad, atol=2e-3, rtol=0, msg=k)
             torch.testing.assert_close(new[k].double(), params[k] - LR * p.grad, atol=2e-3, rtol=0, msg=k)
+
+
+# ----- costs: what the rules' docstrings state ------------------------------------------------------------------------
+
+COSTS = {
+    # name: (forward on (x, y), backward rounds with a secret incoming gradient)
+    "mul": (lambda x, y: x * y, 2),  # only x requires grad: one Beaver product
+    "matmul": (lambda x, y: x @ y.t(), 4),  # both: two Beaver matmuls, one after the other
+    "sigmoid": (lambda x, y: x.sigmoid(), 4),  # a square, then one product
+    "relu": (lambda x, y: x.relu(), 6),  # the comparison again (4), a selection (2)
+    "sum": (lambda x, y: (x + y).sum(1, keepdim=True), 0),  # local
+}
+
+
+def _cost_program(ctx, name):
+    fn, _ = COSTS[name]
+    x = mpc.share(X if ctx.rank == 0 else None, owner=0, requires_grad=True)
+    y = mpc.share(X if ctx.rank == 1 else None, owner=1, requires_grad=name != "mul")
+    out = fn(x, y)
+    v = mpc.share(torch.ones(out.shape, dtype=torch.float64) * 0.5 if ctx.rank == 1 else None, owner=1)
+    before = ctx.stats.snapshot()["rounds"]
+    out.backward(v)
+    return ctx.stats.snapshot()["rounds"] - before
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("name", list(COSTS))
+def test_backward_rounds_are_the_documented_ones(sim, name):
+    """Rounds of ``backward`` with a secret incoming gradient: each rule's docstring (products of one rule
+    that do not depend on each other still run one after the other)."""
+    assert sim(functools.partial(_cost_program, name=name), 2) == [COSTS[name][1]] * 2
