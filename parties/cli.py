@@ -44,6 +44,7 @@ from mpc.errors import CommunicationError, ConfigError, MPCError, PeerAborted
 
 from .cluster import load_cluster
 from .dealer import IDLE_FACTOR, idle_limit
+from .desync import clean
 from .env import PartyEnv
 from .keys import keygen, load_secret_key
 from .launch import ECHO_EXIT, launch
@@ -52,6 +53,8 @@ from .node import configure_logging, open_dealer, open_party_comm
 
 __all__ = ["main"]
 
+
+MESSAGE_LIMIT = 2000  # characters of an error message printed on the one failure line
 
 _DEBUG_HELP = "print the full traceback of every error (by default a lost or failed peer is one line)"
 
@@ -144,7 +147,10 @@ def _fail_line(args, exc: BaseException, where: str = "") -> int:
     """An error of the toolkit as one line (after its traceback with ``--debug``); the exit code."""
     if args.debug:
         traceback.print_exception(type(exc), exc, exc.__traceback__)
-    print(f"mpc {args.cmd}: {_who(args)}: {type(exc).__name__}: {exc}{where}", file=sys.stderr)
+    # One line whatever the message quotes (peer text is cleaned where it is received; this is the backstop).
+    print(
+        f"mpc {args.cmd}: {_who(args)}: {type(exc).__name__}: {clean(str(exc), MESSAGE_LIMIT)}{where}", file=sys.stderr
+    )
     return ECHO_EXIT if isinstance(exc, PeerAborted) else 1
 
 

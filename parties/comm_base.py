@@ -37,7 +37,7 @@ from mpc.errors import (
 from mpc.transcript import Transcript
 
 from . import wire
-from .desync import decode_records, encode_records, explain
+from .desync import clean, decode_records, encode_records, explain
 
 __all__ = ["BufferedCommunicator", "Frames", "abort_reason"]
 
@@ -229,7 +229,8 @@ class BufferedCommunicator(Communicator):
         if self._recorder is not None:
             self._recorder(sender, bytes(hbuf), bytes(payload))
         if h.kind == wire.KIND_ABORT:
-            reason = bytes(payload[:ABORT_TEXT_LIMIT]).decode("utf-8", "replace")
+            # Peer-controlled text: control characters escaped (no fake lines, no terminal escapes), bounded.
+            reason = clean(bytes(payload[:ABORT_TEXT_LIMIT]).decode("utf-8", "replace"), ABORT_TEXT_LIMIT)
             err = PeerAborted(f"{self.name(sender)} failed and stopped the run: {reason}", sender)
             err.reason = reason  # type: ignore[attr-defined] - forwarded by abort_reason
             raise err

@@ -37,15 +37,30 @@ from .local import LocalCluster, local_cluster
 __all__ = ["launch"]
 
 STOP_GRACE = 3.0
+# Characters of one output line of a node that the launcher prints (the rest of the line follows on the next).
+LINE_LIMIT = 16_384
 # Exit code of a node that failed only because a peer aborted: the launcher names the peer's failure instead.
 ECHO_EXIT = 3
 # How long the launcher waits, after a first failure, for the process that caused it to exit too.
 CAUSE_GRACE = 1.0
 
 
+def printable_line(text: str, limit: int = LINE_LIMIT) -> str:
+    """One output line of a node made safe to print after its prefix.
+
+    Control characters other than tab are escaped (``\\r``, ``\\x1b``), so that no
+    line can erase its prefix, move the cursor or pose as another node's line;
+    a line over ``limit`` characters is cut, saying how much was dropped.
+    """
+    out = "".join(c if c.isprintable() or c == "\t" else repr(c)[1:-1] for c in text[:limit])
+    return out if len(text) <= limit else f"{out}... ({len(text) - limit} more characters)"
+
+
 def _pump(stream, prefix: str, out) -> None:
-    for line in iter(stream.readline, b""):
-        out.write(prefix + line.decode("utf-8", "replace"))
+    # readline(limit): a node that writes without newlines cannot make the launcher hold unbounded text.
+    for raw in iter(lambda: stream.readline(LINE_LIMIT), b""):
+        line = raw.decode("utf-8", "replace").rstrip("\r\n")
+        out.write(prefix + printable_line(line) + "\n")
         out.flush()
     stream.close()
 

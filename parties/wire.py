@@ -10,7 +10,7 @@ Header (little-endian, 204 bytes)::
     sender  u32  party id of the sender (the dealer is id n)
     seq     u64  per-link sequence number
     nbytes  u64  payload length, must equal prod(shape) * itemsize
-    op      32s  operation name, ASCII, NUL-padded
+    op      32s  operation name, printable ASCII, NUL-padded
     shape   16 x i64
     opidx   u64  the sender's count of user-level operations (``mpc.transcript``)
     digest  8s   the sender's transcript digest after them
@@ -30,6 +30,8 @@ import torch
 
 from mpc.dtypes import CODE_DTYPES
 from mpc.errors import ProtocolError, WireError
+
+from .desync import clean
 
 __all__ = [
     "Header",
@@ -97,6 +99,8 @@ def encode_header(
     opidx: int = 0,
     digest: bytes = bytes(DIGEST_BYTES),
 ) -> bytes:
+    if not op.isprintable():
+        raise ProtocolError(f"operation name {op!r} has control characters")
     opb = op.encode("ascii")
     if len(opb) > OP_BYTES:
         raise ProtocolError(f"operation name {op!r} is longer than {OP_BYTES} bytes")
@@ -129,6 +133,8 @@ def decode_header(buf: bytes | memoryview, max_bytes: int, peer: int | None = No
         op = opb.rstrip(b"\x00").decode("ascii")
     except UnicodeDecodeError:
         raise WireError(f"{who} sent an operation name that is not ASCII", peer) from None
+    if not op.isprintable():  # names reach logs and terminals: no control characters
+        raise WireError(f"{who} sent an operation name with control characters: '{clean(op, OP_BYTES)}'", peer)
     shape = tuple(dims[:ndim])
     if any(d < 0 for d in shape) or any(dims[ndim:]):
         raise WireError(f"{who} sent a malformed shape {tuple(dims[:ndim])}", peer)
