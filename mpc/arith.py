@@ -184,8 +184,7 @@ def _shape_op(name: str, fn, aliases=()):
         return input._new(fn(input.share, *args, **kwargs))
 
     forward.__name__ = name
-    register(name, cost="local", torch=aliases)(forward)
-    return forward
+    return register(name, cost="local", torch=aliases)(forward)
 
 
 reshape = _shape_op("reshape", lambda s, *shape: s.reshape(*shape), (torch.reshape,))
@@ -417,8 +416,7 @@ def _unary(name: str, method: str, cost: str, aliases=()):
         return input._new(getattr(input.ctx.family, method)(input.ctx, input.share), _float_dtype(input.dtype))
 
     forward.__name__ = name
-    register(name, cost=cost, torch=aliases)(forward)
-    return forward
+    return register(name, cost=cost, torch=aliases)(forward)
 
 
 exp = _unary("exp", "exp", "8 rounds; domain [-12, 10]", (torch.exp,))

@@ -237,6 +237,12 @@ NONLINEAR = [
     # g x / |x|: the reciprocal of the norm, rel 1e-3.
     Case("norm", lambda x: x.norm(), [(3, 4)], lo=0.5, hi=2.0, tol=VMAX * 2**-14 + 8 * TRUNC, rel=1e-3),
     Case("norm 1 dim", lambda x: x.norm(1, dim=1), [(3, 4)], tol=4 * TRUNC, away=0.05),
+    Case("norm inf dim", lambda x: x.norm(float("inf"), dim=1), [(3, 4)], tol=4 * TRUNC, away=0.05),
+    # -g x^-2: the reciprocal's rel 1e-3, squared.
+    Case("pow -1", lambda x: x.pow(-1), [(3, 4)], lo=0.5, hi=4.0, tol=VMAX * 2**-13 + 8 * TRUNC, rel=2e-3),
+    # A diamond (x reaches the output along three paths through non-leaf nodes): the rules' errors add up,
+    # sigmoid's 1e-3 and exp's 1e-3 relative each times e^x <= e, for x in [-1, 1].
+    Case("diamond", lambda x: x.sigmoid() * x.exp() + x, [(3, 4)], lo=-1, hi=1, tol=VMAX * 1e-2),
 ]
 
 ALL = LINEAR + BILINEAR + SELECTION + NONLINEAR
