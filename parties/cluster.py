@@ -21,16 +21,23 @@ parties ``0..n-1`` and, only when ``family.needs_dealer``, the dealer ``n``.  A
 [dealer] section under a family without one is refused, as is its absence under
 a family that needs one.
 
+Public keys are checked to be z85 text of 32 bytes when the file is read, and
+two nodes may not share an address: ``tcp://`` host names are resolved to
+compare them (``localhost`` and ``127.0.0.1`` on one port clash), falling back to
+the text when a name does not resolve.
+
 Loaded once at the CLI edge into a frozen ``Cluster`` and passed down.
 """
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tomllib
+from zmq.utils import z85
 
 from mpc.config import MPCConfig
 from mpc.errors import ConfigError
@@ -122,9 +129,66 @@ def _node(raw: Any, where: str, source: str, node_id: int | str) -> Node:
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ConfigError(f"{source}: {where} address {addr!r} needs a host and a port in 1..65535")
     key = raw.get("public_key")
-    if key is not None and (not isinstance(key, str) or len(key) != 40):
-        raise ConfigError(f"{source}: {where} public_key must be the 40-character z85 text from `mpc keygen`")
+    if key is not None and not _is_curve_key(key):
+        raise ConfigError(
+            f"{source}: {where} public_key {key!r} is not a CURVE public key: it must be the 40-character z85 "
+            "text (32 bytes) of the NAME.key file that `mpc keygen` wrote for that node; copy it again"
+        )
     return Node(node_id, addr, key)
+
+
+def _is_curve_key(key: Any) -> bool:
+    """Whether ``key`` is z85 text of a 32-byte CURVE key."""
+    if not isinstance(key, str) or len(key) != 40 or not key.isascii():
+        return False
+    try:
+        return len(z85.decode(key.encode("ascii"))) == 32
+    except (KeyError, ValueError, TypeError):  # z85.decode raises KeyError on a character outside its alphabet
+        return False
+
+
+def _endpoints(address: str) -> set:
+    """What ``address`` listens on: the resolved (ip, port) pairs of a tcp:// address, else (or when it
+    does not resolve) the text itself, so that ``localhost`` and ``127.0.0.1`` on one port are one address."""
+    if not address.startswith("tcp://"):
+        return {address}
+    host, _, port = address[6:].rpartition(":")
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError, ValueError):
+        return {address}
+    return {(info[4][0], info[4][1]) for info in infos} or {address}
+
+
+def _port(address: str) -> str | None:
+    return address.rpartition(":")[2] if address.startswith("tcp://") else None
+
+
+def _check_addresses(nodes: list[Node], source: str) -> None:
+    """Refuse two nodes with one address, comparing resolved host names (only names that share a port are
+    resolved, so a cluster across hosts on distinct ports never waits for the name service)."""
+    resolved: dict[str, set] = {}
+
+    def endpoints(address: str) -> set:
+        if address not in resolved:
+            resolved[address] = _endpoints(address)
+        return resolved[address]
+
+    seen: list[tuple[Node, str]] = []
+    for nd in nodes:
+        who = "the dealer" if nd.id == "dealer" else f"party {nd.id}"
+        for other, other_who in seen:
+            same = nd.address == other.address
+            if not same and _port(nd.address) is not None and _port(nd.address) == _port(other.address):
+                common = endpoints(nd.address) & endpoints(other.address)
+                same = bool(common)
+            if same:
+                how = "" if nd.address == other.address else f" ({nd.address} and {other.address} are the same address)"
+                raise ConfigError(
+                    f"{source}: {who} claims the address {nd.address} of {other_who}{how}: give every party and "
+                    "the dealer its own host:port"
+                )
+        seen.append((nd, who))
 
 
 def parse_cluster(data: dict[str, Any], source: str = "<memory>") -> Cluster:
@@ -146,12 +210,7 @@ def parse_cluster(data: dict[str, Any], source: str = "<memory>") -> Cluster:
         raise ConfigError(f"{source}: party ids must be 0..{len(parties) - 1}, got {sorted(parties)}")
     dealer = _node(data["dealer"], "[dealer]", source, "dealer") if "dealer" in data else None
     nodes = [parties[i] for i in range(len(parties))] + ([dealer] if dealer is not None else [])
-    seen: dict[str, str] = {}
-    for nd in nodes:
-        who = "the dealer" if nd.id == "dealer" else f"party {nd.id}"
-        if nd.address in seen:
-            raise ConfigError(f"{source}: {who} claims the address {nd.address} of {seen[nd.address]}")
-        seen[nd.address] = who
+    _check_addresses(nodes, source)
     keys = [nd.public_key for nd in nodes if nd.public_key is not None]
     if len(set(keys)) != len(keys):
         raise ConfigError(f"{source}: two nodes list the same public key; every party and the dealer need their own")
