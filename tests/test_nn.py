@@ -360,7 +360,9 @@ def test_training_steps_match_torch(sim, protocol, kind):
         assert [abs(a.item() - b) < 5e-3 for a, b in zip(losses, want_losses)] == [True, True], (losses, want_losses)
         for k, w in ref.state_dict().items():
             err = (state[k].double() - w).abs().max().item()
-            assert err <= 5e-3, f"{kind}: {k} off by {err:.2e}"
+            # Adam: an element whose exact gradient is ~0 (a dead unit) gets fixed-point noise of a few ulps,
+            # and Adam's scale-free step turns it into up to lr per step (mpc.optim.adam); SGD is exact to 5e-3.
+            assert err <= (5e-3 if kind == "sgd" else 2 * 1e-2 + 5e-3), f"{kind}: {k} off by {err:.2e}"
 
 
 # ----- the module protocol -----------------------------------------------------------------------------------

@@ -18,7 +18,10 @@ out at torch's default 1e-8).  Gradients are scaled by the public power of two
 exact to that on [2^-16, 2^16)) then sees ``S^2 v_hat``, accurate for gradient
 RMS in [2^-8 / S, 2^8 / S] = [6e-5, 4] at S = 64.  Below, rsqrt saturates at 256
 and the step shrinks smoothly (|step| <= lr); above, the step grows like
-``lr |g| / 4``: clip gradients (``mpc.nn.utils.clip_grad_value_``) if they can
+``lr |g| / 4``.  Known limit: a gradient that is zero in exact arithmetic
+(a dead unit) comes out as a few units in the last place, and Adam's
+scale-free step turns that noise into a step of up to about lr per step (torch
+takes none); clip gradients (``mpc.nn.utils.clip_grad_value_``) if they can
 exceed that.  Rounds per step (all parameters at once): 2 (square) + 1 (both
 averages in one truncation) + 9 (rsqrt) + 2 (product) + 1 (lr), + 1 with
 weight decay.
