@@ -212,7 +212,9 @@ class PlaintextFamily(ProtocolFamily):
 
     def conv2d_public(self, ctx, x, w, kernel_secret, **kw):
         return self._out(
-            ctx, "conv2d", x.conv2d_public(self.encode_public(ctx, w, what="conv2d"), kernel_secret=kernel_secret, **kw).value
+            ctx,
+            "conv2d",
+            x.conv2d_public(self.encode_public(ctx, w, what="conv2d"), kernel_secret=kernel_secret, **kw).value,
         )
 
     # ----- binary shares are a ring notion -------------------------------------------------------------------
