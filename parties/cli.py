@@ -10,7 +10,12 @@
 The protocol family of ``mpc party`` and ``mpc dealer`` is the cluster file's
 (``[options] protocol``); a family without a dealer has no [dealer] section and
 ``mpc dealer`` refuses to start for it.  ``--listen-fd`` is how ``mpc launch``
-hands a node the listening socket it bound for it (``parties.ports``).
+hands a node the listening socket it bound for it (``parties.ports``), and
+``--parent-pid`` its own pid: the node stops when the launcher dies.
+
+SIGINT, SIGTERM or SIGHUP to a node aborts the run (every peer fails at once
+with ``PeerAborted`` naming it) and the node exits with ``128 + signal``
+(``parties.stopping``).
 
 What a failing node prints (on stderr):
 
@@ -34,6 +39,7 @@ import argparse
 import json
 import os
 import runpy
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -50,6 +56,7 @@ from .keys import keygen, load_secret_key
 from .launch import ECHO_EXIT, launch
 from .lifecycle import run_dealer, run_party
 from .node import configure_logging, open_dealer, open_party_comm
+from .stopping import Stopped, StopSignals, die_with_parent
 
 __all__ = ["main"]
 
@@ -88,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     pa.add_argument("--stats", action="store_true", help="print rounds and bytes at the end")
     pa.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     pa.add_argument("--listen-fd", type=int, default=None, help=argparse.SUPPRESS)  # set by mpc launch
+    pa.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)  # set by mpc launch
     pa.add_argument("script")
     pa.add_argument("args", nargs=argparse.REMAINDER)
 
@@ -105,6 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     de.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     de.add_argument("--listen-fd", type=int, default=None, help=argparse.SUPPRESS)  # set by mpc launch
+    de.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)  # set by mpc launch
 
     kg = sub.add_parser("keygen", help="write a CURVE key pair")
     kg.add_argument("--out", required=True, help="directory for NAME.key and NAME.key_secret")
@@ -262,13 +271,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"mpc launch: {exc}", file=sys.stderr)
             return 2
     configure_logging("")
-    try:
-        return _party(args) if args.cmd == "party" else _dealer(args)
-    except MPCError as exc:
-        return _fail_line(args, exc)
-    except KeyboardInterrupt:
-        print(f"mpc {args.cmd}: {_who(args)}: interrupted", file=sys.stderr)
-        return 130
+    # SIGINT, SIGTERM and SIGHUP abort the run (peers fail at once, naming this node); exit 128 + signal.
+    with StopSignals() as stops:
+        try:
+            if args.parent_pid is not None:
+                die_with_parent(args.parent_pid)  # started by mpc launch: stop when the launcher dies
+            return _party(args) if args.cmd == "party" else _dealer(args)
+        except MPCError as exc:
+            stops.hold()
+            return _fail_line(args, exc)
+        except KeyboardInterrupt as exc:
+            stops.hold()
+            stopped = isinstance(exc, Stopped) and exc.signum != signal.SIGINT
+            print(f"mpc {args.cmd}: {_who(args)}: {exc if stopped else 'interrupted'}", file=sys.stderr)
+            return exc.exit_code if isinstance(exc, Stopped) else 130
 
 
 if __name__ == "__main__":

@@ -62,6 +62,8 @@ def abort_reason(exc: BaseException, who: str) -> str:
         return exc.reason
     if isinstance(exc, CommunicationError) and exc.peer is not None:
         return f"{type(exc).__name__} in {who}: {exc}"
+    if isinstance(exc, KeyboardInterrupt):  # Ctrl-C, or a stop signal (parties.stopping): "stopped by SIGTERM"
+        return f"{who} was {exc or 'interrupted'}"
     return f"{type(exc).__name__} in {who}"
 
 

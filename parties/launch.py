@@ -6,8 +6,16 @@ then starts ``mpc dealer`` (only when the protocol family needs one) and
 ``mpc party`` for each id: the same code path as a run across hosts.  The
 loopback ports are bound here and each node is handed its listening socket
 (``pass_fds`` and ``--listen-fd``; see ``parties.ports``), so none is guessed.  Every output line is prefixed with its process; the exit code is
-non-zero when any process fails, and then the others are stopped.  Ctrl-C stops
-every process it started.
+non-zero when any process fails, and then the others are stopped.
+
+SIGINT (Ctrl-C), SIGTERM or SIGHUP to the launcher stops every process it
+started (SIGTERM to each node's process group; a node aborts the run and exits;
+SIGKILL after ``STOP_GRACE`` seconds), deletes the run directory with its key
+files, and exits with ``128 + signal``.  The same signals to one node make it
+abort the run: its peers fail at once naming it, and the launcher stops the
+rest.  Every node is told the launcher's pid (``--parent-pid``) and stops when
+the launcher dies, even by SIGKILL (``parties.stopping``; the run directory is
+then left behind, since nobody is left to delete it).
 
 Bad arguments (``-n``, a missing script, bad options) raise ``ConfigError``
 before anything starts.  ``debug`` passes ``--debug`` to every node (full
@@ -33,10 +41,15 @@ from mpc.errors import ConfigError
 from .cluster import write_cluster
 from .keys import save_key_pair
 from .local import LocalCluster, local_cluster
+from .stopping import STOP_SIGNALS, Stopped, StopSignals, signal_name
 
 __all__ = ["launch"]
 
+# Seconds a node gets to abort and exit after SIGTERM before SIGKILL (its abort lingers at most 2 s).
 STOP_GRACE = 3.0
+KILL_WAIT = 1.0
+# Seconds left for the output of stopped nodes to be printed.
+PUMP_GRACE = 1.0
 # Characters of one output line of a node that the launcher prints (the rest of the line follows on the next).
 LINE_LIMIT = 16_384
 # Exit code of a node that failed only because a peer aborted: the launcher names the peer's failure instead.
@@ -105,45 +118,55 @@ def launch(
     if protocol is not None:
         options["protocol"] = protocol
     local = local_cluster(n, insecure, options)  # a bad option raises ConfigError before any process starts
-    run_dir = Path(tempfile.mkdtemp(prefix="mpc-run-"))
-    os.chmod(run_dir, 0o700)
     procs: dict[str, subprocess.Popen] = {}
     pumps: list[threading.Thread] = []
-    try:
-        with local.listeners:  # each child holds its own copy once started; ours close after the loop
-            cluster_path, secrets = write_local_run(run_dir, local)
-            base = [sys.executable, "-m", "parties.cli"]
-            env = dict(os.environ, PYTHONUNBUFFERED="1")
-            for node, who in enumerate(local.node_names):
-                fd = local.listeners.fd(node)
-                is_party = who != "dealer"
-                cmd = base + (["party"] if is_party else ["dealer"]) + ["--cluster", str(cluster_path)]
-                cmd += (["--id", str(node)] if is_party else []) + ["--listen-fd", str(fd)]
-                cmd += ["--insecure"] if insecure else ["--key", str(secrets[node])]
-                cmd += ["--debug"] if debug else []
-                if is_party:
-                    cmd += (["--stats"] if stats else []) + [script, *args]
-                p = subprocess.Popen(
-                    cmd,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    start_new_session=True,
-                    pass_fds=(fd,),
-                )
-                procs[who] = p
-                t = threading.Thread(target=_pump, args=(p.stdout, f"[{who}] ", sys.stdout), daemon=True)
-                t.start()
-                pumps.append(t)
-        return _supervise(procs)
-    except KeyboardInterrupt:
-        print("mpc launch: interrupted, stopping every process", file=sys.stderr)
-        return 130
-    finally:
-        _stop_all(procs)
-        for t in pumps:
-            t.join(2.0)
-        shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir: Path | None = None
+    with StopSignals() as stops:
+        try:
+            run_dir = Path(tempfile.mkdtemp(prefix="mpc-run-"))
+            os.chmod(run_dir, 0o700)
+            with local.listeners:  # each child holds its own copy once started; ours close after the loop
+                cluster_path, secrets = write_local_run(run_dir, local)
+                base = [sys.executable, "-m", "parties.cli"]
+                env = dict(os.environ, PYTHONUNBUFFERED="1")
+                for node, who in enumerate(local.node_names):
+                    fd = local.listeners.fd(node)
+                    is_party = who != "dealer"
+                    cmd = base + (["party"] if is_party else ["dealer"]) + ["--cluster", str(cluster_path)]
+                    cmd += (["--id", str(node)] if is_party else []) + ["--listen-fd", str(fd)]
+                    cmd += ["--parent-pid", str(os.getpid())]
+                    cmd += ["--insecure"] if insecure else ["--key", str(secrets[node])]
+                    cmd += ["--debug"] if debug else []
+                    if is_party:
+                        cmd += (["--stats"] if stats else []) + [script, *args]
+                    p = subprocess.Popen(
+                        cmd,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.STDOUT,
+                        env=env,
+                        start_new_session=True,
+                        pass_fds=(fd,),
+                    )
+                    procs[who] = p
+                    t = threading.Thread(target=_pump, args=(p.stdout, f"[{who}] ", sys.stdout), daemon=True)
+                    t.start()
+                    pumps.append(t)
+            return _supervise(procs)
+        except KeyboardInterrupt as exc:
+            stops.hold()
+            if isinstance(exc, Stopped) and exc.signum != signal.SIGINT:
+                print(f"mpc launch: {exc}, stopping every process", file=sys.stderr)
+                return exc.exit_code
+            print("mpc launch: interrupted, stopping every process", file=sys.stderr)
+            return 130
+        finally:
+            stops.hold()  # a second signal must not cut the clean-up short
+            _stop_all(procs)
+            deadline = time.monotonic() + PUMP_GRACE
+            for t in pumps:
+                t.join(max(0.0, deadline - time.monotonic()))
+            if run_dir is not None:
+                shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _failed(procs: dict[str, subprocess.Popen]) -> dict[str, int]:
@@ -152,13 +175,11 @@ def _failed(procs: dict[str, subprocess.Popen]) -> dict[str, int]:
 
 
 def _exited(code: int) -> str:
-    """``exited with code 1`` or, for a process killed by a signal, ``was killed by SIGKILL (code -9)``."""
+    """``exited with code 1``; ``was killed by SIGKILL (code -9)``; ``exited with code 143 (stopped by SIGTERM)``."""
     if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        return f"was killed by {name} (code {code})"
+        return f"was killed by {signal_name(-code)} (code {code})"
+    if code - 128 in STOP_SIGNALS:
+        return f"exited with code {code} (stopped by {signal_name(code - 128)})"
     return f"exited with code {code}"
 
 
@@ -190,20 +211,30 @@ def _supervise(procs: dict[str, subprocess.Popen]) -> int:
         time.sleep(0.05)
 
 
-def _stop_all(procs: dict[str, subprocess.Popen]) -> None:
+def _signal_groups(procs: dict[str, subprocess.Popen], sig: int) -> None:
+    # Every node leads its own process group (start_new_session): the group holds whatever its script started.
     for p in procs.values():
-        if p.poll() is None:
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        try:
+            os.killpg(p.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _stop_all(procs: dict[str, subprocess.Popen]) -> None:
+    """SIGTERM to every node's process group (each aborts the run and exits), SIGKILL after ``STOP_GRACE``."""
+    if all(p.poll() is not None for p in procs.values()):
+        return
+    _signal_groups(procs, signal.SIGTERM)
     deadline = time.monotonic() + STOP_GRACE
     for p in procs.values():
         try:
             p.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
+            pass
+    if any(p.poll() is None for p in procs.values()):
+        _signal_groups(procs, signal.SIGKILL)
+        for p in procs.values():
             try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            p.wait(1.0)
+                p.wait(KILL_WAIT)
+            except subprocess.TimeoutExpired:  # unkillable (uninterruptible sleep): do not block the clean-up
+                print(f"mpc launch: process {p.pid} did not die after SIGKILL", file=sys.stderr)

@@ -11,7 +11,9 @@ caller and its own child processes, never between parties.
 
 The cluster comes from ``parties.local`` (shared with ``mpc launch``): each
 child is handed the listening socket that the caller bound for it, so no port
-is guessed.  Each child runs the one lifecycle of ``parties.lifecycle``.
+is guessed.  Each child runs the one lifecycle of ``parties.lifecycle``, and
+exits when the caller's process dies (``parties.stopping.die_with_parent``),
+so that a caller killed by a signal leaves no party or dealer behind.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from .lifecycle import run_dealer, run_party
 from .local import local_cluster
 from .node import open_dealer, open_party, open_party_comm
 from .ports import adopt_listener
+from .stopping import die_with_parent
 
 __all__ = ["run", "init"]
 
@@ -57,7 +60,10 @@ def _party_main(
     fn: Callable,
     conn: Connection,
     listener: socket.socket | None = None,
+    parent: int | None = None,
 ) -> None:
+    if parent is not None:
+        die_with_parent(parent)  # SIGTERM (the default action: exit) when the caller dies
     reported: list[BaseException] = []
 
     def report(exc: BaseException) -> None:  # before the abort notices: the caller names the root cause
@@ -82,8 +88,15 @@ def _party_main(
 
 
 def _dealer_main(
-    cluster: Cluster, secret: bytes | None, insecure: bool, conn: Connection, listener: socket.socket | None = None
+    cluster: Cluster,
+    secret: bytes | None,
+    insecure: bool,
+    conn: Connection,
+    listener: socket.socket | None = None,
+    parent: int | None = None,
 ) -> None:
+    if parent is not None:
+        die_with_parent(parent)
     reported: list[BaseException] = []
 
     def report(exc: BaseException) -> None:
@@ -154,12 +167,14 @@ def run(
                 sock = listeners.socket(node)
                 if who == "dealer":
                     p = spawn.Process(
-                        target=_dealer_main, args=(cluster, secrets[node], insecure, send, sock), name="mpc-dealer"
+                        target=_dealer_main,
+                        args=(cluster, secrets[node], insecure, send, sock, os.getpid()),
+                        name="mpc-dealer",
                     )
                 else:
                     p = spawn.Process(
                         target=_party_main,
-                        args=(cluster, who, secrets[node], insecure, fn, send, sock),
+                        args=(cluster, who, secrets[node], insecure, fn, send, sock, os.getpid()),
                         name=f"mpc-party-{who}",
                     )
                 p.daemon = True
