@@ -53,7 +53,7 @@ from .dealer import IDLE_FACTOR, idle_limit
 from .desync import clean
 from .env import PartyEnv
 from .keys import keygen, load_secret_key
-from .launch import ECHO_EXIT, launch
+from .launch import ECHO_EXIT, STOP_GRACE, launch
 from .lifecycle import run_dealer, run_party
 from .node import configure_logging, open_dealer, open_party_comm
 from .stopping import Stopped, StopSignals, die_with_parent
@@ -73,7 +73,14 @@ def _parser() -> argparse.ArgumentParser:
     la = sub.add_parser("launch", help="run a script in N local parties plus the dealer")
     la.add_argument("-n", "--parties", type=int, required=True, help="number of parties (>= 2)")
     la.add_argument("--stats", action="store_true", help="print each party's rounds and bytes at the end")
-    la.add_argument("--timeout", type=float, default=None, help="seconds a receive waits for a peer (default 60)")
+    la.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds any receive waits for a peer before naming it (default 60); the dealer gives up after "
+        f"{IDLE_FACTOR} x this without a request, and a stopped run's processes get {STOP_GRACE:g} s to exit "
+        "before SIGKILL",
+    )
     la.add_argument("--frac-bits", type=int, default=None, help="fixed-point fractional bits (default 16)")
     la.add_argument("--insecure", action="store_true", help="no encryption or authentication (warned at every party)")
     la.add_argument(
@@ -91,7 +98,13 @@ def _parser() -> argparse.ArgumentParser:
     pa.add_argument("--id", type=int, required=True, help="this party's id in the cluster file")
     pa.add_argument("--key", help="this party's secret key file (from mpc keygen)")
     pa.add_argument("--insecure", action="store_true", help="no encryption or authentication (warned)")
-    pa.add_argument("--timeout", type=float, default=None, help="override the cluster file's receive timeout")
+    pa.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds any receive waits for a peer before naming it (default: the cluster file's [options] "
+        "timeout, else 60); the closing barrier waits as long",
+    )
     pa.add_argument("--stats", action="store_true", help="print rounds and bytes at the end")
     pa.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     pa.add_argument("--listen-fd", type=int, default=None, help=argparse.SUPPRESS)  # set by mpc launch

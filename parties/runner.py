@@ -134,7 +134,10 @@ def run(
     that holds a ``SecretTensor`` is refused (``ProtocolError`` naming the party:
     return ``x.reveal()`` or ``x.reveal(to=k)`` instead).  The dealer gives up
     after ``parties.dealer.idle_limit`` seconds without a request (10 x
-    ``timeout``).  Links are encrypted with fresh CURVE keys unless
+    ``timeout``).  ``run_timeout`` bounds the whole run (default ``None``: no
+    bound, since a program may compute for hours; every wait for a peer is still
+    bounded by ``timeout``, so only a party that computes without end keeps the
+    caller waiting).  Links are encrypted with fresh CURVE keys unless
     ``insecure``.  An exception in any party is raised here as ``PartyFailed`` with that party's
     id and traceback, and every other process is stopped.  With
     ``return_stats`` each result is a pair ``(value, stats dict)``.

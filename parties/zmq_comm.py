@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import zmq
+import zmq.auth.base
 import zmq.auth.thread
 from zmq.utils.monitor import recv_monitor_message
 
@@ -44,6 +45,8 @@ log = logging.getLogger("mpc.zmq")
 
 BIG = 1 << 16
 CLOSE_LINGER_MS = 2000
+# Seconds the ZAP authenticator thread gets to stop at close.
+AUTH_STOP = 5.0
 # A dropped connection is fatal only if the peer's bye has not arrived this long after
 # (its last frames travel on the other connection of the pair and may come later).
 LOST_GRACE = 1.0
@@ -81,6 +84,24 @@ class _AllowList:
         self.refused.append(key)
         log.warning("refused a connection from an unknown CURVE key %s", key.decode("ascii", "replace"))
         return False
+
+
+def _stop_authenticator(auth: zmq.auth.thread.ThreadAuthenticator) -> bool:
+    """``auth.stop()`` with a bounded join (pyzmq's joins its thread without a timeout); False if it hung."""
+    thread = auth.thread
+    if auth.pipe is not None and thread is not None:
+        try:
+            auth.pipe.send(b"TERMINATE", zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+        thread.join(AUTH_STOP)
+        if thread.is_alive():
+            return False
+        auth.thread = None  # type: ignore[assignment]
+        auth.pipe.close()
+        auth.pipe = None  # type: ignore[assignment]
+    zmq.auth.base.Authenticator.stop(auth)
+    return True
 
 
 class ZmqCommunicator(BufferedCommunicator):
@@ -283,10 +304,11 @@ class ZmqCommunicator(BufferedCommunicator):
         if getattr(self, "_listen_fd", None) is not None:  # never handed to ZeroMQ: close it here
             os.close(self._listen_fd)
             self._listen_fd = None
-        if self._auth is not None:
-            self._auth.stop()
-        if self._own_context:
-            self._zctx.term()
+        stuck = self._auth is not None and not _stop_authenticator(self._auth)
+        if stuck:  # its sockets stay open, so term() would wait for ever: leave the context to the exit
+            log.warning("the ZAP authenticator thread did not stop within %gs; not terminating its context", AUTH_STOP)
+        elif self._own_context:
+            self._zctx.term()  # bounded: every socket is closed, with a linger of at most CLOSE_LINGER_MS
 
     def terminate_context(self) -> None:
         """Terminate a shared context (inproc simulator) after every node closed."""
