@@ -73,6 +73,8 @@ def _pump(stream, prefix: str, out) -> None:
     # readline(limit): a node that writes without newlines cannot make the launcher hold unbounded text.
     for raw in iter(lambda: stream.readline(LINE_LIMIT), b""):
         line = raw.decode("utf-8", "replace").rstrip("\r\n")
+        # A carriage return redraws the line (a progress bar): show what the line ends as, not the escapes.
+        line = line.rsplit("\r", 1)[-1]
         out.write(prefix + printable_line(line) + "\n")
         out.flush()
     stream.close()

@@ -76,7 +76,12 @@ def test_launcher_lines_are_escaped_and_bounded():
     _pump(io.BytesIO(b"fine\r\n\x1b[2J\r[party 0] all good\n" + b"B" * (3 * LINE_LIMIT) + b"\n"), "[party 1] ", out)
     lines = out.getvalue().splitlines()
     assert lines[0] == "[party 1] fine"
-    assert lines[1] == "[party 1] \\x1b[2J\\r[party 0] all good"
+    # a carriage return redraws the line (progress bars): the line shows what it ends as, always after the
+    # node's prefix, so it cannot pass for another node's line
+    assert lines[1] == "[party 1] [party 0] all good"
+    out = io.StringIO()
+    _pump(io.BytesIO(b"epoch 1:  10%\repoch 1:  50%\repoch 1: 100%\x1b[2J\n"), "[party 0] ", out)
+    assert out.getvalue() == "[party 0] epoch 1: 100%\\x1b[2J\n"
     assert all(ln.startswith("[party 1] ") and len(ln) <= LINE_LIMIT + 20 for ln in lines)
     assert _printable(out.getvalue().replace("\n", ""))
 
