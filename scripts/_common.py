@@ -109,10 +109,11 @@ def batches(n: int, batch: int, epoch: int) -> list[torch.Tensor]:
 class _Lines:
     """A file for tqdm when stdout is not a terminal (``mpc launch`` pipes every party's output).
 
-    The launcher prints each output line after its prefix and escapes a
-    carriage return, so tqdm's in-place redraws would become one long line;
-    this writes each redraw as its own line instead (tqdm's ``mininterval``
-    keeps them few), skipping repeats.
+    The launcher prints a node's output line by line after its prefix, and of
+    a line redrawn with carriage returns only what it ends as, so tqdm's
+    in-place redraws would show nothing until the epoch ends; this writes each
+    redraw as its own line instead (tqdm's ``mininterval`` keeps them few),
+    skipping repeats.
     """
 
     def __init__(self, out: Any) -> None:
