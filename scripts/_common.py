@@ -182,6 +182,53 @@ class Meter:
         return {"seconds": d[0], "rounds": d[1], "bytes_sent": d[2], "dealer_bytes": d[3]}
 
 
+def train_epoch(ctx: mpc.PartyContext, args: argparse.Namespace, epoch: int, epochs: int, n: int,
+                step: Callable[[torch.Tensor], mpc.SecretTensor]) -> dict[str, float]:  # fmt: skip
+    """One epoch of ``step(rows)`` (zero_grad, forward, backward, optimizer step; returns the secret loss).
+
+    Batches follow the public order of ``batches``.  The loss is an agreed
+    output only if ``--loss-to`` names a party: the sum of every
+    ``--loss-every`` batch losses (secret additions, free) is revealed to that
+    party alone, which shows the mean on its progress bar (the bar is party
+    0's when no loss is revealed).  Returns this party's traffic over the epoch.
+    """
+    lp = loss_party(args, ctx.world_size)
+    steps = batches(n, args.batch, epoch)
+    bar = Progress(len(steps), f"epoch {epoch + 1}/{epochs}", show=ctx.rank == (0 if lp is None else lp))
+    meter = Meter(ctx)
+    window, count = None, 0
+    for i, rows in enumerate(steps):
+        loss = step(rows)
+        shown = None
+        if lp is not None:
+            window = loss.detach() if window is None else window + loss.detach()
+            count += 1
+            if count == args.loss_every or i == len(steps) - 1:
+                total = window.reveal(to=lp)
+                shown = None if total is None else float(total) / count
+                window, count = None, 0
+        bar.update(shown)
+    bar.close()
+    return meter.stop()
+
+
+def plaintext_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, loss_fn: Callable[..., torch.Tensor],
+                    x: torch.Tensor, t: torch.Tensor, n: int, batch: int, epoch: int) -> None:  # fmt: skip
+    """The baseline's epoch: the same batches as ``train_epoch``, in torch."""
+    for rows in batches(n, batch, epoch):
+        opt.zero_grad()
+        loss_fn(model(x[rows]), t[rows]).backward()
+        opt.step()
+
+
+def summary(ctx: mpc.PartyContext, what: str, epochs: int, seconds: float, private: float, plain: float) -> None:
+    say(f"\n{what}, {ctx.world_size} parties ({ctx.config.protocol}), {epochs} epochs in {seconds:.0f} s:")
+    say(f"  test accuracy, private training:  {private:.4f}")
+    say(f"  test accuracy, plaintext torch:   {plain:.4f}   (same seeds, initial weights and batches; computed "
+        "from the public data set)")  # fmt: skip
+    say(f"  difference: {100 * (private - plain):+.2f} points")
+
+
 def traffic(m: dict[str, float]) -> str:
     dealer = f", {m['dealer_bytes'] / 1e6:.1f} MB from the dealer" if m["dealer_bytes"] else ""
     return f"{m['rounds']:.0f} rounds, {m['bytes_sent'] / 1e6:.1f} MB sent{dealer}, {m['seconds']:.1f} s"
@@ -206,6 +253,8 @@ def parser(doc: str, epochs: int, batch: int, lr: float) -> argparse.ArgumentPar
     ap.add_argument("--loss-to", default="0", metavar="K|none",
                     help="the party that receives the training loss (its progress bar shows it); 'none' reveals "
                          "no loss (default 0)")  # fmt: skip
+    ap.add_argument("--loss-every", type=int, default=5, metavar="K",
+                    help="reveal the mean loss of every K batches to --loss-to (default 5)")  # fmt: skip
     ap.add_argument("--parties", type=int, default=2, help="parties under mpc.run (ignored under mpc launch)")
     ap.add_argument("--protocol", default="additive-dealer", help="protocol family under mpc.run (mpc launch has "
                     "its own --protocol); 'plaintext' is NOT secure, for dry runs")  # fmt: skip

@@ -35,17 +35,17 @@ import torch
 from _common import (
     SEED,
     Meter,
-    Progress,
-    batches,
     deal,
     load,
-    loss_party,
     main,
     one_hot,
     parser,
+    plaintext_epoch,
     say,
     share_rows,
+    summary,
     traffic,
+    train_epoch,
 )
 
 import mpc
@@ -64,7 +64,6 @@ def party(ctx: mpc.PartyContext, args) -> dict:
     data = load("digits")
     n = len(data.x_train) // 4 if args.quick else len(data.x_train)
     epochs = 1 if args.quick else args.epochs
-    lp = loss_party(args, world)
     parts = deal(n, world)
     if rank == 0:
         held = ", ".join(f"party {k} {len(p)}" for k, p in enumerate(parts))
@@ -82,6 +81,13 @@ def party(ctx: mpc.PartyContext, args) -> dict:
     opt = mpc.optim.SGD(model.parameters(), lr=args.lr, momentum=MOMENTUM)
     loss_fn = mpc.nn.CrossEntropyLoss()
 
+    def step(rows: torch.Tensor) -> mpc.SecretTensor:
+        opt.zero_grad()
+        loss = loss_fn(model(x[rows]), t[rows])
+        loss.backward()
+        opt.step()
+        return loss
+
     if rank == 0:  # the plaintext baseline (from the public data set; see the module docstring)
         order = torch.cat(parts)  # the secret rows' order: party 0's, then party 1's, ...
         xp, yp = data.x_train[:n][order], data.y_train[:n][order]
@@ -90,37 +96,14 @@ def party(ctx: mpc.PartyContext, args) -> dict:
 
     history, run = [], Meter(ctx)
     for epoch in range(epochs):
-        steps = batches(n, args.batch, epoch)
-        bar = Progress(len(steps), f"epoch {epoch + 1}/{epochs}", show=rank == (0 if lp is None else lp))
+        train_traffic = train_epoch(ctx, args, epoch, epochs, n, step)
         meter = Meter(ctx)
-        window, count = None, 0
-        for i, idx in enumerate(steps):
-            opt.zero_grad()
-            loss = loss_fn(model(x[idx]), t[idx])
-            loss.backward()
-            opt.step()
-            shown = None
-            if lp is not None:  # the agreed output: the mean loss of every --loss-every batches, to party lp
-                window = loss.detach() if window is None else window + loss.detach()
-                count += 1
-                if count == args.loss_every or i == len(steps) - 1:
-                    total = window.reveal(to=lp)
-                    shown = None if total is None else float(total) / count
-                    window, count = None, 0
-            bar.update(shown)
-        bar.close()
-        train_traffic = meter.stop()
-
-        meter.start()
         with mpc.no_grad():
             predicted = model(x_test).argmax(1).reveal(to=0)  # the agreed output: test predictions, to party 0
         eval_traffic = meter.stop()
         line = {"epoch": epoch + 1, "train": train_traffic, "eval": eval_traffic}
         if rank == 0:
-            for idx in steps:
-                ref_opt.zero_grad()
-                torch.nn.functional.cross_entropy(ref(xp[idx]), yp[idx]).backward()
-                ref_opt.step()
+            plaintext_epoch(ref, ref_opt, torch.nn.functional.cross_entropy, xp, yp, n, args.batch, epoch)
             with torch.no_grad():
                 plain = ref(data.x_test).argmax(1)
             line["private"] = (predicted == data.y_test).double().mean().item()
@@ -135,12 +118,7 @@ def party(ctx: mpc.PartyContext, args) -> dict:
 
     total = run.stop()
     if rank == 0:
-        last = history[-1]
-        say(f"\nMLP on digits, {world} parties ({ctx.config.protocol}), {epochs} epochs in {total['seconds']:.0f} s:")
-        say(f"  test accuracy, private training:    {last['private']:.4f}")
-        say(f"  test accuracy, plaintext torch:     {last['plaintext']:.4f}"
-            "   (same seeds, initial weights and batches; from the public data set)")  # fmt: skip
-        say(f"  difference: {100 * (last['private'] - last['plaintext']):+.2f} points")
+        summary(ctx, "MLP on digits", epochs, total["seconds"], history[-1]["private"], history[-1]["plaintext"])
     if args.stats:
         say(f"party {rank}, whole run: {traffic(total)}")
     return {"party": rank, "history": history, "total": total}
@@ -148,5 +126,4 @@ def party(ctx: mpc.PartyContext, args) -> dict:
 
 if __name__ == "__main__":
     ap = parser(__doc__, epochs=3, batch=32, lr=0.05)
-    ap.add_argument("--loss-every", type=int, default=5, help="reveal the mean loss of every K batches (default 5)")
     sys.exit(main(party, ap))
