@@ -250,9 +250,9 @@ def parser(doc: str, epochs: int, batch: int, lr: float) -> argparse.ArgumentPar
     ap.add_argument("--lr", type=float, default=lr, help=f"learning rate (default {lr})")
     ap.add_argument("--stats", action="store_true", help="print rounds, bytes and seconds per epoch at every party")
     ap.add_argument("--quick", action="store_true", help="a fast run: one epoch on a quarter of the training rows")
-    ap.add_argument("--loss-to", default="0", metavar="K|none",
-                    help="the party that receives the training loss (its progress bar shows it); 'none' reveals "
-                         "no loss (default 0)")  # fmt: skip
+    ap.add_argument("--loss-to", default="0", metavar="K|last|none",
+                    help="the party that receives the training loss (its progress bar shows it); 'last' is party "
+                         "N-1, 'none' reveals no loss (default %(default)s)")  # fmt: skip
     ap.add_argument("--loss-every", type=int, default=5, metavar="K",
                     help="reveal the mean loss of every K batches to --loss-to (default 5)")  # fmt: skip
     ap.add_argument("--parties", type=int, default=2, help="parties under mpc.run (ignored under mpc launch)")
@@ -264,9 +264,9 @@ def parser(doc: str, epochs: int, batch: int, lr: float) -> argparse.ArgumentPar
 def loss_party(args: argparse.Namespace, world: int) -> int | None:
     if str(args.loss_to).lower() == "none":
         return None
-    k = int(args.loss_to)
+    k = world - 1 if args.loss_to == "last" else int(args.loss_to) if str(args.loss_to).isdigit() else -1
     if not 0 <= k < world:
-        raise SystemExit(f"--loss-to must be a party id in 0..{world - 1} or 'none', got {args.loss_to}")
+        raise SystemExit(f"--loss-to must be a party id in 0..{world - 1}, 'last' or 'none', got {args.loss_to!r}")
     return k
 
 
@@ -277,6 +277,7 @@ def main(party: Callable[[mpc.PartyContext, argparse.Namespace], Any], ap: argpa
     if "MPC_RANK" in os.environ:  # started by `mpc launch` / `mpc party`
         party(mpc.init(), args)
         return 0
+    loss_party(args, args.parties)  # a bad --loss-to stops here, before any party starts
     if args.protocol == "plaintext":
         say("WARNING: --protocol plaintext runs every value in the clear (a dry run, NOT secure)")
     mpc.run(functools.partial(party, args=args), parties=args.parties, protocol=args.protocol, timeout=120.0)
