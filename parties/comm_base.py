@@ -100,6 +100,7 @@ class BufferedCommunicator(Communicator):
         self._desync_sent: set[int] = set()
         self._desync_recv: dict[int, list] = {}
         self._resolving = False
+        self.run_id: bytes | None = None  # agreed at setup (parties.party); frames of another run are refused
 
     # ----- transport primitives ---------------------------------------------------
     @abstractmethod
@@ -125,7 +126,8 @@ class BufferedCommunicator(Communicator):
         if not 0 <= peer < self.nodes or peer == self.rank:
             raise ProtocolError(f"{self.name(self.rank)} cannot send to node {peer}")
         t = self.transcript
-        mark = (t.count, t.digest) if t is not None else (0, bytes(wire.DIGEST_BYTES))
+        count, digest = (t.count, t.digest) if t is not None else (0, bytes(wire.DIGEST_BYTES))
+        mark = (count, digest, self.run_id or bytes(wire.RUN_ID_BYTES))
         if tensor is None:
             payload: bytes | memoryview = b""
             header = wire.encode_header(kind, self.rank, self._out_seq[peer], op, torch.uint8, (0,), 0, *mark)
@@ -186,6 +188,7 @@ class BufferedCommunicator(Communicator):
             if peer in self._bye and not self._buf[peer]:
                 return None
             raise
+        self._check_run(peer, h)
         t = wire.decode_payload(h, payload, peer)
         self.stats.dealer_messages += 1
         self.stats.dealer_bytes_recv += h.nbytes
@@ -231,6 +234,7 @@ class BufferedCommunicator(Communicator):
         if self._recorder is not None:
             self._recorder(sender, bytes(hbuf), bytes(payload))
         if h.kind == wire.KIND_ABORT:
+            self._check_run(sender, h)
             # Peer-controlled text: control characters escaped (no fake lines, no terminal escapes), bounded.
             reason = clean(bytes(payload[:ABORT_TEXT_LIMIT]).decode("utf-8", "replace"), ABORT_TEXT_LIMIT)
             err = PeerAborted(f"{self.name(sender)} failed and stopped the run: {reason}", sender)
@@ -255,11 +259,31 @@ class BufferedCommunicator(Communicator):
             )
         self._buf[sender].append((h, payload))
 
+    # ----- run identity -------------------------------------------------------------------------
+    def set_run_id(self, run_id: bytes) -> None:
+        """From now on every frame carries ``run_id`` and every frame received must carry it."""
+        if len(run_id) != wire.RUN_ID_BYTES:
+            raise ProtocolError(f"a run id has {wire.RUN_ID_BYTES} bytes")
+        self.run_id = bytes(run_id)
+
+    def _check_run(self, peer: int, h: wire.Header) -> None:
+        """Refuse a frame of another run: once the run id is agreed, every frame must carry it."""
+        zeros = bytes(wire.RUN_ID_BYTES)
+        if self.run_id is None or h.run == self.run_id or (h.run == zeros and h.kind == wire.KIND_ABORT):
+            return
+        raise WireError(
+            f"{self.name(peer)} sent a frame of another run (run id {h.run.hex()}, this run is "
+            f"{self.run_id.hex()}): a process left over from an earlier run, or a node started for another "
+            "run, holds this cluster's keys; stop it and start every node of the run afresh",
+            peer,
+        )
+
     # ----- the program-consistency check --------------------------------------------------
     def _is_party(self, node: int) -> bool:
         return not (self.has_dealer and node == self.world_size) and self.rank != self.world_size
 
     def _check_transcript(self, peer: int, h: wire.Header) -> None:
+        self._check_run(peer, h)
         t = self.transcript
         if t is None or not self._is_party(peer):
             return
@@ -307,12 +331,14 @@ class BufferedCommunicator(Communicator):
                         break
         finally:
             self._resolving = False
+        self.run_id: bytes | None = None  # agreed at setup (parties.party); frames of another run are refused
         mine = self._records_for(peer)
         raise DesyncError(
             explain(self.name(self.rank), self.name(peer), t.count, mine, self._desync_recv.get(peer)), peer
         )
 
     def _accept(self, peer: int, op: str, expect: Expect, h: wire.Header, payload) -> torch.Tensor:
+        self._check_run(peer, h)
         self._check_transcript(peer, h)
         expected_seq = self._in_seq[peer]
         self._in_seq[peer] += 1

@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import logging
 
+import torch
+
 from mpc.config import MPCConfig
+from mpc.context import Expect
 from mpc.errors import ConfigError, PeerTimeout, ProtocolError
 from mpc.prg import new_seed
 from protocols.correlated import CORRELATIONS, MAX_PARAMS, DealerGenerator, _numel
 
 from .comm_base import BufferedCommunicator
-from .party import bytes_tensor
+from .party import NONCE_BYTES, bytes_tensor, run_id
 
 __all__ = ["serve_dealer", "idle_limit", "IDLE_FACTOR"]
 
@@ -66,8 +69,14 @@ def serve_dealer(comm: BufferedCommunicator, config: MPCConfig, idle_timeout: fl
     n = comm.world_size
     fp = config.fingerprint()
     seeds = [new_seed() for _ in range(n)]
+    nonce = new_seed()[:NONCE_BYTES]
     for i in range(n):
-        comm.send(i, "setup:dealer", bytes_tensor(fp + seeds[i]))
+        comm.send(i, "setup:dealer", bytes_tensor(fp + nonce + seeds[i]))
+    nonces = []
+    for i in range(n):
+        got = comm.recv(i, "setup:nonce", Expect((NONCE_BYTES,), torch.uint8))
+        nonces.append(bytes(got.numpy().tobytes()))
+    comm.set_run_id(run_id(fp, nonces, nonce))
     gen = DealerGenerator(seeds)
     del seeds
     last = n - 1

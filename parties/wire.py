@@ -1,6 +1,6 @@
 """The wire format: one fixed-size header frame, then the raw tensor buffer.
 
-Header (little-endian, 204 bytes)::
+Header (little-endian, 212 bytes)::
 
     magic   4s   b"MPCW"
     version u8   2
@@ -14,6 +14,7 @@ Header (little-endian, 204 bytes)::
     shape   16 x i64
     opidx   u64  the sender's count of user-level operations (``mpc.transcript``)
     digest  8s   the sender's transcript digest after them
+    run     8s   the run id the nodes agreed on at setup (zeros during setup)
 
 Nothing from the wire is ever unpickled or evaluated: a payload becomes an
 array only after its header passed every check, and only with the declared,
@@ -51,9 +52,10 @@ VERSION = 2
 KIND_DATA, KIND_ABORT, KIND_BYE, KIND_DESYNC = 1, 2, 3, 4
 KINDS = (KIND_DATA, KIND_ABORT, KIND_BYE, KIND_DESYNC)
 DIGEST_BYTES = 8
+RUN_ID_BYTES = 8
 MAX_NDIM = 16
 OP_BYTES = 32
-_FMT = struct.Struct("<4sBBBBIQQ32s16qQ8s")
+_FMT = struct.Struct("<4sBBBBIQQ32s16qQ8s8s")
 HEADER_SIZE = _FMT.size
 
 _NP = {
@@ -82,6 +84,7 @@ class Header:
     nbytes: int
     opidx: int = 0
     digest: bytes = bytes(DIGEST_BYTES)
+    run: bytes = bytes(RUN_ID_BYTES)
 
 
 def _who(peer: int | None) -> str:
@@ -98,6 +101,7 @@ def encode_header(
     nbytes: int,
     opidx: int = 0,
     digest: bytes = bytes(DIGEST_BYTES),
+    run: bytes = bytes(RUN_ID_BYTES),
 ) -> bytes:
     if not op.isprintable():
         raise ProtocolError(f"operation name {op!r} has control characters")
@@ -109,7 +113,9 @@ def encode_header(
     if dtype not in _CODES:
         raise ProtocolError(f"dtype {dtype} cannot be sent")
     dims = list(shape) + [0] * (MAX_NDIM - len(shape))
-    return _FMT.pack(MAGIC, VERSION, kind, _CODES[dtype], len(shape), sender, seq, nbytes, opb, *dims, opidx, digest)
+    return _FMT.pack(
+        MAGIC, VERSION, kind, _CODES[dtype], len(shape), sender, seq, nbytes, opb, *dims, opidx, digest, run
+    )
 
 
 def decode_header(buf: bytes | memoryview, max_bytes: int, peer: int | None = None) -> Header:
@@ -118,7 +124,7 @@ def decode_header(buf: bytes | memoryview, max_bytes: int, peer: int | None = No
     if len(buf) != HEADER_SIZE:
         raise WireError(f"{who} sent a header of {len(buf)} bytes, expected {HEADER_SIZE}", peer)
     magic, version, kind, code, ndim, sender, seq, nbytes, opb, *rest = _FMT.unpack(buf)
-    dims, opidx, digest = rest[:MAX_NDIM], rest[MAX_NDIM], rest[MAX_NDIM + 1]
+    dims, opidx, digest, run = rest[:MAX_NDIM], rest[MAX_NDIM], rest[MAX_NDIM + 1], rest[MAX_NDIM + 2]
     if magic != MAGIC:
         raise WireError(f"{who} sent a frame with a wrong magic number {magic!r}: not an mpc peer", peer)
     if version != VERSION:
@@ -149,7 +155,7 @@ def decode_header(buf: bytes | memoryview, max_bytes: int, peer: int | None = No
             )
     if nbytes != numel * itemsize:
         raise WireError(f"{who} declared {nbytes} payload bytes for shape {shape} of {dtype}", peer)
-    return Header(kind, sender, seq, op, dtype, shape, nbytes, opidx, digest)
+    return Header(kind, sender, seq, op, dtype, shape, nbytes, opidx, digest, run)
 
 
 def decode_payload(h: Header, buf: bytes | memoryview, peer: int | None = None) -> torch.Tensor:

@@ -52,7 +52,7 @@ from parties.simulator import run_threads
 from parties.zmq_comm import CurveKeys, ZmqCommunicator
 
 ENC = FixedPoint(16)
-_FMT = struct.Struct("<4sBBBBIQQ32s16qQ8s")  # the header layout parties/wire.py documents
+_FMT = struct.Struct("<4sBBBBIQQ32s16qQ8s8s")  # the header layout parties/wire.py documents
 
 
 def _header(sender=1, seq=0, op="x", shape=(2,), **fields: Any) -> bytes:
@@ -529,11 +529,10 @@ def test_same_inputs_give_fresh_shares_every_run(name, n):
         assert la.keys() == lb.keys()
         for sender in la:
             for (h, pa), (_, pb) in zip(la[sender], lb[sender], strict=True):
-                # Public by design: share metadata, a setup message from a higher rank (options only; the
-                # lower rank draws the pair's seed), the dealer's requests.  All else carries fresh randomness.
+                # Public by design: share metadata and the dealer's requests.  All else carries fresh
+                # randomness (every setup message carries the sender's fresh run-id nonce).
                 public = (
                     h.op == "share"
-                    or (h.op == "setup" and node < sender < n)
                     or (node == n and h.op.startswith("corr:"))  # requests to the dealer: kinds and shapes
                     or (h.op == "reveal" and h.nbytes == 0)  # the recipient's empty frame: no payload at all
                 )

@@ -22,7 +22,7 @@ from parties.memory import MemoryCommunicator, MemoryHub
 from parties.zmq_comm import ZmqCommunicator
 
 LIMIT = 1 << 20
-_FMT = struct.Struct("<4sBBBBIQQ32s16qQ8s")  # the layout the wire module documents
+_FMT = struct.Struct("<4sBBBBIQQ32s16qQ8s8s")  # the layout the wire module documents
 
 
 def _header(kind=wire.KIND_DATA, sender=1, seq=7, op="mul", dtype=torch.int64, shape=(3, 4), nbytes=None):
