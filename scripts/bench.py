@@ -3,6 +3,7 @@
     python scripts/bench.py                 # the foundation set: mul 1e6, matmul 512, with 2 and 3 parties
     python scripts/bench.py --curve         # + CURVE on/off ratio for the 512 matmul and an MLP forward pass
     python scripts/bench.py --nonlinear     # + ReLU, comparisons, sigmoid, exp, ... (scripts/bench_nonlinear.py)
+    python scripts/bench.py --nn            # only the mpc.nn set: MLP and LeNet-5 inference, an MLP training step
     python scripts/bench.py --json out.json
 
 Every figure comes from the parties' own counters (``ctx.stats``): rounds are
@@ -10,6 +11,17 @@ rounds among parties; bytes are payload bytes one party sent to the others;
 dealer bytes are what the last party received from the dealer.  Seconds are the
 median over ``--repeat`` runs after one warm-up, timed inside party 0 between
 two synchronising exchanges.  Never run two benchmarks at once on this machine.
+
+The ``--nn`` set (issue 10) uses ``mpc.nn`` modules whose weights party 0
+initialises (torch's default init, shared), on inputs that party 1 shares:
+
+* ``mlp-infer``: MLP 784-128-128-10 with ReLU, batch 128, forward under ``mpc.no_grad``;
+* ``lenet-infer``: LeNet-5 on 1x28x28, batch 32: conv 6@5x5, ReLU, max pool 2, conv 16@5x5, ReLU, max pool 2,
+  fc 120, ReLU, fc 84, ReLU, fc 10 (no padding, so the first fc takes 16*4*4 = 256), forward under ``no_grad``;
+* ``mlp-train``: one step of that MLP on batch 128: forward, cross-entropy with party 1's one-hot labels (secret),
+  ``backward()``, ``SGD(lr=0.01).step()``.
+
+Nothing is revealed inside a timed step (logits, loss and weights stay secret).
 """
 
 from __future__ import annotations
@@ -20,11 +32,14 @@ import json
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
 
 import mpc
+import mpc.nn as mnn
+from mpc.errors import FixedPointWarning
 from protocols.sharing import open_all
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -56,8 +71,56 @@ def _mlp(x, ws):
     return h
 
 
+def _mlp_module():
+    return mnn.Sequential(
+        mnn.Linear(784, 128), mnn.ReLU(), mnn.Linear(128, 128), mnn.ReLU(), mnn.Linear(128, 10)
+    )  # fmt: skip
+
+
+def _lenet_module():
+    return mnn.Sequential(
+        mnn.Conv2d(1, 6, 5), mnn.ReLU(), mnn.MaxPool2d(2),
+        mnn.Conv2d(6, 16, 5), mnn.ReLU(), mnn.MaxPool2d(2),
+        mnn.Flatten(), mnn.Linear(16 * 4 * 4, 120), mnn.ReLU(), mnn.Linear(120, 84), mnn.ReLU(), mnn.Linear(84, 10),
+    )  # fmt: skip
+
+
+NN_OPS = {"mlp-infer": 128, "lenet-infer": 32, "mlp-train": 128}  # op: batch size
+
+
+def _nn_step(ctx, op: str, batch: int):
+    """The step to time for an ``--nn`` workload: weights from party 0, inputs (and labels) from party 1."""
+    with warnings.catch_warnings():
+        # torch's default init draws a few weights below 2^-17, which become 0 on the fixed-point grid; the
+        # FixedPointWarning that sharing them raises says nothing about the benchmark (one process per party here).
+        warnings.simplefilter("ignore", FixedPointWarning)
+        model = _lenet_module() if op == "lenet-infer" else _mlp_module()
+    x = _secret(ctx, (batch, 1, 28, 28) if op == "lenet-infer" else (batch, 784), owner=1)
+    if op.endswith("-infer"):
+        model.eval()
+
+        def infer():
+            with mpc.no_grad(ctx):
+                return model(x)
+
+        return infer
+    g = torch.Generator().manual_seed(7)
+    labels = torch.nn.functional.one_hot(torch.randint(0, 10, (batch,), generator=g), 10).double()
+    target = mpc.share(labels if ctx.rank == 1 else None, owner=1)
+    loss_fn, opt = mnn.CrossEntropyLoss(), mpc.optim.SGD(model.parameters(), lr=0.01)
+
+    def train():
+        opt.zero_grad()
+        loss_fn(model(x), target).backward()
+        opt.step()
+
+    return train
+
+
 def _party(ctx, op: str, size: int, repeat: int) -> dict:
-    if op == "mul":
+    if op in NN_OPS:
+        step = _nn_step(ctx, op, size)
+    elif op == "mul":
         x, y = _secret(ctx, (size,), 0), _secret(ctx, (size,), 1)
         step = lambda: x * y  # noqa: E731
     elif op == "matmul":
@@ -104,27 +167,19 @@ def measure(op: str, size: int, parties: int, repeat: int, insecure: bool = Fals
 
 
 def table(rows: list[dict]) -> str:
-    head = f"{'op':<10}{'size':>8}{'n':>3}{'curve':>7}{'seconds':>10}{'rounds':>8}{'MB/party':>10}{'ideal MB':>10}{'dealer MB':>11}"
+    head = f"{'op':<12}{'size':>8}{'n':>3}{'curve':>7}{'seconds':>10}{'rounds':>8}{'MB/party':>10}{'ideal MB':>10}{'dealer MB':>11}"
     lines = [head, "-" * len(head)]
     for r in rows:
         ideal = f"{r['ideal_open_bytes'] / 1e6:.2f}" if "ideal_open_bytes" in r else "-"
         lines.append(
-            f"{r['op']:<10}{r['size']:>8}{r['parties']:>3}{str(r['curve']):>7}{r['seconds']:>10.4f}{r['rounds']:>8}"
+            f"{r['op']:<12}{r['size']:>8}{r['parties']:>3}{str(r['curve']):>7}{r['seconds']:>10.4f}{r['rounds']:>8}"
             f"{r['bytes_per_party'] / 1e6:>10.2f}{ideal:>10}{r['dealer_bytes'] / 1e6:>11.2f}"
         )
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--parties", type=int, nargs="+", default=[2, 3])
-    ap.add_argument("--curve", action="store_true", help="measure the cost of CURVE encryption")
-    ap.add_argument("--curve-pairs", type=int, default=3, help="alternating CURVE on/off runs to compare")
-    ap.add_argument("--nonlinear", action="store_true", help="also run the nonlinear benchmarks")
-    ap.add_argument("--insecure", action="store_true", help="run the base set without CURVE")
-    ap.add_argument("--json", help="write the rows to this file")
-    args = ap.parse_args(argv)
+def foundation(args: argparse.Namespace) -> tuple[list[dict], dict[str, float]]:
+    """The foundation set (mul, matmul) and the extras its flags ask for: rows, CURVE overhead per op."""
     rows: list[dict] = []
     overhead: dict[str, float] = {}
     for n in args.parties:
@@ -148,6 +203,29 @@ def main(argv: list[str] | None = None) -> int:
 
         for n in args.parties:
             rows += run_bench(parties=n)
+    return rows, overhead
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--parties", type=int, nargs="+", default=[2, 3])
+    ap.add_argument("--curve", action="store_true", help="measure the cost of CURVE encryption")
+    ap.add_argument("--curve-pairs", type=int, default=3, help="alternating CURVE on/off runs to compare")
+    ap.add_argument("--nonlinear", action="store_true", help="also run the nonlinear benchmarks")
+    ap.add_argument("--insecure", action="store_true", help="run the base set without CURVE")
+    ap.add_argument(
+        "--nn",
+        action="store_true",
+        help="only the mpc.nn set: inference, a training step (ignores --curve, --nonlinear)",
+    )
+    ap.add_argument("--json", help="write the rows to this file")
+    args = ap.parse_args(argv)
+    if args.nn:
+        rows = [measure(op, b, n, args.repeat, args.insecure) for n in args.parties for op, b in NN_OPS.items()]
+        overhead: dict[str, float] = {}  # CURVE's cost is the foundation set's question
+    else:
+        rows, overhead = foundation(args)
     print(table([r for r in rows if "op" in r and "size" in r]))
     for op, ratio in overhead.items():
         print(f"CURVE overhead, {op} with 2 parties: {ratio:+.1%} in seconds (payload bytes unchanged)")
