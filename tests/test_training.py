@@ -27,7 +27,7 @@ well under its measured accuracy), so that agreeing with it means something.
 Tier and cost: the secure family (additive shares with a dealer), 2 parties,
 thread tier, except the MLP inference, which runs in real processes over
 ZeroMQ (``mpc.run``).  Runtimes measured on the 2-core CI machine (loaded by
-other jobs) are in each test's comment; the file takes about 45 s.
+other jobs) are in each test's comment; the file took 42-73 s (load average 2.5-6).
 """
 
 from __future__ import annotations
@@ -193,7 +193,7 @@ def _torch_seeded(seed: int, make):
 
 @pytest.mark.timeout(180)
 def test_logistic_regression_breast_cancer_within_1_point(sim):
-    # 2 epochs of 15 batches of 32 rows (30 steps), SGD lr 0.1 momentum 0.9. Measured: ~6 s.
+    # 2 epochs of 15 batches of 32 rows (30 steps), SGD lr 0.1 momentum 0.9. Measured: 4-6 s.
     xtr, ytr, xte, yte = breast_cancer()
     net = _torch_seeded(0, lambda: nn.Linear(30, 1))
     order = batches(len(xtr), 32, epochs=2)
@@ -206,7 +206,7 @@ def test_logistic_regression_breast_cancer_within_1_point(sim):
 @pytest.mark.timeout(240)
 def test_mlp_digits_within_2_points(sim):
     # 64-64-10 with ReLU, 2 epochs over the 1437 training images in batches of 32 (90 steps), SGD lr 0.1
-    # momentum 0.9. Measured: ~15 s.
+    # momentum 0.9. Measured: 11-17 s.
     xtr, ytr, xte, yte = digits()
     net = _torch_seeded(1, lambda: nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)))
     order = batches(len(xtr), 32, epochs=2)
@@ -232,7 +232,7 @@ CNN_TRAIN_IMAGES = 500  # a fixed subset (the first 500 of the training split) k
 def test_cnn_digits_within_3_points(sim):
     # 3 epochs over 500 images in batches of 50 (30 steps), SGD lr 0.1 momentum 0.9; the full 360-image test set.
     # Pixels standardised with the subset's mean and std (party 1's preprocessing): without it this CNN needs
-    # about three times the steps to learn as much. Measured: ~12 s.
+    # about three times the steps to learn as much. Measured: 14-37 s (the most sensitive to load).
     xtr, ytr, xte, yte = digits()
     xtr, ytr = xtr[:CNN_TRAIN_IMAGES], ytr[:CNN_TRAIN_IMAGES]
     mean, std = xtr.mean(), xtr.std()
@@ -287,7 +287,7 @@ def _agreement(pred: torch.Tensor, model: nn.Module, x: torch.Tensor) -> float:
 
 @pytest.mark.timeout(180)
 def test_mlp_inference_in_processes_agrees_with_torch():
-    # Real processes over ZeroMQ (CURVE): 2 parties and the dealer. Measured: ~10 s, mostly process start-up.
+    # Real processes over ZeroMQ (CURVE): 2 parties and the dealer. Measured: 10-19 s, mostly process start-up.
     _, _, xte, yte = digits()
     net = trained_in_plaintext(lambda: nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)), 3, False, 5)
     out = mpc.run(functools.partial(_infer, net=net, x=xte), parties=2, timeout=TIMEOUT, run_timeout=150)
@@ -301,7 +301,7 @@ def test_mlp_inference_in_processes_agrees_with_torch():
 # A trained weight or two below 2^-17 rounds to 0 when party 0 shares it (FixedPointWarning): expected, harmless.
 @pytest.mark.filterwarnings("ignore:.*below half the fixed-point resolution")
 def test_residual_cnn_inference_agrees_with_torch(sim):
-    # fx-traced model with a residual block; the whole 360-image test set in one batch. Measured: ~8 s.
+    # fx-traced model with a residual block; the whole 360-image test set in one batch. Measured: 1-5 s.
     _, _, xte, yte = digits()
     xte = xte.reshape(-1, 1, 8, 8)
     net = trained_in_plaintext(ResidualCNN, 4, True, 3)
