@@ -470,7 +470,10 @@ def make_parameter(
             value = torch.full(shape, float(fill), dtype=torch.float32)
         else:
             assert bound is not None
-            value = uniform(ctx.local_prg, shape, bound)
+            # drawn on the fixed-point grid: a default weight is what the secret model holds, and no draw
+            # below the resolution triggers the "values become 0" warning meant for the user's own data
+            scale = float(ctx.encoder.scale)
+            value = (torch.round(uniform(ctx.local_prg, shape, bound).double() * scale) / scale).float()
     t = share(value, owner=owner, ctx=ctx)
     return Parameter(t, requires_grad) if requires_grad else t
 
