@@ -21,7 +21,9 @@ import argparse
 import functools
 import os
 import sys
+import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -142,6 +144,9 @@ class Progress:
             from tqdm import tqdm
         except ImportError:  # the `demo` extra installs it; plain lines otherwise
             return
+        # One bar per process: a thread lock is enough, and tqdm's default multiprocessing lock would leave a
+        # semaphore behind when mpc.run stops a finished party process.
+        tqdm.set_lock(threading.RLock())
         tty = sys.stdout.isatty()
         self.bar = tqdm(total=total, desc=desc, unit="batch", file=sys.stdout if tty else _Lines(sys.stdout),
                         mininterval=0.2 if tty else 3.0, dynamic_ncols=tty, ncols=None if tty else 90)  # fmt: skip
@@ -207,17 +212,37 @@ def train_epoch(ctx: mpc.PartyContext, args: argparse.Namespace, epoch: int, epo
                 total = window.reveal(to=lp)
                 shown = None if total is None else float(total) / count
                 window, count = None, 0
+                if shown is not None and abs(shown) > ctx.encoder.bound / 2**10:
+                    warnings.warn(
+                        f"the revealed training loss {shown:.4g} is within a factor 1024 of the fixed-point range "
+                        f"(|v| < {ctx.encoder.bound:.3g}): an intermediate has probably overflowed; lower --lr, "
+                        "clip the gradients (--clip) or dry-run with --protocol plaintext to find where",
+                        mpc.FixedPointWarning,
+                        stacklevel=2,
+                    )
         bar.update(shown)
     bar.close()
     return meter.stop()
 
 
+def update(opt: mpc.optim.Optimizer, loss: mpc.SecretTensor, clip: float | None) -> mpc.SecretTensor:
+    """``loss.backward()``, the optional clipping (``--clip``), ``opt.step()``; returns the loss."""
+    loss.backward()
+    if clip:
+        mpc.nn.utils.clip_grad_value_([p for g in opt.param_groups for p in g["params"]], clip)
+    opt.step()
+    return loss
+
+
 def plaintext_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, loss_fn: Callable[..., torch.Tensor],
-                    x: torch.Tensor, t: torch.Tensor, n: int, batch: int, epoch: int) -> None:  # fmt: skip
-    """The baseline's epoch: the same batches as ``train_epoch``, in torch."""
+                    x: torch.Tensor, t: torch.Tensor, n: int, batch: int, epoch: int,
+                    clip: float | None = None) -> None:  # fmt: skip
+    """The baseline's epoch: the same batches (and ``clip``) as ``train_epoch``, in torch."""
     for rows in batches(n, batch, epoch):
         opt.zero_grad()
         loss_fn(model(x[rows]), t[rows]).backward()
+        if clip:
+            torch.nn.utils.clip_grad_value_(model.parameters(), clip)
         opt.step()
 
 
@@ -250,6 +275,9 @@ def parser(doc: str, epochs: int, batch: int, lr: float) -> argparse.ArgumentPar
     ap.add_argument("--lr", type=float, default=lr, help=f"learning rate (default {lr})")
     ap.add_argument("--stats", action="store_true", help="print rounds, bytes and seconds per epoch at every party")
     ap.add_argument("--quick", action="store_true", help="a fast run: one epoch on a quarter of the training rows")
+    ap.add_argument("--clip", type=float, default=None, metavar="C",
+                    help="clamp every gradient to [-C, C] before each step (mpc.nn.utils.clip_grad_value_; "
+                         "4 rounds per step; default: no clipping)")  # fmt: skip
     ap.add_argument("--loss-to", default="0", metavar="K|last|none",
                     help="the party that receives the training loss (its progress bar shows it); 'last' is party "
                          "N-1, 'none' reveals no loss (default %(default)s)")  # fmt: skip

@@ -39,6 +39,7 @@ from _common import (
     summary,
     traffic,
     train_epoch,
+    update,
 )
 
 import mpc
@@ -70,10 +71,7 @@ def party(ctx: mpc.PartyContext, args) -> dict:
 
     def step(rows: torch.Tensor) -> mpc.SecretTensor:
         opt.zero_grad()
-        loss = loss_fn(model(x[rows]), y[rows])
-        loss.backward()
-        opt.step()
-        return loss
+        return update(opt, loss_fn(model(x[rows]), y[rows]), args.clip)
 
     if rank == 0:  # the plaintext baseline, from the public data set
         order = torch.cat(parts)
@@ -91,7 +89,7 @@ def party(ctx: mpc.PartyContext, args) -> dict:
         line = {"epoch": epoch + 1, "train": train_traffic, "eval": eval_traffic}
         if rank == 0:
             plaintext_epoch(ref, ref_opt, torch.nn.functional.binary_cross_entropy_with_logits, xp, yp, n,
-                            args.batch, epoch)  # fmt: skip
+                            args.batch, epoch, args.clip)  # fmt: skip
             with torch.no_grad():
                 plain = ref(data.x_test).reshape(-1) > 0
             predicted = predicted.reshape(-1).bool()

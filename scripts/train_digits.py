@@ -46,6 +46,7 @@ from _common import (
     summary,
     traffic,
     train_epoch,
+    update,
 )
 
 import mpc
@@ -83,10 +84,7 @@ def party(ctx: mpc.PartyContext, args) -> dict:
 
     def step(rows: torch.Tensor) -> mpc.SecretTensor:
         opt.zero_grad()
-        loss = loss_fn(model(x[rows]), t[rows])
-        loss.backward()
-        opt.step()
-        return loss
+        return update(opt, loss_fn(model(x[rows]), t[rows]), args.clip)
 
     if rank == 0:  # the plaintext baseline (from the public data set; see the module docstring)
         order = torch.cat(parts)  # the secret rows' order: party 0's, then party 1's, ...
@@ -103,7 +101,7 @@ def party(ctx: mpc.PartyContext, args) -> dict:
         eval_traffic = meter.stop()
         line = {"epoch": epoch + 1, "train": train_traffic, "eval": eval_traffic}
         if rank == 0:
-            plaintext_epoch(ref, ref_opt, torch.nn.functional.cross_entropy, xp, yp, n, args.batch, epoch)
+            plaintext_epoch(ref, ref_opt, torch.nn.functional.cross_entropy, xp, yp, n, args.batch, epoch, args.clip)
             with torch.no_grad():
                 plain = ref(data.x_test).argmax(1)
             line["private"] = (predicted == data.y_test).double().mean().item()

@@ -46,6 +46,7 @@ from _common import (
     summary,
     traffic,
     train_epoch,
+    update,
 )
 
 import mpc
@@ -94,10 +95,7 @@ def party(ctx: mpc.PartyContext, args) -> dict:
 
     def step(rows: torch.Tensor) -> mpc.SecretTensor:
         opt.zero_grad()
-        loss = loss_fn(model(x[rows]), t[rows])
-        loss.backward()
-        opt.step()
-        return loss
+        return update(opt, loss_fn(model(x[rows]), t[rows]), args.clip)
 
     if rank == labels_at:  # the plaintext baseline, from the public data set
         ref = copy.deepcopy(net).double()
@@ -113,7 +111,7 @@ def party(ctx: mpc.PartyContext, args) -> dict:
         line = {"epoch": epoch + 1, "train": train_traffic, "eval": eval_traffic}
         if rank == labels_at:
             plaintext_epoch(ref, ref_opt, torch.nn.functional.cross_entropy, data.x_train, data.y_train, n,
-                            args.batch, epoch)  # fmt: skip
+                            args.batch, epoch, args.clip)  # fmt: skip
             with torch.no_grad():
                 plain = ref(data.x_test).argmax(1)
             line["private"] = (predicted == data.y_test).double().mean().item()
