@@ -102,7 +102,7 @@ def party(ctx: mpc.PartyContext, args) -> dict:
         elif rank == 0:
             say(f"{name}: party 0 shared its weights and received no output")
         if args.stats:
-            say(f"party {rank}, {name}: sharing the model and inputs {traffic(shared)}; "
+            say(f"party {rank}, {name}: setup (sharing the model and the inputs) {traffic(shared)}; "
                 f"inference of {m} images in batches of {args.batch} {traffic(inference)}")  # fmt: skip
         results[name] = out
     return {"party": rank, "models": results}
