@@ -294,7 +294,7 @@ def loss_party(args: argparse.Namespace, world: int) -> int | None:
         return None
     k = world - 1 if args.loss_to == "last" else int(args.loss_to) if str(args.loss_to).isdigit() else -1
     if not 0 <= k < world:
-        raise SystemExit(f"--loss-to must be a party id in 0..{world - 1}, 'last' or 'none', got {args.loss_to!r}")
+        raise ValueError(f"--loss-to must be a party id in 0..{world - 1}, 'last' or 'none', got {args.loss_to!r}")
     return k
 
 
@@ -302,10 +302,15 @@ def main(party: Callable[[mpc.PartyContext, argparse.Namespace], Any], ap: argpa
          argv: list[str] | None = None) -> int:  # fmt: skip
     """Run ``party(ctx, args)`` at this party (under ``mpc launch`` / ``mpc party``) or in N parties (``mpc.run``)."""
     args = ap.parse_args(argv)
-    if "MPC_RANK" in os.environ:  # started by `mpc launch` / `mpc party`
-        party(mpc.init(), args)
+    launched = "MPC_RANK" in os.environ  # started by `mpc launch` / `mpc party`
+    ctx = mpc.init() if launched else None
+    try:
+        loss_party(args, ctx.world_size if ctx is not None else args.parties)  # every party stops here alike
+    except ValueError as exc:
+        ap.error(str(exc))
+    if ctx is not None:
+        party(ctx, args)
         return 0
-    loss_party(args, args.parties)  # a bad --loss-to stops here, before any party starts
     if args.protocol == "plaintext":
         say("WARNING: --protocol plaintext runs every value in the clear (a dry run, NOT secure)")
     mpc.run(functools.partial(party, args=args), parties=args.parties, protocol=args.protocol, timeout=120.0)
