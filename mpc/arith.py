@@ -420,6 +420,7 @@ def _unary(name: str, method: str, cost: str, aliases=()):
 
 
 exp = _unary("exp", "exp", "8 rounds; domain [-12, 10]", (torch.exp,))
+exp_nonpositive = _unary("exp_nonpositive", "exp_nonpositive", "8 rounds; x <= 0 (0 below -11)")
 log = _unary("log", "log", "9 rounds; domain [1e-3, 1e4]", (torch.log,))
 reciprocal = _unary("reciprocal", "reciprocal", "9 rounds; domain 1e-2 <= |x| <= 1e4", (torch.reciprocal,))
 sqrt = _unary("sqrt", "sqrt", "9 rounds; domain [1e-3, 1e4]", (torch.sqrt,))

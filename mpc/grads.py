@@ -491,7 +491,7 @@ def _min(n: Node, g: Grad):
 # ----- nonlinear functions ----------------------------------------------------------------------------------------
 
 
-@rule("exp")
+@rule("exp", "exp_nonpositive")
 def _exp(n: Node, g: Grad):
     """``g e^x``, reusing the output: one product (2 rounds)."""
     return [(n.a["input"], _times(g, n.out))]
@@ -548,10 +548,10 @@ def _softmax(n: Node, g: Grad):
 
 @rule("log_softmax")
 def _log_softmax(n: Node, g: Grad):
-    """``g - softmax(x) sum(g)``: softmax as ``exp`` of the output (8 rounds) and one product (2; 1 for a
-    public ``g``)."""
+    """``g - softmax(x) sum(g)``: softmax as ``exp`` of the output, which is never positive (8 rounds), and one
+    product (2; 1 for a public ``g``)."""
     dim = n.a["dim"]
-    p = call("exp", n.out)
+    p = call("exp_nonpositive", n.out)
     return [(n.a["input"], g - _times(p, g.sum(dim, keepdim=True)))]
 
 

@@ -223,6 +223,8 @@ def _party(args) -> int:
             runpy.run_path(str(script), run_name="__main__")
         except SystemExit as exc:
             if _exit_code(exc):
+                if exc.code is not None and not isinstance(exc.code, int):
+                    print(exc.code, file=sys.stderr)  # sys.exit("message"): Python prints it, and so do we
                 raise  # the lifecycle aborts the run: the script failed
         except (CommunicationError, KeyboardInterrupt):
             raise  # a peer's problem, not the script's: one line (below); Ctrl-C: main()

@@ -67,6 +67,7 @@ __all__ = [
     "sqrt_table",
     "rsqrt_table",
     "exp",
+    "exp_nonpositive",
     "sigmoid",
     "tanh",
     "log",
@@ -124,6 +125,14 @@ def exp(ctx: PartyContext, x: Share) -> Share:
     return piecewise(ctx, x, EXP, "exp")
 
 
+EXP_NONPOSITIVE = exp_table(-11, 0)
+
+
+def exp_nonpositive(ctx: PartyContext, x: Share) -> Share:
+    """``e^x`` on ``x <= 0`` (probabilities from log-probabilities): 0 below -11 (true < 1.7e-5). Rounds 8."""
+    return piecewise(ctx, x, EXP_NONPOSITIVE, "exp")
+
+
 def sigmoid(ctx: PartyContext, x: Share) -> Share:
     """``1 / (1 + e^-x)`` on all reals (0 below -9 and 1 above 9 are within 1.3e-4). Rounds 8."""
     return piecewise(ctx, x, SIGMOID, "sigmoid")
@@ -178,7 +187,7 @@ def softmax(ctx: PartyContext, x: Share) -> Share:
     if c == 1:
         return ones_like(ctx, x)
     m, _, _ = ctx.family.max_reduce(ctx, x, op="softmax:max")
-    e = piecewise(ctx, x - m.unsqueeze(-1), exp_table(-11, 0), "softmax:exp")
+    e = piecewise(ctx, x - m.unsqueeze(-1), EXP_NONPOSITIVE, "softmax:exp")
     s = e.sum(-1, keepdim=True)
     inv = piecewise(ctx, s, reciprocal_table(-1, _octaves_for(c), negative=False), "softmax:inv")
     return mul(ctx, e, inv, "softmax:mul")
@@ -193,7 +202,7 @@ def log_softmax(ctx: PartyContext, x: Share) -> Share:
         return type(x).public(torch.zeros(x.shape, dtype=torch.int64), ctx.rank)
     m, _, _ = ctx.family.max_reduce(ctx, x, op="logsoftmax:max")
     z = x - m.unsqueeze(-1)
-    e = piecewise(ctx, z, exp_table(-11, 0), "logsoftmax:exp")
+    e = piecewise(ctx, z, EXP_NONPOSITIVE, "logsoftmax:exp")
     ls = piecewise(ctx, e.sum(-1, keepdim=True), log_table(-1, _octaves_for(c)), "logsoftmax:log")
     return z - ls
 

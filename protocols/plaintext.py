@@ -47,6 +47,7 @@ NOT_SECURE = (
 # Documented domains of the nonlinear functions (protocols.nonlinear's table): (low, high, on |x|).
 DOMAINS: dict[str, tuple[float, float, bool]] = {
     "exp": (-12.0, 10.0, False),
+    "exp_nonpositive": (float("-inf"), 2.0**-16, False),
     "log": (1e-3, 1e4, False),
     "reciprocal": (1e-2, 1e4, True),
     "sqrt": (1e-3, 1e4, False),
@@ -289,6 +290,9 @@ class PlaintextFamily(ProtocolFamily):
 
     def exp(self, ctx, x):
         return self._fn(ctx, "exp", x, torch.exp)
+
+    def exp_nonpositive(self, ctx, x):
+        return self._fn(ctx, "exp_nonpositive", x, torch.exp)
 
     def log(self, ctx, x):
         return self._fn(ctx, "log", x, torch.log)

@@ -28,7 +28,10 @@ from .approx import piecewise
 from .correlated import MAX_DIVISOR, OP_CONV2D, OP_MATMUL, OP_MUL
 from .family import CmpResult, ProtocolFamily
 
-__all__ = ["RingFamily", "compare_generic", "powers_generic"]
+__all__ = ["RingFamily", "compare_generic", "powers_generic", "APPROACH"]
+
+# A revealed value within this factor of the range's edge warns that the program is about to overflow.
+APPROACH = 16
 
 
 def _ratio(c: Fraction, bound: int) -> tuple[int, int]:
@@ -130,6 +133,14 @@ class RingFamily(ProtocolFamily):
         out = ctx.encoder.decode(opened, dtype)
         if opened.numel():
             big = float(opened.abs().max()) / ctx.encoder.scale
+            if ctx.encoder.bound / APPROACH <= big < ctx.encoder.bound:
+                self.warnings.warn(
+                    "approach",
+                    f"a revealed value has magnitude {big:.4g}, within a factor {APPROACH} of the fixed-point range "
+                    f"|v| < {ctx.encoder.bound:.4g}: a product of such values overflows; rescale the inputs, lower "
+                    "the learning rate or clip the gradients (mpc.nn.utils.clip_grad_value_)",
+                    FixedPointWarning,
+                )
             if big >= ctx.encoder.bound:
                 self.warnings.warn(
                     "overflow",
@@ -288,6 +299,10 @@ class RingFamily(ProtocolFamily):
     # ----- nonlinear functions ------------------------------------------------------------------------
     def exp(self, ctx: PartyContext, x: Share) -> Share:
         return nonlinear.exp(ctx, x)
+
+    def exp_nonpositive(self, ctx: PartyContext, x: Share) -> Share:
+        """``e^x`` for ``x <= 0`` (softmax's table: 0 below -11, exact to 1e-5 there). Rounds 8."""
+        return nonlinear.exp_nonpositive(ctx, x)
 
     def log(self, ctx: PartyContext, x: Share) -> Share:
         return nonlinear.log(ctx, x)

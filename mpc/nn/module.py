@@ -466,6 +466,10 @@ def make_parameter(
                 raise ProtocolError(f"the value for {name!r} has shape {tuple(value.shape)}, the layer needs {shape}")
             if not value.dtype.is_floating_point:
                 raise ProtocolError(f"the value for {name!r} must be a floating-point tensor, got {value.dtype}")
+            # a weight is held on the fixed-point grid: round it here, so that trained weights below the
+            # resolution do not raise the "values become 0" warning meant for the user's data
+            scale = float(ctx.encoder.scale)
+            value = (torch.round(value.double() * scale) / scale).to(value.dtype)
         elif fill is not None:
             value = torch.full(shape, float(fill), dtype=torch.float32)
         else:
