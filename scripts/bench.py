@@ -118,6 +118,7 @@ def _nn_step(ctx, op: str, batch: int):
 
 
 def _party(ctx, op: str, size: int, repeat: int) -> dict:
+    torch.set_num_threads(1)  # one thread per party process: two parties and the dealer share the cores
     if op in NN_OPS:
         step = _nn_step(ctx, op, size)
     elif op == "mul":

@@ -88,6 +88,7 @@ BENCHES: dict[str, tuple[int, tuple[int, ...], Callable, Callable]] = {
 
 
 def _bench_party(ctx, name: str, repeat: int) -> dict:
+    torch.set_num_threads(1)  # one thread per party process, as scripts/bench.py
     _, _, make, step = BENCHES[name]
     args = make(ctx)
     step(*args)  # warm-up
