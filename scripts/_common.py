@@ -246,6 +246,23 @@ def plaintext_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, loss_fn:
         opt.step()
 
 
+def epoch_line(args: argparse.Namespace, rank: int, epoch: int, train_traffic: dict, eval_traffic: dict,
+               compared: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> dict:  # fmt: skip
+    """One epoch's record and report; ``compared`` = (private, plaintext predictions, labels) where they are held."""
+    line: dict[str, Any] = {"epoch": epoch + 1, "train": train_traffic, "eval": eval_traffic}
+    if compared is not None:
+        predicted, plain, labels = compared
+        line["private"] = (predicted == labels).double().mean().item()
+        line["plaintext"] = (plain == labels).double().mean().item()
+        line["agree"] = (predicted == plain).double().mean().item()
+        say(f"epoch {epoch + 1}: test accuracy  private {line['private']:.4f}   plaintext {line['plaintext']:.4f}"
+            f"   (same predicted class on {line['agree']:.1%} of the test rows)")  # fmt: skip
+    if args.stats:
+        say(f"party {rank}, epoch {epoch + 1}: training {traffic(train_traffic)}; "
+            f"test predictions {traffic(eval_traffic)}")  # fmt: skip
+    return line
+
+
 def summary(ctx: mpc.PartyContext, what: str, epochs: int, seconds: float, private: float, plain: float) -> None:
     say(f"\n{what}, {ctx.world_size} parties ({ctx.config.protocol}), {epochs} epochs in {seconds:.0f} s:")
     say(f"  test accuracy, private training:  {private:.4f}")

@@ -30,6 +30,7 @@ from _common import (
     SEED,
     Meter,
     deal,
+    epoch_line,
     load,
     main,
     parser,
@@ -86,21 +87,14 @@ def party(ctx: mpc.PartyContext, args) -> dict:
         with mpc.no_grad():
             predicted = (model(x_test) > 0).reveal(to=0)  # the agreed output: test predictions, to party 0
         eval_traffic = meter.stop()
-        line = {"epoch": epoch + 1, "train": train_traffic, "eval": eval_traffic}
+        compared = None
         if rank == 0:
             plaintext_epoch(ref, ref_opt, torch.nn.functional.binary_cross_entropy_with_logits, xp, yp, n,
                             args.batch, epoch, args.clip)  # fmt: skip
             with torch.no_grad():
                 plain = ref(data.x_test).reshape(-1) > 0
-            predicted = predicted.reshape(-1).bool()
-            line["private"] = (predicted.long() == data.y_test).double().mean().item()
-            line["plaintext"] = (plain.long() == data.y_test).double().mean().item()
-            line["agree"] = (predicted == plain).double().mean().item()
-            say(f"epoch {epoch + 1}: test accuracy  private {line['private']:.4f}   plaintext {line['plaintext']:.4f}"
-                f"   (same predicted class on {line['agree']:.1%} of the test rows)")  # fmt: skip
-        if args.stats:
-            say(f"party {rank}, epoch {epoch + 1}: training {traffic(train_traffic)}; "
-                f"test predictions {traffic(eval_traffic)}")  # fmt: skip
+            compared = (predicted.reshape(-1).bool().long(), plain.long(), data.y_test)
+        line = epoch_line(args, rank, epoch, train_traffic, eval_traffic, compared)
         history.append(line)
 
     total = run.stop()

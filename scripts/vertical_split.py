@@ -37,6 +37,7 @@ import torch
 from _common import (
     SEED,
     Meter,
+    epoch_line,
     load,
     main,
     one_hot,
@@ -108,20 +109,13 @@ def party(ctx: mpc.PartyContext, args) -> dict:
         with mpc.no_grad():
             predicted = model(x_test).argmax(1).reveal(to=labels_at)  # the agreed output, to the label party
         eval_traffic = meter.stop()
-        line = {"epoch": epoch + 1, "train": train_traffic, "eval": eval_traffic}
+        compared = None
         if rank == labels_at:
             plaintext_epoch(ref, ref_opt, torch.nn.functional.cross_entropy, data.x_train, data.y_train, n,
                             args.batch, epoch, args.clip)  # fmt: skip
             with torch.no_grad():
-                plain = ref(data.x_test).argmax(1)
-            line["private"] = (predicted == data.y_test).double().mean().item()
-            line["plaintext"] = (plain == data.y_test).double().mean().item()
-            line["agree"] = (predicted == plain).double().mean().item()
-            say(f"epoch {epoch + 1}: test accuracy  private {line['private']:.4f}   plaintext {line['plaintext']:.4f}"
-                f"   (same predicted class on {line['agree']:.1%} of the test rows)")  # fmt: skip
-        if args.stats:
-            say(f"party {rank}, epoch {epoch + 1}: training {traffic(train_traffic)}; "
-                f"test predictions {traffic(eval_traffic)}")  # fmt: skip
+                compared = (predicted, ref(data.x_test).argmax(1), data.y_test)
+        line = epoch_line(args, rank, epoch, train_traffic, eval_traffic, compared)
         history.append(line)
 
     total = run.stop()
