@@ -146,10 +146,11 @@ def decode_header(buf: bytes | memoryview, max_bytes: int, peer: int | None = No
         raise WireError(f"{who} sent a malformed shape {tuple(dims[:ndim])}", peer)
     dtype = DTYPES[code]
     itemsize = torch.empty(0, dtype=dtype).element_size()
-    numel = 1
+    numel, extent = 1, 1
     for d in shape:
         numel *= d
-        if numel * itemsize > max_bytes:
+        extent *= max(d, 1)  # a zero dimension must not hide an absurd one
+        if extent * itemsize > max_bytes:
             raise WireError(
                 f"{who} declared a tensor of shape {shape} ({dtype}), over the {max_bytes}-byte message limit", peer
             )

@@ -63,6 +63,15 @@ def recv_metadata(ctx: PartyContext, owner: int) -> tuple[tuple[int, ...], torch
     shape = tuple(int(d) for d in meta[2:])
     if any(d < 0 for d in shape):
         raise ProtocolError(f"negative dimension in share metadata from party {owner}")
+    extent = 1
+    for d in shape:
+        extent *= max(d, 1)
+    limit = ctx.config.max_message_bytes
+    if 8 * extent > limit:
+        raise ProtocolError(
+            f"party {owner} declared an input of shape {shape}, over this party's {limit}-byte message limit "
+            "(max_message_bytes): nothing was allocated; raise the limit for every party if the input is meant"
+        )
     return shape, _CODE_DTYPES[int(meta[0])]
 
 

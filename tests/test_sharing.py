@@ -13,6 +13,7 @@ import math
 import re
 import threading
 import time
+import types
 
 import pytest
 import torch
@@ -25,6 +26,7 @@ from mpc.shares import AdditiveShare, holds_public
 from parties import wire
 from parties.memory import MemoryCommunicator, MemoryHub
 from parties.party import setup_party
+from protocols.sharing import recv_metadata
 
 ULP = 2.0**-16
 PARTY_COUNTS = [2, 3, 5]
@@ -481,3 +483,26 @@ def test_parties_with_different_options_are_refused_at_setup():
         t.join(20)
     assert isinstance(errors.get(0), ConfigError) and "party 1 runs with different options" in str(errors[0])
     assert isinstance(errors.get(1), ConfigError | PeerAborted)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("shape", [(2048, 2048), (1 << 40,), (0, 1 << 40), (1 << 20, 0, 1 << 20)])
+def test_a_declared_input_shape_over_the_limit_is_refused_before_allocating(shape):
+    """The owner's declared shape is checked against the receiver's limit; a zero dimension hides nothing."""
+    meta = torch.tensor([DTYPE_CODES[torch.float32], len(shape), *shape], dtype=torch.int64)
+    ctx = types.SimpleNamespace(
+        comm=types.SimpleNamespace(exchange=lambda op, sends, recvs: {0: meta}),
+        config=MPCConfig(max_message_bytes=1 << 20),
+    )
+    with pytest.raises(ProtocolError, match=r"party 0 declared an input of shape .* over this party's 1048576-byte"):
+        recv_metadata(ctx, 0)
+    ok = torch.tensor([DTYPE_CODES[torch.float32], 2, 0, 8], dtype=torch.int64)
+    ctx.comm.exchange = lambda op, sends, recvs: {0: ok}
+    assert recv_metadata(ctx, 0) == ((0, 8), torch.float32)
+
+
+@pytest.mark.timeout(30)
+def test_a_header_with_a_zero_dimension_is_still_size_checked():
+    header = wire.encode_header(wire.KIND_DATA, 1, 0, "x", torch.int64, (0, 1 << 40), 0)
+    with pytest.raises(mpc.WireError, match="over the 1048576-byte message limit"):
+        wire.decode_header(header, 1 << 20, 1)
