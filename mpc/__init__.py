@@ -1,7 +1,8 @@
 """mpc: secure multi-party computation on torch tensors.
 
 Core (``ring``, ``fixedpoint``, ``prg``, ``config``, ``context``, ``errors``) and
-the user layer (``tensor``, ``api``).  The entry points that start parties,
+the user layer (``tensor``, ``api``, ``checkpoint``: ``save``, ``load``,
+``Checkpointer``).  The entry points that start parties,
 ``run``, ``run_threads`` and ``init``, are implemented in ``parties`` (the
 outer layer, which alone imports zmq and multiprocessing) and re-exported here
 on first use, so that importing the core never loads the transport.
@@ -15,9 +16,11 @@ from . import arith as _arith  # noqa: F401 - registers the table's operations
 from . import grads as _grads  # noqa: F401 - registers the table's backward rules
 from . import nn, optim  # the user layer: layers, losses, optimizers
 from .api import current_context, is_grad_enabled, no_grad, share, use_context
+from .checkpoint import Checkpointer, load, save
 from .config import MPCConfig
 from .context import CommStats, PartyContext
 from .errors import (
+    CheckpointError,
     ClosedError,
     CommunicationError,
     ConfigError,
@@ -58,6 +61,9 @@ __all__ = [
     "is_grad_enabled",
     "current_context",
     "use_context",
+    "save",
+    "load",
+    "Checkpointer",
     "SecretTensor",
     "cat",
     "stack",
@@ -82,6 +88,7 @@ __all__ = [
     "EncodingError",
     "ProtocolError",
     "SecurityError",
+    "CheckpointError",
     "CommunicationError",
     "DesyncError",
     "WireError",

@@ -7,6 +7,8 @@
     ├── EncodingError             a value outside the fixed-point range, NaN or inf
     ├── ProtocolError             a protocol was used wrongly (shapes, owners, dtypes)
     ├── SecurityError             authentication or key-handling refusal
+    ├── CheckpointError           a checkpoint refused: truncated or corrupted, another party's, run's or
+    │                             model's, an unknown format version, or parties at different steps
     └── CommunicationError        something went wrong between parties
         ├── DesyncError           peers run different programs or shapes
         ├── WireError             a malformed or hostile frame from a peer
@@ -29,6 +31,7 @@ __all__ = [
     "EncodingError",
     "ProtocolError",
     "SecurityError",
+    "CheckpointError",
     "CommunicationError",
     "DesyncError",
     "WireError",
@@ -59,6 +62,14 @@ class ProtocolError(MPCError, ValueError):
 
 class SecurityError(MPCError):
     """An authentication or key-handling check refused to go on."""
+
+
+class CheckpointError(MPCError):
+    """A checkpoint cannot be written or is refused before any share in it is used (``mpc.checkpoint``).
+
+    The message names the file, the party and what is wrong (and, where the
+    parties disagree, each party's side), and says what to do instead.
+    """
 
 
 class CommunicationError(MPCError):

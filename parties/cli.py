@@ -2,8 +2,9 @@
 
 ::
 
-    mpc launch -n N [--protocol P] [--stats] [--timeout S] [--insecure] [--debug] script.py [args...]
-    mpc party  --cluster cluster.toml --id I (--key FILE | --insecure) [--stats] [--debug] script.py [args...]
+    mpc launch -n N [--protocol P] [--resume DIR] [--stats] [--timeout S] [--insecure] [--debug] script.py [args...]
+    mpc party  --cluster cluster.toml --id I (--key FILE | --insecure) [--resume DIR] [--stats] [--debug]
+               script.py [args...]
     mpc dealer --cluster cluster.toml (--key FILE | --insecure) [--idle-timeout S] [--debug]
     mpc keygen --out DIR --id NAME
 
@@ -13,6 +14,12 @@ The protocol family of ``mpc party`` and ``mpc dealer`` is the cluster file's
 hands a node the listening socket it bound for it (``parties.ports``), and
 ``--parent-pid`` its own pid: the node stops when the launcher dies.
 
+``--resume DIR`` continues a checkpointed training (``mpc.Checkpointer``):
+the directory reaches the script in its config (``ctx.config.resume_dir``, and
+``MPC_RESUME`` for the processes it starts), and the script's checkpointer
+restores the newest step that every party has in ``DIR/party<id>/``, after
+the parties agree on it.  ``mpc launch --resume DIR`` passes it to every party.
+
 SIGINT, SIGTERM or SIGHUP to a node aborts the run (every peer fails at once
 with ``PeerAborted`` naming it) and the node exits with ``128 + signal``
 (``parties.stopping``).
@@ -20,9 +27,10 @@ with ``PeerAborted`` naming it) and the node exits with ``128 + signal``
 What a failing node prints (on stderr):
 
 * an error of the toolkit outside the script (a bad cluster file or key, an
-  unreachable peer at setup) and any ``CommunicationError`` (``PeerLost``,
+  unreachable peer at setup), any ``CommunicationError`` (``PeerLost``,
   ``PeerTimeout``, ``PeerAborted``, ``DesyncError``: a peer died, went silent,
-  failed, or runs another program), even one raised inside the script: ONE line,
+  failed, or runs another program) and a refused checkpoint (``CheckpointError``:
+  it names the file and the fix), even one raised inside the script: ONE line,
   ``mpc party: party 0: PeerLost: ... (at script.py:12)``, naming the peer and
   the likely cause.  The toolkit's frames would tell the user nothing more;
 * any other exception raised while the script runs (the user's own, or a
@@ -36,6 +44,7 @@ What a failing node prints (on stderr):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import runpy
@@ -46,14 +55,14 @@ from pathlib import Path
 
 from mpc.config import PROTOCOLS
 from mpc.context import PartyContext
-from mpc.errors import CommunicationError, ConfigError, MPCError, PeerAborted
+from mpc.errors import CheckpointError, CommunicationError, ConfigError, MPCError, PeerAborted
 
 from .cluster import load_cluster
 from .dealer import IDLE_FACTOR, idle_limit
 from .desync import clean
-from .env import PartyEnv
+from .env import ENV_RESUME, PartyEnv
 from .keys import keygen, load_secret_key
-from .launch import ECHO_EXIT, STOP_GRACE, launch
+from .launch import ECHO_EXIT, STOP_GRACE, launch, resume_dir
 from .lifecycle import run_dealer, run_party
 from .node import configure_logging, open_dealer, open_party_comm
 from .stopping import Stopped, StopSignals, die_with_parent
@@ -64,6 +73,11 @@ __all__ = ["main"]
 MESSAGE_LIMIT = 2000  # characters of an error message printed on the one failure line
 
 _DEBUG_HELP = "print the full traceback of every error (by default a lost or failed peer is one line)"
+_RESUME_HELP = (
+    "continue a checkpointed training from DIR (where it wrote DIR/party<id>/step-*.mpc, e.g. with the "
+    "training scripts' --checkpoint DIR): the parties agree on the newest step that every party has, restore "
+    "their own shares of it and go on from there; the script's other arguments must be the same as before"
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -90,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
         help="protocol family (default additive-dealer; plaintext is NOT secure, starts no dealer, for debugging)",
     )
     la.add_argument("--debug", action="store_true", help=_DEBUG_HELP + " (passed to every node)")
+    la.add_argument("--resume", metavar="DIR", default=None, help=_RESUME_HELP + " (passed to every party)")
     la.add_argument("script")
     la.add_argument("args", nargs=argparse.REMAINDER)
 
@@ -107,6 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     pa.add_argument("--stats", action="store_true", help="print rounds and bytes at the end")
     pa.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
+    pa.add_argument("--resume", metavar="DIR", default=None, help=_RESUME_HELP)
     pa.add_argument("--listen-fd", type=int, default=None, help=argparse.SUPPRESS)  # set by mpc launch
     pa.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)  # set by mpc launch
     pa.add_argument("script")
@@ -210,9 +226,15 @@ def _party(args) -> int:
     if not script.is_file():
         raise ConfigError(f"script {script} not found: give the path of the Python file to run (from {Path.cwd()})")
     config = cluster.config(timeout=args.timeout)
+    resume = resume_dir(args.resume)
+    if resume is not None:
+        config = dataclasses.replace(config, resume_dir=resume)
     comm = open_party_comm(cluster, args.id, config, _secret(args), args.insecure, args.listen_fd)
     # The script, and any process it starts, finds this party through the names mpc.init() reads.
-    env = PartyEnv(args.cluster, args.id, cluster.world_size, None if args.insecure else args.key, args.insecure)
+    env = PartyEnv(
+        args.cluster, args.id, cluster.world_size, None if args.insecure else args.key, args.insecure, resume
+    )
+    os.environ.pop(ENV_RESUME, None)  # a fresh start: none inherited from whoever started this node
     os.environ.update(env.variables())
     printed: list[BaseException] = []  # the script's own errors, whose traceback is already out
 
@@ -226,8 +248,8 @@ def _party(args) -> int:
                 if exc.code is not None and not isinstance(exc.code, int):
                     print(exc.code, file=sys.stderr)  # sys.exit("message"): Python prints it, and so do we
                 raise  # the lifecycle aborts the run: the script failed
-        except (CommunicationError, KeyboardInterrupt):
-            raise  # a peer's problem, not the script's: one line (below); Ctrl-C: main()
+        except (CommunicationError, CheckpointError, KeyboardInterrupt):
+            raise  # a peer's problem or a refused checkpoint, not the script's: one line (below); Ctrl-C: main()
         except BaseException as exc:
             _print_script_error(exc, script, args.debug)
             printed.append(exc)
@@ -281,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
                 frac_bits=args.frac_bits,
                 protocol=args.protocol,
                 debug=args.debug,
+                resume=args.resume,
             )
         except MPCError as exc:
             print(f"mpc launch: {exc}", file=sys.stderr)

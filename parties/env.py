@@ -10,6 +10,8 @@ edge.  Both go through this module, so the names cannot drift apart.
 ``MPC_WORLD_SIZE`` number of parties (informational: the file is the truth)
 ``MPC_KEY``        path of this party's secret key file (absent: none)
 ``MPC_INSECURE``   ``1`` for a run without encryption or authentication
+``MPC_RESUME``     checkpoint directory to resume from (absent: a fresh start);
+                   ``mpc.init()`` puts it in the config (``resume_dir``)
 =================  ======================================================
 """
 
@@ -21,14 +23,24 @@ from pathlib import Path
 
 from mpc.errors import ConfigError
 
-__all__ = ["ENV_CLUSTER", "ENV_RANK", "ENV_WORLD_SIZE", "ENV_KEY", "ENV_INSECURE", "ENV_NAMES", "PartyEnv"]
+__all__ = [
+    "ENV_CLUSTER",
+    "ENV_RANK",
+    "ENV_WORLD_SIZE",
+    "ENV_KEY",
+    "ENV_INSECURE",
+    "ENV_RESUME",
+    "ENV_NAMES",
+    "PartyEnv",
+]
 
 ENV_CLUSTER = "MPC_CLUSTER"
 ENV_RANK = "MPC_RANK"
 ENV_WORLD_SIZE = "MPC_WORLD_SIZE"
 ENV_KEY = "MPC_KEY"
 ENV_INSECURE = "MPC_INSECURE"
-ENV_NAMES = (ENV_CLUSTER, ENV_RANK, ENV_WORLD_SIZE, ENV_KEY, ENV_INSECURE)
+ENV_RESUME = "MPC_RESUME"
+ENV_NAMES = (ENV_CLUSTER, ENV_RANK, ENV_WORLD_SIZE, ENV_KEY, ENV_INSECURE, ENV_RESUME)
 
 
 def _flag(value: str | None) -> bool:
@@ -37,16 +49,17 @@ def _flag(value: str | None) -> bool:
 
 @dataclass(frozen=True)
 class PartyEnv:
-    """What a launched party's environment says: where the cluster file is and who this party is."""
+    """What a launched party's environment says: where the cluster file is, who this party is, what it resumes."""
 
     cluster: str
     rank: int
     world_size: int | None = None
     key: str | None = None
     insecure: bool = False
+    resume: str | None = None
 
     def variables(self) -> dict[str, str]:
-        """The variables to set (``MPC_KEY`` and ``MPC_WORLD_SIZE`` only when known)."""
+        """The variables to set (``MPC_KEY``, ``MPC_WORLD_SIZE`` and ``MPC_RESUME`` only when known)."""
         out = {
             ENV_CLUSTER: str(Path(self.cluster).resolve()),
             ENV_RANK: str(self.rank),
@@ -56,6 +69,8 @@ class PartyEnv:
             out[ENV_WORLD_SIZE] = str(self.world_size)
         if self.key is not None:
             out[ENV_KEY] = str(Path(self.key).resolve())
+        if self.resume is not None:
+            out[ENV_RESUME] = str(Path(self.resume).resolve())
         return out
 
     @classmethod
@@ -75,4 +90,5 @@ class PartyEnv:
             int(size) if size is not None else None,
             environ.get(ENV_KEY) or None,
             _flag(environ.get(ENV_INSECURE)),
+            environ.get(ENV_RESUME) or None,
         )

@@ -17,8 +17,12 @@ rest.  Every node is told the launcher's pid (``--parent-pid``) and stops when
 the launcher dies, even by SIGKILL (``parties.stopping``; the run directory is
 then left behind, since nobody is left to delete it).
 
-Bad arguments (``-n``, a missing script, bad options) raise ``ConfigError``
-before anything starts.  ``debug`` passes ``--debug`` to every node (full
+``resume`` (``mpc launch --resume DIR``) passes ``--resume DIR`` to every
+party: the script's ``mpc.Checkpointer`` continues from the newest step that
+every party has in ``DIR/party<id>/``.
+
+Bad arguments (``-n``, a missing script, bad options, a ``--resume`` directory
+that does not exist) raise ``ConfigError`` before anything starts.  ``debug`` passes ``--debug`` to every node (full
 tracebacks).  The dealer runs with its default idle limit
 (``parties.dealer.idle_limit``: 10 x the run's timeout), so a dealer whose
 parties vanished gives up by itself.
@@ -43,7 +47,7 @@ from .keys import save_key_pair
 from .local import LocalCluster, local_cluster
 from .stopping import STOP_SIGNALS, Stopped, StopSignals, signal_name
 
-__all__ = ["launch"]
+__all__ = ["launch", "resume_dir"]
 
 # Seconds a node gets to abort and exit after SIGTERM before SIGKILL (its abort lingers at most 2 s).
 STOP_GRACE = 3.0
@@ -80,6 +84,19 @@ def _pump(stream, prefix: str, out) -> None:
     stream.close()
 
 
+def resume_dir(path: str | None) -> str | None:
+    """The absolute path of a ``--resume`` directory, checked to exist (None stays None)."""
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.is_dir():
+        raise ConfigError(
+            f"--resume {path}: no such directory; give the directory the training wrote its checkpoints to "
+            "(its --checkpoint DIR), or start without --resume"
+        )
+    return str(p.resolve())
+
+
 def write_local_run(run_dir: Path, local: LocalCluster) -> tuple[Path, list[Path | None]]:
     """Write the local cluster's file and its nodes' secret key files (mode 0600) into ``run_dir``."""
     cluster = local.cluster
@@ -107,11 +124,13 @@ def launch(
     frac_bits: int | None = None,
     protocol: str | None = None,
     debug: bool = False,
+    resume: str | None = None,
 ) -> int:
     if not isinstance(n, int) or isinstance(n, bool) or n < 2:
         raise ConfigError(f"-n must be a number of parties of at least 2, got {n!r}: e.g. `mpc launch -n 2 {script}`")
     if not Path(script).is_file():
         raise ConfigError(f"script {script} not found: give the path of the Python file to run (from {Path.cwd()})")
+    resume = resume_dir(resume)
     options: dict = {}
     if timeout is not None:
         options["timeout"] = float(timeout)
@@ -140,6 +159,7 @@ def launch(
                     cmd += ["--insecure"] if insecure else ["--key", str(secrets[node])]
                     cmd += ["--debug"] if debug else []
                     if is_party:
+                        cmd += ["--resume", resume] if resume is not None else []
                         cmd += (["--stats"] if stats else []) + [script, *args]
                     p = subprocess.Popen(
                         cmd,

@@ -19,6 +19,7 @@ so that a caller killed by a signal leaves no party or dealer behind.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import multiprocessing as mp
 import os
 import pickle
@@ -261,7 +262,7 @@ def init() -> PartyContext:
     Returns the context the CLI opened, or opens one from the environment that
     ``mpc party`` sets for its script and the processes it starts (the names
     are those of ``parties.env``: ``MPC_CLUSTER``, ``MPC_RANK``, ``MPC_KEY``,
-    ``MPC_INSECURE``).
+    ``MPC_INSECURE``, ``MPC_RESUME``).
     """
     try:
         return current_context()
@@ -275,7 +276,10 @@ def init() -> PartyContext:
         )
     cluster = load_cluster(env.cluster)
     secret = load_secret_key(env.key) if env.key and not env.insecure else None
-    ctx = open_party(cluster, env.rank, cluster.config(), secret, env.insecure)
+    config = cluster.config()
+    if env.resume is not None:  # read here, at the edge; mpc.Checkpointer finds it in ctx.config
+        config = dataclasses.replace(config, resume_dir=env.resume)
+    ctx = open_party(cluster, env.rank, config, secret, env.insecure)
     set_context(ctx)
     atexit.register(ctx.comm.close)
     return ctx

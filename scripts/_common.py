@@ -188,11 +188,13 @@ class Meter:
 
 
 def train_epoch(ctx: mpc.PartyContext, args: argparse.Namespace, epoch: int, epochs: int, n: int,
-                step: Callable[[torch.Tensor], mpc.SecretTensor]) -> dict[str, float]:  # fmt: skip
+                step: Callable[[torch.Tensor], mpc.SecretTensor], first: int = 0,
+                after: Callable[[int], Any] | None = None) -> dict[str, float]:  # fmt: skip
     """One epoch of ``step(rows)`` (zero_grad, forward, backward, optimizer step; returns the secret loss).
 
-    Batches follow the public order of ``batches``.  The loss is an agreed
-    output only if ``--loss-to`` names a party: the sum of every
+    Batches follow the public order of ``batches``, from batch ``first`` on (a
+    resumed run); ``after(i)`` runs after batch i (a checkpointer).  The loss is
+    an agreed output only if ``--loss-to`` names a party: the sum of every
     ``--loss-every`` batch losses (secret additions, free) is revealed to that
     party alone, which shows the mean on its progress bar (the bar is party
     0's when no loss is revealed).  Returns this party's traffic over the epoch.
@@ -200,9 +202,14 @@ def train_epoch(ctx: mpc.PartyContext, args: argparse.Namespace, epoch: int, epo
     lp = loss_party(args, ctx.world_size)
     steps = batches(n, args.batch, epoch)
     bar = Progress(len(steps), f"epoch {epoch + 1}/{epochs}", show=ctx.rank == (0 if lp is None else lp))
+    bar.done = first
+    if bar.bar is not None and first:
+        bar.bar.update(first)
     meter = Meter(ctx)
     window, count = None, 0
     for i, rows in enumerate(steps):
+        if i < first:
+            continue
         loss = step(rows)
         shown = None
         if lp is not None:
@@ -221,6 +228,8 @@ def train_epoch(ctx: mpc.PartyContext, args: argparse.Namespace, epoch: int, epo
                         stacklevel=2,
                     )
         bar.update(shown)
+        if after is not None:
+            after(i)
     bar.close()
     return meter.stop()
 
@@ -304,6 +313,30 @@ def parser(doc: str, epochs: int, batch: int, lr: float) -> argparse.ArgumentPar
     ap.add_argument("--protocol", default="additive-dealer", help="protocol family under mpc.run (mpc launch has "
                     "its own --protocol); 'plaintext' is NOT secure, for dry runs")  # fmt: skip
     return ap
+
+
+def add_checkpoint_options(ap: argparse.ArgumentParser) -> None:
+    """``--checkpoint DIR`` and ``--checkpoint-every K`` (a script that checkpoints with ``checkpointer``)."""
+    ap.add_argument("--checkpoint", metavar="DIR", default=None,
+                    help="every --checkpoint-every steps, each party writes its own shares of the model and the "
+                         "optimizer state (no input, no other party's share) to DIR/party<k>/step-N.mpc, keeping the "
+                         "newest 3; after a crash, `mpc launch --resume DIR ... (the same options)` continues from "
+                         "the newest step that every party has (default: no checkpoints; under --resume DIR the "
+                         "checkpoints go on in DIR)")  # fmt: skip
+    ap.add_argument("--checkpoint-every", type=_positive, default=20, metavar="K",
+                    help="training steps (batches) between checkpoints (default %(default)s); a resumed run "
+                         "repeats at most K steps")  # fmt: skip
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"a positive number of steps is needed, got {text!r}")
+    return int(text)
+
+
+def checkpointer(ctx: mpc.PartyContext, args: argparse.Namespace, **objects: Any) -> mpc.Checkpointer:
+    """The script's checkpointer (off without --checkpoint and --resume); ``resume()`` says where to start."""
+    return mpc.Checkpointer(args.checkpoint, every=args.checkpoint_every, ctx=ctx, **objects)
 
 
 def loss_party(args: argparse.Namespace, world: int) -> int | None:

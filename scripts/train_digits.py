@@ -4,6 +4,8 @@
     mpc launch -n 3 scripts/train_digits.py --stats      # 3 parties; rounds, bytes and seconds per epoch
     mpc launch -n 2 --protocol plaintext scripts/train_digits.py   # a dry run in the clear (NOT secure)
     python scripts/train_digits.py --parties 2           # the same through mpc.run
+    mpc launch -n 2 scripts/train_digits.py --checkpoint ckpt --checkpoint-every 20   # checkpoints in ckpt/
+    mpc launch -n 2 --resume ckpt scripts/train_digits.py --checkpoint-every 20       # after a crash: go on
 
 Who holds what (a horizontal split): the script deals the 1438 training rows
 out, row i to party i mod N; each party shares only its own rows (features
@@ -20,6 +22,14 @@ none), which shows it on its progress bar; after each epoch the predicted
 classes of the test set to party 0, which prints the test accuracy.  Nothing
 else is opened.
 
+Checkpoints (``--checkpoint DIR``): every ``--checkpoint-every`` steps each
+party writes its own shares of the weights and of SGD's momentum buffers to
+``DIR/party<k>/`` (``mpc.Checkpointer``).  Started with ``mpc launch --resume
+DIR`` and otherwise the same options, the parties agree on the newest step
+that every party has, restore it and go on from that epoch and batch (the
+batch order is fixed per epoch); the result is the uninterrupted run's up to
+fixed-point noise.
+
 The plaintext baseline: party 0 trains the same torch model in float64 with
 the same initial weights, hyperparameters and batches, on the union of the
 rows.  It is computed from the public data set for comparison only: in a real
@@ -35,6 +45,9 @@ import torch
 from _common import (
     SEED,
     Meter,
+    add_checkpoint_options,
+    batches,
+    checkpointer,
     deal,
     epoch_line,
     load,
@@ -87,26 +100,43 @@ def party(ctx: mpc.PartyContext, args) -> dict:
         opt.zero_grad()
         return update(opt, loss_fn(model(x[rows]), t[rows]), args.clip)
 
+    ck = checkpointer(ctx, args, model=model, optimizer=opt)
+    start = ck.resume()  # steps already done: 0, or the step every party has a checkpoint of (--resume)
+    per_epoch = len(batches(n, args.batch, 0))
+    first_epoch, first_batch = divmod(start, per_epoch)
+    if start and rank == 0:
+        say(f"resuming from step {start} (epoch {first_epoch + 1}, batch {first_batch}) of {ck.directory}")
+
     if rank == 0:  # the plaintext baseline (from the public data set; see the module docstring)
         order = torch.cat(parts)  # the secret rows' order: party 0's, then party 1's, ...
         xp, yp = data.x_train[:n][order], data.y_train[:n][order]
         ref = copy.deepcopy(net).double()
         ref_opt = torch.optim.SGD(ref.parameters(), lr=args.lr, momentum=MOMENTUM)
+        for epoch in range(min(first_epoch, epochs)):  # what the interrupted run trained (deterministic)
+            plaintext_epoch(ref, ref_opt, torch.nn.functional.cross_entropy, xp, yp, n, args.batch, epoch, args.clip)
 
-    history, run = [], Meter(ctx)
-    for epoch in range(epochs):
-        train_traffic = train_epoch(ctx, args, epoch, epochs, n, step)
+    def evaluate(epoch: int, train_traffic: dict, baseline: bool) -> dict:
         meter = Meter(ctx)
         with mpc.no_grad():
             predicted = model(x_test).argmax(1).reveal(to=0)  # the agreed output: test predictions, to party 0
         eval_traffic = meter.stop()
         compared = None
         if rank == 0:
-            plaintext_epoch(ref, ref_opt, torch.nn.functional.cross_entropy, xp, yp, n, args.batch, epoch, args.clip)
+            if baseline:
+                plaintext_epoch(ref, ref_opt, torch.nn.functional.cross_entropy, xp, yp, n, args.batch, epoch,
+                                args.clip)  # fmt: skip
             with torch.no_grad():
                 compared = (predicted, ref(data.x_test).argmax(1), data.y_test)
-        line = epoch_line(args, rank, epoch, train_traffic, eval_traffic, compared)
-        history.append(line)
+        return epoch_line(args, rank, epoch, train_traffic, eval_traffic, compared)
+
+    history, run = [], Meter(ctx)
+    for epoch in range(first_epoch, epochs):
+        done = epoch * per_epoch  # steps before this epoch
+        skip = first_batch if epoch == first_epoch else 0
+        train_traffic = train_epoch(ctx, args, epoch, epochs, n, step, skip, lambda i, d=done: ck.step(d + i + 1))
+        history.append(evaluate(epoch, train_traffic, baseline=True))
+    if not history:  # resumed from the last step: only the evaluation is left
+        history.append(evaluate(epochs - 1, Meter(ctx).stop(), baseline=False))
 
     total = run.stop()
     if rank == 0:
@@ -118,4 +148,5 @@ def party(ctx: mpc.PartyContext, args) -> dict:
 
 if __name__ == "__main__":
     ap = parser(__doc__, epochs=3, batch=32, lr=0.05)
+    add_checkpoint_options(ap)
     sys.exit(main(party, ap))

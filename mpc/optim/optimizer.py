@@ -86,6 +86,59 @@ class Optimizer:
                 if getattr(p, "grad", None) is not None:
                     p.grad = None
 
+    def state_dict(self) -> dict[str, Any]:
+        """torch's layout: ``{"state": {i: {...}}, "param_groups": [{hyperparameters..., "params": [i, ...]}]}``.
+
+        Parameters are numbered 0, 1, ... over the groups in order; ``state[i]``
+        holds parameter i's secret buffers (``SecretTensor`` s: SGD's
+        ``momentum_buffer``, Adam's ``m`` and ``v``) and public counters (Adam's
+        ``step``).  The values are the optimizer's own objects, not copies.
+        """
+        index: dict[int, int] = {}
+        groups = []
+        for g in self.param_groups:
+            ids = [index.setdefault(id(p), len(index)) for p in g["params"]]
+            groups.append({**{k: v for k, v in g.items() if k != "params"}, "params": ids})
+        state = {index[k]: dict(v) for k, v in self.state.items() if k in index}
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Take the hyperparameters and state of ``state_dict`` (``state_dict()``'s layout) for these parameters.
+
+        The groups must have as many parameters as this optimizer's; every
+        secret buffer must have its parameter's shape and party context.
+        """
+        name = type(self).__name__
+        groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
+        if not isinstance(groups, list) or len(groups) != len(self.param_groups):
+            have = len(groups) if isinstance(groups, list) else "no"
+            raise ProtocolError(f"{name}.load_state_dict: {have} parameter groups given, this optimizer has "
+                                f"{len(self.param_groups)}")  # fmt: skip
+        params: list[SecretTensor] = []
+        for n, (mine, given) in enumerate(zip(self.param_groups, groups)):
+            if len(given.get("params", ())) != len(mine["params"]):
+                raise ProtocolError(f"{name}.load_state_dict: group {n} has {len(given.get('params', ()))} "
+                                    f"parameters, this optimizer's has {len(mine['params'])}")  # fmt: skip
+            params += mine["params"]
+        new_groups = []
+        for mine, given in zip(self.param_groups, groups):
+            full = {**{k: v for k, v in given.items() if k != "params"}, "params": mine["params"]}
+            self._check(full)
+            new_groups.append(full)
+        state: dict[int, dict[str, Any]] = {}
+        for i, st in state_dict.get("state", {}).items():
+            if not isinstance(i, int) or not 0 <= i < len(params):
+                raise ProtocolError(f"{name}.load_state_dict: state of an unknown parameter {i!r}")
+            p = params[i]
+            for k, v in st.items():
+                if isinstance(v, SecretTensor) and (tuple(v.shape) != tuple(p.shape) or v.ctx is not p.ctx):
+                    raise ProtocolError(f"{name}.load_state_dict: state {k!r} of parameter {i} has shape "
+                                        f"{tuple(v.shape)} (or another party context), the parameter "
+                                        f"{tuple(p.shape)}")  # fmt: skip
+            state[id(p)] = dict(st)
+        self.param_groups = new_groups
+        self.state = state
+
     def step(self, closure: Any = None) -> Any:
         if closure is not None:
             raise ProtocolError(f"{type(self).__name__}.step: closures are not supported; call the loss first")
