@@ -19,15 +19,28 @@ class MPCConfig:
 
     frac_bits: fractional bits of the fixed-point encoding.
     timeout: seconds any receive waits before naming the silent peer.
-    max_message_bytes: largest payload accepted from a peer (bigger frames are refused).
+    max_message_bytes: largest tensor a peer may declare (a bigger declared shape is refused before
+        anything is allocated).
+    chunk_bytes: largest frame on the wire: bigger payloads travel in chunks of this size, and the
+        transport cuts a peer's connection at a bigger frame before holding it.  Every node of a
+        run must use the same value.
+    max_buffered_bytes: most bytes a peer may have waiting at this node beyond what the current
+        operation expects from it (messages that arrived early, e.g. the dealer's prefetched
+        material); more is refused with an error naming the peer.  A local limit.
     protocol: protocol family: ``additive-dealer`` (secure, with a dealer) or ``plaintext`` (no secrecy:
         a dry run that reports what fixed point would break).
+    resume_dir: the checkpoint directory this party resumes from (``mpc party --resume DIR``, which
+        ``mpc launch --resume DIR`` passes on), or None.  Each party's own path: like ``timeout`` it is not
+        part of the fingerprint; ``mpc.Checkpointer`` checks that every party resumes, and from which step.
     """
 
     frac_bits: int = 16
     timeout: float = 60.0
     max_message_bytes: int = 1 << 32
     protocol: str = "additive-dealer"
+    resume_dir: str | None = None
+    chunk_bytes: int = 1 << 22
+    max_buffered_bytes: int = 1 << 31
 
     def __post_init__(self) -> None:
         if not isinstance(self.frac_bits, int) or isinstance(self.frac_bits, bool) or not 0 <= self.frac_bits <= 28:
@@ -40,12 +53,20 @@ class MPCConfig:
             or self.max_message_bytes < 1024
         ):
             raise ConfigError(f"max_message_bytes must be an integer >= 1024, got {self.max_message_bytes!r}")
+        for name, low in (("chunk_bytes", 4096), ("max_buffered_bytes", 4096)):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < low:
+                raise ConfigError(f"{name} must be an integer >= {low}, got {v!r}")
         if self.protocol not in PROTOCOLS:
             raise ConfigError(f"unknown protocol family {self.protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+        if self.resume_dir is not None and (not isinstance(self.resume_dir, str) or not self.resume_dir):
+            raise ConfigError(f"resume_dir must be a directory path or None, got {self.resume_dir!r}")
 
     def fingerprint(self) -> bytes:
         """32 bytes that differ when any option that changes results differs."""
         d = asdict(self)
         d.pop("timeout")
+        d.pop("resume_dir")  # each party's own path
+        d.pop("max_buffered_bytes")  # local limits: nodes may differ
         text = ";".join(f"{k}={d[k]}" for k in sorted(d))
         return hashlib.sha256(text.encode()).digest()

@@ -46,7 +46,7 @@ from protocols.families import get_family
 __all__ = ["Node", "Cluster", "parse_cluster", "load_cluster", "write_cluster"]
 
 _SCHEMES = ("tcp://", "ipc://", "inproc://")
-_OPTION_KEYS = {"frac_bits", "timeout", "max_message_bytes", "protocol"}
+_OPTION_KEYS = {"frac_bits", "timeout", "max_message_bytes", "protocol", "chunk_bytes", "max_buffered_bytes"}
 
 
 @dataclass(frozen=True)

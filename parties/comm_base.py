@@ -11,6 +11,17 @@ expects, else ``DesyncError`` names both sides' operations.
 
 Node ids are the parties ``0..n-1`` and, when the protocol family has one, the
 dealer ``n`` (``dealer=False``: no node ``n``; nothing may be sent to it).
+
+Memory is bounded against any peer.  A payload larger than ``chunk_bytes``
+travels as several frames (``parties.wire``); a frame over the chunk limit is
+refused (the ZeroMQ transport cuts the connection before holding it).  The
+first frame of a message is checked before anything is allocated: its declared
+shape against ``max_message_bytes``, and, when the current operation awaits
+this peer's next message, its operation, sequence number, dtype and shape
+against what the operation expects (a mismatch is refused at once, the rest of
+its chunks are dropped as they come).  Messages a peer sends ahead of what
+this node awaits are held up to ``max_buffered_bytes`` per peer; beyond, the
+peer is refused with an error that names it.
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ import time
 from abc import abstractmethod
 from collections import deque
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import torch
 
@@ -48,6 +60,18 @@ Frames = tuple[bytes | memoryview, bytes | memoryview, int | None]
 Recorder = Callable[[int, bytes, bytes], None]
 
 ABORT_TEXT_LIMIT = 400
+DEFAULT_CHUNK_BYTES = 1 << 22
+DEFAULT_BUFFERED_BYTES = 1 << 31
+
+
+@dataclass
+class _Partial:
+    """A message whose chunks are still arriving: its first header and where its bytes go (None: dropped)."""
+
+    header: wire.Header
+    dest: torch.Tensor | None
+    filled: int
+    next_part: int = 1
 
 
 def abort_reason(exc: BaseException, who: str) -> str:
@@ -76,8 +100,13 @@ class BufferedCommunicator(Communicator):
         max_message_bytes: int,
         recorder: Recorder | None = None,
         dealer: bool = True,
+        *,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        max_buffered_bytes: int = DEFAULT_BUFFERED_BYTES,
     ) -> None:
         self.rank = rank
+        self.chunk_bytes = int(chunk_bytes)
+        self.max_buffered_bytes = int(max_buffered_bytes)
         self.world_size = world_size
         self.has_dealer = bool(dealer)
         self.nodes = world_size + 1 if dealer else world_size
@@ -90,7 +119,13 @@ class BufferedCommunicator(Communicator):
             raise ProtocolError(f"node id {rank} is outside 0..{nodes - 1}")
         self._out_seq = [0] * nodes
         self._in_seq = [0] * nodes
-        self._buf: list[deque[tuple[wire.Header, bytes | memoryview]]] = [deque() for _ in range(nodes)]
+        self._buf: list[deque[tuple[wire.Header, bytes | memoryview | torch.Tensor | None]]] = [
+            deque() for _ in range(nodes)
+        ]
+        self._held = [0] * nodes  # per peer: bytes of data messages received and not yet consumed
+        self._partial: dict[int, _Partial] = {}
+        # While a receive runs: the peers it awaits, with the operation and shape it expects (None: any).
+        self._awaiting: dict[int, tuple[str | None, Expect | None]] = {}
         self._bye: set[int] = set()
         self._bye_hdr: dict[int, wire.Header] = {}
         self._state = "open"
@@ -130,15 +165,27 @@ class BufferedCommunicator(Communicator):
         mark = (count, digest, self.run_id or bytes(wire.RUN_ID_BYTES))
         if tensor is None:
             payload: bytes | memoryview = b""
-            header = wire.encode_header(kind, self.rank, self._out_seq[peer], op, torch.uint8, (0,), 0, *mark)
+            dtype, shape = torch.uint8, (0,)
         else:
             payload = wire.payload_of(tensor)
-            header = wire.encode_header(
-                kind, self.rank, self._out_seq[peer], op, tensor.dtype, tuple(tensor.shape), payload.nbytes, *mark
-            )
+            dtype, shape = tensor.dtype, tuple(tensor.shape)
+        seq, n, c = self._out_seq[peer], len(payload), self.chunk_bytes
         self._out_seq[peer] += 1
-        self._post(peer, header, payload, kind != wire.KIND_DATA)
-        return len(payload)
+        final = kind != wire.KIND_DATA
+        if n <= c:
+            self._post(peer, wire.encode_header(kind, self.rank, seq, op, dtype, shape, n, *mark), payload, final)
+            return n
+        for part, start in enumerate(range(0, n, c)):  # one frame per chunk: bounded memory at the receiver
+            header = wire.encode_header(kind, self.rank, seq, op, dtype, shape, n, *mark, part=part)
+            self._post(peer, header, payload[start : start + c], final)
+        return n
+
+    def _hello(self, peer: int) -> None:
+        """Name this node's connection to ``peer`` (outside the link's sequence numbers): lets the peer's
+        transport say who sent a frame it had to cut (``parties.zmq_comm``)."""
+        mark = (0, bytes(wire.DIGEST_BYTES), bytes(wire.RUN_ID_BYTES))
+        header = wire.encode_header(wire.KIND_HELLO, self.rank, 0, "hello", torch.uint8, (0,), 0, *mark)
+        self._post(peer, header, b"", True)
 
     def exchange(
         self, op: str, sends: Mapping[int, torch.Tensor], recvs: Mapping[int, Expect]
@@ -163,31 +210,42 @@ class BufferedCommunicator(Communicator):
                 opstats.bytes_sent += n
         deadline = time.monotonic() + self.timeout
         out: dict[int, torch.Tensor] = {}
-        for peer, expect in recvs.items():
-            h, payload = self._next(peer, op, deadline)
-            out[peer] = self._accept(peer, op, expect, h, payload)
-            n = h.nbytes
-            if peer == dealer or opstats is None:
-                stats.dealer_messages += 1
-                stats.dealer_bytes_recv += n
-            else:
-                stats.messages_recv += 1
-                stats.bytes_recv += n
-                opstats.messages_recv += 1
-                opstats.bytes_recv += n
+        self._awaiting = {peer: (op, e) for peer, e in recvs.items()}
+        try:
+            for peer, expect in recvs.items():
+                h, payload = self._next(peer, op, deadline)
+                self._awaiting.pop(peer, None)
+                out[peer] = self._accept(peer, op, expect, h, payload)
+                self._count_recv(peer, dealer, opstats, h.nbytes)
+        finally:
+            self._awaiting = {}
         return out
+
+    def _count_recv(self, peer: int, dealer: int, opstats, n: int) -> None:
+        stats = self.stats
+        if peer == dealer or opstats is None:
+            stats.dealer_messages += 1
+            stats.dealer_bytes_recv += n
+        else:
+            stats.messages_recv += 1
+            stats.bytes_recv += n
+            opstats.messages_recv += 1
+            opstats.bytes_recv += n
 
     def recv_any(self, peer: int, timeout: float | None = None) -> tuple[str, torch.Tensor] | None:
         """The next data message from ``peer`` whatever its operation; ``None`` once it said bye."""
         self._check_open()
         waited = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + waited
+        self._awaiting = {peer: (None, None)}
         try:
             h, payload = self._next(peer, "<any>", deadline, waited)
         except DesyncError:
             if peer in self._bye and not self._buf[peer]:
                 return None
             raise
+        finally:
+            self._awaiting = {}
         self._check_run(peer, h)
         t = wire.decode_payload(h, payload, peer)
         self.stats.dealer_messages += 1
@@ -218,7 +276,9 @@ class BufferedCommunicator(Communicator):
             frames = self._poll(left)
             if frames is not None:
                 self._ingest(frames)
-        return self._buf[peer].popleft()
+        h, payload = self._buf[peer].popleft()
+        self._held[peer] -= max(h.nbytes, wire.HEADER_SIZE)
+        return h, payload
 
     def _ingest(self, frames: Frames) -> None:
         hbuf, payload, auth = frames
@@ -231,8 +291,99 @@ class BufferedCommunicator(Communicator):
             )
         if not 0 <= sender < self.nodes or sender == self.rank:
             raise WireError(f"a frame names sender {sender}, which is not a peer of {self.name(self.rank)}", auth)
+        if len(payload) > self.chunk_bytes:  # the ZeroMQ transport cuts such a frame before it is held
+            raise WireError(
+                f"{self.name(sender)} sent a frame of {len(payload)} bytes, over the {self.chunk_bytes}-byte "
+                "chunk limit (chunk_bytes must be the same at every node)",
+                sender,
+            )
         if self._recorder is not None:
             self._recorder(sender, bytes(hbuf), bytes(payload))
+        if h.kind == wire.KIND_ABORT:
+            self._partial.pop(sender, None)
+        elif h.part or sender in self._partial:
+            self._continue(sender, h, payload)
+            return
+        elif len(payload) == self.chunk_bytes < h.nbytes:  # the first of several chunks (all but the last full)
+            self._begin(sender, h, payload)
+            return
+        if len(payload) != h.nbytes:
+            raise WireError(
+                f"{self.name(sender)} sent {len(payload)} payload bytes for '{h.op}', its header declared {h.nbytes}",
+                sender,
+            )
+        if h.kind == wire.KIND_DATA:
+            self._admit(sender, h)
+        self._dispatch(sender, h, payload)
+
+    def _admit(self, sender: int, h: wire.Header) -> bool:
+        """Account for a data message before anything of it is held; False if the awaiting receive refuses it.
+
+        The message the current receive awaits from ``sender`` (nothing of it is buffered yet) is checked
+        against the expectation and is not counted against ``max_buffered_bytes``; any other one is.
+        """
+        cost = max(h.nbytes, wire.HEADER_SIZE)
+        awaited = self._awaiting.get(sender)
+        nxt = awaited is not None and not self._buf[sender] and h.seq == self._in_seq[sender]
+        if not nxt and self._held[sender] + cost > self.max_buffered_bytes:
+            raise WireError(
+                f"{self.name(sender)} sent '{h.op}' (message #{h.seq}, {h.nbytes} bytes) ahead of what "
+                f"{self.name(self.rank)} awaits, over the {self.max_buffered_bytes}-byte limit on data held for "
+                f"one peer ({self._held[sender]} held): a misbehaving peer, or raise max_buffered_bytes",
+                sender,
+            )
+        self._held[sender] += cost
+        if not nxt:
+            return True
+        op, expect = awaited
+        if op is None or expect is None:
+            return True
+        shape_ok = expect.shape is None or tuple(expect.shape) == h.shape
+        return h.op == op and h.dtype == expect.dtype and shape_ok
+
+    def _begin(self, sender: int, h: wire.Header, payload) -> None:
+        """The first chunk of a message of several: checked, then its whole (declared, checked) size allocated."""
+        if h.kind not in (wire.KIND_DATA, wire.KIND_DESYNC):
+            raise WireError(f"{self.name(sender)} sent a control message in chunks", sender)
+        if h.kind == wire.KIND_DATA and not self._admit(sender, h):
+            # Not what the awaiting operation expects: refused now (the receive raises on it), chunks dropped.
+            self._buf[sender].append((h, None))
+            self._partial[sender] = _Partial(h, None, len(payload))
+            return
+        dest = torch.empty(h.nbytes, dtype=torch.uint8)
+        dest.numpy()[: len(payload)] = memoryview(payload).cast("B")
+        self._partial[sender] = _Partial(h, dest, len(payload))
+
+    def _continue(self, sender: int, h: wire.Header, payload) -> None:
+        st = self._partial.get(sender)
+        if st is None:
+            raise WireError(
+                f"{self.name(sender)} sent chunk #{h.part} of '{h.op}' (message #{h.seq}) without its first chunk",
+                sender,
+            )
+        if h.part != st.next_part or not st.header.same_message(h):
+            raise WireError(
+                f"{self.name(sender)} sent chunk #{h.part} of '{h.op}' (message #{h.seq}) where chunk "
+                f"#{st.next_part} of '{st.header.op}' (message #{st.header.seq}) was due",
+                sender,
+            )
+        end = st.filled + len(payload)
+        if len(payload) != min(self.chunk_bytes, h.nbytes - st.filled):
+            raise WireError(
+                f"{self.name(sender)} sent a chunk of {len(payload)} bytes of '{h.op}' (message #{h.seq}) with "
+                f"{st.filled} of its {h.nbytes} declared bytes received (chunks are {self.chunk_bytes} bytes)",
+                sender,
+            )
+        if st.dest is not None:
+            st.dest.numpy()[st.filled : end] = memoryview(payload).cast("B")
+        st.filled, st.next_part = end, st.next_part + 1
+        if end == h.nbytes:
+            del self._partial[sender]
+            if st.dest is not None:
+                self._dispatch(sender, st.header, st.dest)
+
+    def _dispatch(self, sender: int, h: wire.Header, payload) -> None:
+        """A whole message: abort, bye and desync act at once; data waits in the sender's buffer."""
         if h.kind == wire.KIND_ABORT:
             self._check_run(sender, h)
             # Peer-controlled text: control characters escaped (no fake lines, no terminal escapes), bounded.
@@ -240,23 +391,22 @@ class BufferedCommunicator(Communicator):
             err = PeerAborted(f"{self.name(sender)} failed and stopped the run: {reason}", sender)
             err.reason = reason  # type: ignore[attr-defined] - forwarded by abort_reason
             raise err
+        if h.kind == wire.KIND_HELLO:  # the transport learnt which connection is the sender's; nothing else
+            return
         if h.kind == wire.KIND_BYE:
             self._bye.add(sender)
             self._bye_hdr[sender] = h
             return
         if h.kind == wire.KIND_DESYNC:
-            self._desync_recv[sender] = decode_records(payload)
+            self._desync_recv[sender] = decode_records(
+                payload.numpy().tobytes() if isinstance(payload, torch.Tensor) else payload
+            )
             if self._is_party(sender) and self.transcript is not None:
                 if self._resolving:
                     self._send_records(sender)  # answer, and go on resolving with the peer awaited
                 elif sender not in self._desync_sent:
                     self._desync(sender)  # answer with this side's records, then raise
             return
-        if len(payload) != h.nbytes:
-            raise WireError(
-                f"{self.name(sender)} sent {len(payload)} payload bytes for '{h.op}', its header declared {h.nbytes}",
-                sender,
-            )
         self._buf[sender].append((h, payload))
 
     # ----- run identity -------------------------------------------------------------------------
@@ -331,7 +481,6 @@ class BufferedCommunicator(Communicator):
                         break
         finally:
             self._resolving = False
-        self.run_id: bytes | None = None  # agreed at setup (parties.party); frames of another run are refused
         mine = self._records_for(peer)
         raise DesyncError(
             explain(self.name(self.rank), self.name(peer), t.count, mine, self._desync_recv.get(peer)), peer
@@ -354,6 +503,8 @@ class BufferedCommunicator(Communicator):
                 f"expected shape {expect.shape} ({expect.dtype}): the parties disagree on shapes",
                 peer,
             )
+        if payload is None:  # refused at its first chunk; unreachable after the checks above
+            raise DesyncError(f"{self.name(peer)} sent '{h.op}' that {self.name(self.rank)} did not expect", peer)
         return wire.decode_payload(h, payload, peer)
 
     # ----- lifecycle --------------------------------------------------------------------

@@ -20,9 +20,15 @@ class MemoryHub:
 
 class MemoryCommunicator(BufferedCommunicator):
     def __init__(
-        self, hub: MemoryHub, rank: int, timeout: float, max_message_bytes: int, recorder: Recorder | None = None
+        self,
+        hub: MemoryHub,
+        rank: int,
+        timeout: float,
+        max_message_bytes: int,
+        recorder: Recorder | None = None,
+        **limits: int,
     ) -> None:
-        super().__init__(rank, hub.world_size, timeout, max_message_bytes, recorder, dealer=hub.dealer)
+        super().__init__(rank, hub.world_size, timeout, max_message_bytes, recorder, dealer=hub.dealer, **limits)
         self._hub = hub
 
     def _post(self, peer: int, header: bytes, payload, final: bool = False) -> None:

@@ -129,7 +129,11 @@ def _make_comms(
     if transport == "memory":
         hub = MemoryHub(n, dealer=dealer)
         nodes = n + int(dealer)
-        return [MemoryCommunicator(hub, r, config.timeout, config.max_message_bytes, recorder(r)) for r in range(nodes)]
+        limits = {"chunk_bytes": config.chunk_bytes, "max_buffered_bytes": config.max_buffered_bytes}
+        return [
+            MemoryCommunicator(hub, r, config.timeout, config.max_message_bytes, recorder(r), **limits)
+            for r in range(nodes)
+        ]
     if transport == "inproc":
         return inproc_communicators(n, config, recorder, dealer=dealer)
     raise ConfigError(f"unknown simulator transport {transport!r}; use 'memory' or 'inproc'")

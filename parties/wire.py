@@ -1,10 +1,11 @@
 """The wire format: one fixed-size header frame, then the raw tensor buffer.
 
-Header (little-endian, 212 bytes)::
+Header (little-endian, 216 bytes)::
 
     magic   4s   b"MPCW"
-    version u8   2
-    kind    u8   1 data, 2 abort, 3 bye, 4 desync (the sender's transcript records, text)
+    version u8   3
+    kind    u8   1 data, 2 abort, 3 bye, 4 desync (the sender's transcript records, text),
+                 5 hello (the first frame on a new link: names the sender's connection)
     dtype   u8   code from DTYPES
     ndim    u8   0..16
     sender  u32  party id of the sender (the dealer is id n)
@@ -15,6 +16,13 @@ Header (little-endian, 212 bytes)::
     opidx   u64  the sender's count of user-level operations (``mpc.transcript``)
     digest  8s   the sender's transcript digest after them
     run     8s   the run id the nodes agreed on at setup (zeros during setup)
+    part    u32  index of this frame's chunk of the payload (0 for the first)
+
+A payload larger than the sender's chunk size travels as several frames, each
+``[header, chunk]`` with the same header but for ``part``; the receiver checks
+the first header (shape against its limits, and against what the current
+operation expects) before it allocates anything, and every later header
+against the first (``parties.comm_base``).
 
 Nothing from the wire is ever unpickled or evaluated: a payload becomes an
 array only after its header passed every check, and only with the declared,
@@ -24,7 +32,7 @@ checked size.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -42,20 +50,21 @@ __all__ = [
     "KIND_ABORT",
     "KIND_BYE",
     "KIND_DESYNC",
+    "KIND_HELLO",
     "encode_header",
     "decode_header",
     "decode_payload",
 ]
 
 MAGIC = b"MPCW"
-VERSION = 2
-KIND_DATA, KIND_ABORT, KIND_BYE, KIND_DESYNC = 1, 2, 3, 4
-KINDS = (KIND_DATA, KIND_ABORT, KIND_BYE, KIND_DESYNC)
+VERSION = 3
+KIND_DATA, KIND_ABORT, KIND_BYE, KIND_DESYNC, KIND_HELLO = 1, 2, 3, 4, 5
+KINDS = (KIND_DATA, KIND_ABORT, KIND_BYE, KIND_DESYNC, KIND_HELLO)
 DIGEST_BYTES = 8
 RUN_ID_BYTES = 8
 MAX_NDIM = 16
 OP_BYTES = 32
-_FMT = struct.Struct("<4sBBBBIQQ32s16qQ8s8s")
+_FMT = struct.Struct("<4sBBBBIQQ32s16qQ8s8sI")
 HEADER_SIZE = _FMT.size
 
 _NP = {
@@ -85,6 +94,11 @@ class Header:
     opidx: int = 0
     digest: bytes = bytes(DIGEST_BYTES)
     run: bytes = bytes(RUN_ID_BYTES)
+    part: int = 0
+
+    def same_message(self, other: Header) -> bool:
+        """Whether ``other`` is a chunk of the same message (every field equal but ``part``)."""
+        return replace(other, part=self.part) == self
 
 
 def _who(peer: int | None) -> str:
@@ -102,6 +116,7 @@ def encode_header(
     opidx: int = 0,
     digest: bytes = bytes(DIGEST_BYTES),
     run: bytes = bytes(RUN_ID_BYTES),
+    part: int = 0,
 ) -> bytes:
     if not op.isprintable():
         raise ProtocolError(f"operation name {op!r} has control characters")
@@ -114,7 +129,7 @@ def encode_header(
         raise ProtocolError(f"dtype {dtype} cannot be sent")
     dims = list(shape) + [0] * (MAX_NDIM - len(shape))
     return _FMT.pack(
-        MAGIC, VERSION, kind, _CODES[dtype], len(shape), sender, seq, nbytes, opb, *dims, opidx, digest, run
+        MAGIC, VERSION, kind, _CODES[dtype], len(shape), sender, seq, nbytes, opb, *dims, opidx, digest, run, part
     )
 
 
@@ -124,7 +139,7 @@ def decode_header(buf: bytes | memoryview, max_bytes: int, peer: int | None = No
     if len(buf) != HEADER_SIZE:
         raise WireError(f"{who} sent a header of {len(buf)} bytes, expected {HEADER_SIZE}", peer)
     magic, version, kind, code, ndim, sender, seq, nbytes, opb, *rest = _FMT.unpack(buf)
-    dims, opidx, digest, run = rest[:MAX_NDIM], rest[MAX_NDIM], rest[MAX_NDIM + 1], rest[MAX_NDIM + 2]
+    dims, (opidx, digest, run, part) = rest[:MAX_NDIM], rest[MAX_NDIM:]
     if magic != MAGIC:
         raise WireError(f"{who} sent a frame with a wrong magic number {magic!r}: not an mpc peer", peer)
     if version != VERSION:
@@ -156,14 +171,21 @@ def decode_header(buf: bytes | memoryview, max_bytes: int, peer: int | None = No
             )
     if nbytes != numel * itemsize:
         raise WireError(f"{who} declared {nbytes} payload bytes for shape {shape} of {dtype}", peer)
-    return Header(kind, sender, seq, op, dtype, shape, nbytes, opidx, digest, run)
+    return Header(kind, sender, seq, op, dtype, shape, nbytes, opidx, digest, run, part)
 
 
-def decode_payload(h: Header, buf: bytes | memoryview, peer: int | None = None) -> torch.Tensor:
-    if len(buf) != h.nbytes:
-        raise WireError(
-            f"{_who(peer)} sent {len(buf)} payload bytes for '{h.op}', its header declared {h.nbytes}", peer
-        )
+def decode_payload(h: Header, buf: bytes | memoryview | torch.Tensor, peer: int | None = None) -> torch.Tensor:
+    """The payload as a tensor of the header's dtype and shape.
+
+    ``buf`` is a frame's bytes (copied out of the transport's buffer) or, for a
+    message that came in chunks, the uint8 tensor it was assembled into (used
+    in place).
+    """
+    n = buf.numel() if isinstance(buf, torch.Tensor) else len(buf)
+    if n != h.nbytes:
+        raise WireError(f"{_who(peer)} sent {n} payload bytes for '{h.op}', its header declared {h.nbytes}", peer)
+    if isinstance(buf, torch.Tensor):
+        return buf.view(h.dtype).reshape(h.shape)
     arr = np.frombuffer(buf, dtype=_NP[h.dtype]).copy()
     return torch.from_numpy(arr).reshape(h.shape)
 

@@ -37,6 +37,7 @@ from zmq.utils.monitor import recv_monitor_message
 from mpc.config import MPCConfig
 from mpc.errors import ConfigError, PeerLost, PeerTimeout, SecurityError, WireError
 
+from . import wire
 from .comm_base import BufferedCommunicator, Frames, Recorder
 
 __all__ = ["CurveKeys", "ZmqCommunicator", "inproc_communicators"]
@@ -44,6 +45,9 @@ __all__ = ["CurveKeys", "ZmqCommunicator", "inproc_communicators"]
 log = logging.getLogger("mpc.zmq")
 
 BIG = 1 << 16
+# Messages (a header and one chunk each) libzmq queues per peer before it stops reading that peer's socket.
+RCV_HWM = 8
+FRAME_OVERHEAD = 256
 CLOSE_LINGER_MS = 2000
 # Seconds the ZAP authenticator thread gets to stop at close.
 AUTH_STOP = 5.0
@@ -119,7 +123,16 @@ class ZmqCommunicator(BufferedCommunicator):
         dealer: bool = True,
         listen_fd: int | None = None,
     ) -> None:
-        super().__init__(rank, world_size, config.timeout, config.max_message_bytes, recorder, dealer=dealer)
+        super().__init__(
+            rank,
+            world_size,
+            config.timeout,
+            config.max_message_bytes,
+            recorder,
+            dealer=dealer,
+            chunk_bytes=config.chunk_bytes,
+            max_buffered_bytes=config.max_buffered_bytes,
+        )
         self._listen_fd = listen_fd
         self._own_context = context is None
         self._zctx = zmq.Context() if context is None else context
@@ -130,6 +143,8 @@ class ZmqCommunicator(BufferedCommunicator):
         self._lost: dict[int, float] = {}
         self._connected: set[int] = set()
         self._refused_by: set[int] = set()
+        self._fd_peer: dict[int, int] = {}  # incoming connection (its fd) -> the authenticated peer on it
+        self._cut: dict[int, float] = {}  # peer -> when this node's transport cut its incoming connection
         try:
             if len(addresses) != self.nodes:
                 what = "parties and dealer" if dealer else "one per party, no dealer"
@@ -155,8 +170,12 @@ class ZmqCommunicator(BufferedCommunicator):
         pull = self._zctx.socket(zmq.PULL)
         self._pull = pull
         pull.setsockopt(zmq.LINGER, 0)
-        pull.setsockopt(zmq.RCVHWM, 0)
-        pull.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
+        # Bounded queues: at most RCV_HWM messages of one frame each per peer wait in libzmq, and a frame
+        # over the chunk limit cuts the sender's connection as soon as its length is read (never held).
+        pull.setsockopt(zmq.RCVHWM, RCV_HWM)
+        # (CURVE wraps each frame in a MESSAGE command of a few dozen bytes more: the limit allows for it,
+        # and comm_base refuses a decrypted frame over chunk_bytes.)
+        pull.setsockopt(zmq.MAXMSGSIZE, max(self.chunk_bytes, wire.HEADER_SIZE) + FRAME_OVERHEAD)
         if curve is not None:
             pull.curve_secretkey = curve.secret
             pull.curve_publickey = curve.public
@@ -174,6 +193,9 @@ class ZmqCommunicator(BufferedCommunicator):
             raise ConfigError(f"{self.name(self.rank)} cannot listen on {own}: {exc.strerror}{hint}") from None
         self._poller = zmq.Poller()
         self._poller.register(pull, zmq.POLLIN)
+        # The PULL side's own disconnects: libzmq cuts a connection that sends a frame over MAXMSGSIZE.
+        self._pull_mon = pull.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._poller.register(self._pull_mon, zmq.POLLIN)
         self._push: dict[int, zmq.Socket] = {}
         self._monitors: dict[zmq.Socket, int] = {}
         peers = range(self.world_size) if self.has_dealer and self.rank == self.world_size else range(self.nodes)
@@ -198,6 +220,8 @@ class ZmqCommunicator(BufferedCommunicator):
                     f"{self.name(self.rank)} cannot connect to {self.name(peer)} at {addresses[peer]}: {exc.strerror}"
                 ) from None
             self._push[peer] = s
+            if curve is not None:
+                self._hello(peer)
 
     # ----- transport primitives ---------------------------------------------------
     def _post(self, peer: int, header: bytes, payload, final: bool = False) -> None:
@@ -240,16 +264,26 @@ class ZmqCommunicator(BufferedCommunicator):
         for mon, peer in self._monitors.items():
             if mon in events:
                 self._monitor_event(mon, peer)
+        if self._pull_mon in events and self._pull not in events:  # a cut connection's frames are read first
+            self._pull_event()
         if self._pull in events:
-            frames = self._pull.recv_multipart(copy=False)
-            if len(frames) != 2:
-                raise WireError(f"a peer of {self.name(self.rank)} sent a message of {len(frames)} frames, expected 2")
+            try:
+                first = self._pull.recv(zmq.NOBLOCK, copy=False)
+            except zmq.Again:  # a message whose connection was cut on the way (see _rest_of_message)
+                self._pull_event()
+                self._raise_lost()
+                return None
             auth = None
             if self._curve is not None:
-                uid = frames[0].get("User-Id")
+                uid = first.get("User-Id")
                 auth = self._key_rank.get(uid.encode("ascii")) if uid else None
                 if auth is None:
                     raise SecurityError(f"{self.name(self.rank)} received a frame without an authenticated cluster key")
+                self._fd_peer[first.get(zmq.SRCFD)] = auth
+            frames = [first, *self._rest_of_message(first)]
+            if len(frames) != 2:
+                who = self.name(auth) if auth is not None else f"a peer of {self.name(self.rank)}"
+                raise WireError(f"{who} sent a message of {len(frames)} frames, expected 2", auth)
             return frames[0].bytes, frames[1].buffer, auth
         self._raise_lost()
         return None
@@ -264,6 +298,38 @@ class ZmqCommunicator(BufferedCommunicator):
             elif ev in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
                 self._refused_by.add(peer)
 
+    def _rest_of_message(self, first: zmq.Frame) -> list[zmq.Frame]:
+        """The remaining frames of a message, waited for with a deadline.
+
+        libzmq may show a message's first frame before the rest arrived; if the
+        connection is then cut (a frame over the chunk limit), the rest never
+        comes and a plain blocking receive would wait for ever.
+        """
+        rest: list[zmq.Frame] = []
+        more = first.more
+        deadline = time.monotonic() + self.timeout
+        while more and len(rest) < 2:
+            if self._pull.poll(50, zmq.POLLIN):
+                frame = self._pull.recv(copy=False)
+                rest.append(frame)
+                more = frame.more
+                continue
+            self._pull_event()
+            self._raise_lost()
+            if time.monotonic() > deadline:
+                raise PeerTimeout(
+                    f"{self.name(self.rank)} got the first frame of a message and not the rest within "
+                    f"{self.timeout:g}s",
+                )
+        return rest
+
+    def _pull_event(self) -> None:
+        while self._pull_mon.poll(0):
+            msg = recv_monitor_message(self._pull_mon)
+            peer = self._fd_peer.pop(int(msg["value"]), None)
+            if msg["event"] == zmq.EVENT_DISCONNECTED and peer is not None and peer not in self._bye:
+                self._cut.setdefault(peer, time.monotonic())
+
     def _raise_lost(self) -> None:
         if self._refused_by:
             peer = min(self._refused_by)
@@ -273,6 +339,16 @@ class ZmqCommunicator(BufferedCommunicator):
                 "the cluster file), or the peer runs with a different --insecure setting"
             )
         now = time.monotonic()
+        for peer, since in sorted(self._cut.items()):
+            # The incoming connection dropped while this node's link to the peer stayed up: the peer is alive
+            # and libzmq cut it for a frame over the chunk limit (or a malformed one).
+            if peer not in self._bye and peer not in self._lost and now - since > LOST_GRACE:
+                raise WireError(
+                    f"{self.name(peer)} sent {self.name(self.rank)} a frame over the {self.chunk_bytes}-byte chunk "
+                    "limit, or a malformed one: the transport cut its connection without holding the frame "
+                    "(chunk_bytes must be the same at every node)",
+                    peer,
+                )
         for peer, since in sorted(self._lost.items()):
             if peer not in self._bye and not self._buf[peer] and now - since > LOST_GRACE:
                 raise PeerLost(
@@ -296,6 +372,13 @@ class ZmqCommunicator(BufferedCommunicator):
                 pass
         for mon in getattr(self, "_monitors", {}):
             mon.close(linger=0)
+        pull_mon = getattr(self, "_pull_mon", None)
+        if pull_mon is not None:
+            try:
+                self._pull.disable_monitor()
+            except zmq.ZMQError:
+                pass
+            pull_mon.close(linger=0)
         for s in pushes:
             s.close(linger=ms)
         pull = getattr(self, "_pull", None)

@@ -29,7 +29,6 @@ import socket
 import struct
 import threading
 import time
-import tracemalloc
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,7 +51,7 @@ from parties.simulator import run_threads
 from parties.zmq_comm import CurveKeys, ZmqCommunicator
 
 ENC = FixedPoint(16)
-_FMT = struct.Struct("<4sBBBBIQQ32s16qQ8s8s")  # the header layout parties/wire.py documents
+_FMT = struct.Struct("<4sBBBBIQQ32s16qQ8s8sI")  # the header layout parties/wire.py documents
 
 
 def _header(sender=1, seq=0, op="x", shape=(2,), **fields: Any) -> bytes:
@@ -196,16 +195,13 @@ _HOSTILE = {
 def test_hostile_frames_from_an_authenticated_peer(authenticated_link, case):
     frames, error, match = _HOSTILE[case]
     c0, raw = authenticated_link
+    # Each refusal names the peer.  What a refusal costs in memory (RSS, under floods and oversized frames)
+    # is measured in tests/test_memory_bounds.py.
+    raw.send_multipart([wire.encode_header(wire.KIND_HELLO, 1, 0, "hello", torch.uint8, (0,), 0), b""])
     raw.send_multipart(frames)
-    tracemalloc.start()
-    try:
-        with pytest.raises(error, match=match) as err:
-            c0.recv(1, "x", Expect((2,)))
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    with pytest.raises(error, match=match) as err:
+        c0.recv(1, "x", Expect((2,)))
     assert err.value.peer == 1
-    assert peak < 1 << 20, f"{peak} bytes allocated while refusing a frame"
 
 
 # ----- 2. only cryptographic randomness --------------------------------------------------------------

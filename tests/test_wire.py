@@ -22,7 +22,7 @@ from parties.memory import MemoryCommunicator, MemoryHub
 from parties.zmq_comm import ZmqCommunicator
 
 LIMIT = 1 << 20
-_FMT = struct.Struct("<4sBBBBIQQ32s16qQ8s8s")  # the layout the wire module documents
+_FMT = struct.Struct("<4sBBBBIQQ32s16qQ8s8sI")  # the layout the wire module documents
 
 
 def _header(kind=wire.KIND_DATA, sender=1, seq=7, op="mul", dtype=torch.int64, shape=(3, 4), nbytes=None):
@@ -127,12 +127,12 @@ def test_wrong_magic_version_kind():
     f = _fields(_header())
     _refused(_pack([b"XXXX", *f[1:]]), "wrong magic")
     _refused(b"GET / HTTP/1.1\r\n".ljust(wire.HEADER_SIZE, b"\x00"), "wrong magic")
-    for version in (0, 1, 255):
+    for version in (0, 1, 2, 255):
         g = list(f)
         g[1] = version
         e = _refused(_pack(g), "wire version")
         assert f"version {version}" in str(e)
-    for kind in (0, 5, 255):
+    for kind in (0, 6, 255):
         g = list(f)
         g[2] = kind
         _refused(_pack(g), "unknown message kind")
@@ -308,3 +308,97 @@ def test_zmq_communicator_refuses_split_frames():
         raw.close(0)
         c0.abort("test over")
         zctx.term()
+
+
+# ----- chunked messages ---------------------------------------------------------------------------------
+
+CHUNK = 4096
+
+
+def _chunked_pair(**limits):
+    hub = MemoryHub(2)
+    return hub, MemoryCommunicator(hub, 0, timeout=2.0, max_message_bytes=LIMIT, chunk_bytes=CHUNK, **limits)
+
+
+def _chunks(t: torch.Tensor, seq=0, op="x", sender=1):
+    data = bytes(wire.payload_of(t))
+    frames = []
+    for part, off in enumerate(range(0, len(data), CHUNK)):
+        h = wire.encode_header(wire.KIND_DATA, sender, seq, op, t.dtype, tuple(t.shape), len(data), part=part)
+        frames.append((h, data[off : off + CHUNK], sender))
+    return frames
+
+
+@pytest.mark.timeout(20)
+def test_a_large_message_is_sent_in_chunks_and_reassembled():
+    hub = MemoryHub(2)
+    cs = [MemoryCommunicator(hub, r, timeout=2.0, max_message_bytes=LIMIT, chunk_bytes=CHUNK) for r in (0, 1)]
+    t = torch.arange(3 * CHUNK // 8 + 5, dtype=torch.int64).reshape(-1, 1)
+    cs[1].send(0, "big", t)
+    frames = [hub.boxes[0].get_nowait() for _ in range(hub.boxes[0].qsize())]  # what travelled
+    for f in frames:
+        hub.boxes[0].put(f)
+    assert len(frames) == 4 and all(len(p) <= CHUNK for _, p, _ in frames)
+    assert [wire.decode_header(h, LIMIT).part for h, _, _ in frames] == [0, 1, 2, 3]
+    got = cs[0].recv(1, "big", Expect(tuple(t.shape)))
+    assert torch.equal(got, t)
+    assert cs[0].stats.bytes_recv == t.numel() * 8
+
+
+def _refused_chunks(frames, error, match, expect=(CHUNK,), **limits):
+    hub, c0 = _chunked_pair(**limits)
+    for f in frames:
+        hub.boxes[0].put(f)
+    with pytest.raises(error, match=match) as err:
+        c0.recv(1, "x", Expect(expect))
+    assert err.value.peer == 1
+    return c0
+
+
+@pytest.mark.timeout(20)
+def test_chunks_out_of_order_of_another_message_or_too_many_are_refused():
+    t = torch.zeros(CHUNK, dtype=torch.int64)  # 8 chunks
+    fr = _chunks(t)
+    _refused_chunks([fr[0], fr[2]], WireError, r"party 1 sent chunk #2 of 'x'.*where chunk #1")
+    _refused_chunks([fr[1]], WireError, r"chunk #1 of 'x' \(message #0\) without its first chunk")
+    other = _chunks(t, seq=1)
+    _refused_chunks(
+        [fr[0], other[1]], WireError, r"chunk #1 of 'x' \(message #1\) where chunk #1 of 'x' \(message #0\)"
+    )
+    h, p, s = fr[1]
+    _refused_chunks([fr[0], (h, p + b"\x00", s)], WireError, r"frame of 4097 bytes, over the 4096-byte chunk")
+    odd = _chunks(torch.zeros(CHUNK // 8 + CHUNK // 16, dtype=torch.int64))  # 1.5 chunks: more than declared
+    _refused_chunks(
+        [odd[0], (odd[1][0], bytes(CHUNK), 1)], WireError, r"chunk of 4096 bytes.*4096 of its 6144", expect=(768,)
+    )
+    _refused_chunks([fr[0], (h, p[:-1], s)], WireError, r"chunk of 4095 bytes")
+    h0, p0, _ = fr[0]
+    _refused_chunks([(h0, p0 + p0, 1)], WireError, r"frame of 8192 bytes, over the 4096-byte chunk limit")
+
+
+@pytest.mark.timeout(20)
+def test_an_unexpected_shape_is_refused_at_its_first_chunk():
+    t = torch.zeros(CHUNK, dtype=torch.int64)
+    fr = _chunks(t)
+    # Only the first chunk arrives: the receive refuses at once, without waiting for (or holding) the rest.
+    c0 = _refused_chunks(fr[:1], DesyncError, r"expected shape \(2,\)", expect=(2,))
+    assert c0._partial[1].dest is None  # nothing allocated for it: the rest would be dropped
+
+
+@pytest.mark.timeout(20)
+def test_data_sent_ahead_is_held_up_to_the_limit():
+    t = torch.zeros(CHUNK // 8, dtype=torch.int64)  # one chunk each
+    frames = [f for seq in range(6) for f in _chunks(t, seq=seq, op="ahead")]
+    hub, c0 = _chunked_pair(max_buffered_bytes=4 * CHUNK)
+    for f in frames:
+        hub.boxes[0].put(f)
+    # Party 0 awaits the dealer: party 1's messages are ahead of it; the fifth is over the limit.
+    with pytest.raises(WireError, match=r"party 1 sent 'ahead' \(message #4.*over the 16384-byte limit") as err:
+        c0.recv(2, "x", Expect((2,)))
+    assert err.value.peer == 1
+    # The same messages, awaited one by one, pass: what the current operation expects is not "ahead".
+    hub, c0 = _chunked_pair(max_buffered_bytes=4 * CHUNK)
+    for f in frames:
+        hub.boxes[0].put(f)
+    for _ in range(6):
+        c0.recv(1, "ahead", Expect(tuple(t.shape)))
