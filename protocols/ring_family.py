@@ -10,7 +10,7 @@ these methods and the primitives, through ``ctx.family``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from fractions import Fraction
 from typing import Any
 
@@ -91,6 +91,29 @@ def powers_generic(ctx: PartyContext, v: Share, degree: int, f: int, op: str) ->
     return out
 
 
+# Elementwise products of more elements than this run block by block (two rounds a block): the working set
+# (openings, the dealer's material, the truncation's masks: about a dozen ring elements per element) stays
+# a few hundred MB at any size, and the result is the only buffer that grows with the size.  The dealer
+# generates each block's material when asked, so its memory is bounded the same way.
+BLOCK_ELEMENTS = 1 << 20
+
+
+def _blockwise(x: Share, y: Share, fn: Callable[[Share, Share], Share]) -> Share:
+    """``fn`` over aligned blocks of the flattened ``x`` and ``y`` (same shape), written into one result."""
+    n = x.numel()
+    xf, yf = x.reshape(-1), y.reshape(-1)
+    out: Share | None = None
+    for start in range(0, n, BLOCK_ELEMENTS):
+        stop = min(n, start + BLOCK_ELEMENTS)
+        z = fn(xf[start:stop], yf[start:stop])
+        if out is None:
+            out = z._map(lambda t: torch.empty(n, dtype=t.dtype))
+        out._zip(z, lambda o, t, a=start, b=stop: o[a:b].copy_(t))
+        del z
+    assert out is not None
+    return out.reshape(x.shape)
+
+
 class RingFamily(ProtocolFamily):
     """Composites for families over Z_2^64 (fixed point with ``frac_bits`` fractional bits)."""
 
@@ -166,6 +189,8 @@ class RingFamily(ProtocolFamily):
         return self.truncate_many(ctx, [(x, ctx.config.frac_bits if bits is None else bits)], op)[0]
 
     def mul(self, ctx: PartyContext, x: Share, y: Share, op: str = "mul") -> Share:
+        if x.shape == y.shape and x.numel() > BLOCK_ELEMENTS:
+            return _blockwise(x, y, lambda a, b: self.mul(ctx, a, b, op))
         return self.truncate(ctx, self.product(ctx, OP_MUL, x, y, op=op), op=f"{op}:trunc")
 
     def matmul(self, ctx: PartyContext, x: Share, y: Share, op: str = "matmul") -> Share:
@@ -176,6 +201,8 @@ class RingFamily(ProtocolFamily):
         return self.truncate(ctx, self.product(ctx, OP_CONV2D, x, w, extra, op="conv2d"), op="conv2d:trunc")
 
     def square(self, ctx: PartyContext, x: Share) -> Share:
+        if x.numel() > BLOCK_ELEMENTS:
+            return _blockwise(x, x, lambda a, _: self.square(ctx, a))
         return self.truncate(ctx, self.square_raw(ctx, x), op="square:trunc")
 
     def mul_public(self, ctx: PartyContext, x: Share, value: Any, op: str = "mul_public") -> Share:

@@ -4,6 +4,7 @@
     python scripts/bench.py --curve         # + CURVE on/off ratio for the 512 matmul and an MLP forward pass
     python scripts/bench.py --nonlinear     # + ReLU, comparisons, sigmoid, exp, ... (scripts/bench_nonlinear.py)
     python scripts/bench.py --nn            # only the mpc.nn set: MLP and LeNet-5 inference, an MLP training step
+    python scripts/bench.py --memory        # peak RSS of a 2-party multiply at 1e6, 1e7, 1e8 elements
     python scripts/bench.py --json out.json
 
 Every figure comes from the parties' own counters (``ctx.stats``): rounds are
@@ -22,6 +23,17 @@ initialises (torch's default init, shared), on inputs that party 1 shares:
   ``backward()``, ``SGD(lr=0.01).step()``.
 
 Nothing is revealed inside a timed step (logits, loss and weights stay secret).
+
+``--memory`` (issue 11): one 2-party elementwise multiply of N elements with
+the dealer, for N in 1e6, 1e7, 1e8.  Each party measures its resident set
+(``VmRSS``) once its inputs are shared and its peak (``VmHWM``, reset through
+``/proc/self/clear_refs`` just before) during the multiply; the figure is
+``(peak - before) / N`` bytes per element, beyond the inputs.  The dealer's
+peak comes from the parent, which reads every child's ``VmHWM`` while the run
+lasts (a peak cannot be missed by sampling); its figure is that peak minus its
+peak on a 1,000-element multiply (the process itself: torch, libzmq), over N.
+Products of more than ``protocols.ring_family.BLOCK_ELEMENTS`` elements run
+block by block, so the working set is one block's and only the result grows.
 """
 
 from __future__ import annotations
@@ -29,8 +41,10 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import statistics
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -145,6 +159,120 @@ def _party(ctx, op: str, size: int, repeat: int) -> dict:
     return {"seconds": statistics.median(times), "all_seconds": times, **(cost or {})}
 
 
+def _proc_status(pid: int | str, field: str) -> int:
+    """A ``/proc/PID/status`` memory field in bytes (0 once the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _memory_party(ctx, size: int) -> dict:
+    torch.set_num_threads(1)
+    x, y = _secret(ctx, (size,), 0), _secret(ctx, (size,), 1)
+    _sync(ctx)
+    rounds0 = ctx.stats.rounds
+    before = _proc_status("self", "VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # the peak (VmHWM) restarts from the current RSS
+    t0 = time.perf_counter()
+    z = x * y
+    seconds = time.perf_counter() - t0
+    peak = _proc_status("self", "VmHWM")
+    rounds = ctx.stats.rounds - rounds0
+    del z
+    return {"pid": os.getpid(), "before": before, "peak": peak, "seconds": seconds, "rounds": rounds}
+
+
+class _ChildPeaks:
+    """Reads the peak RSS (VmHWM) of every child of this process while a run lasts."""
+
+    def __init__(self) -> None:
+        self.peaks: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _children(self) -> list[int]:
+        me, out = os.getpid(), []
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    with open(f"/proc/{d}/stat") as f:
+                        if int(f.read().rsplit(")", 1)[1].split()[1]) == me:
+                            out.append(int(d))
+                except (OSError, IndexError, ValueError):
+                    pass
+        return out
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.05):
+            for pid in self._children():
+                hwm = _proc_status(pid, "VmHWM")
+                if hwm:
+                    self.peaks[pid] = max(self.peaks.get(pid, 0), hwm)
+
+    def __enter__(self) -> _ChildPeaks:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def measure_memory(size: int, insecure: bool = False) -> dict:
+    with _ChildPeaks() as watch:
+        res = mpc.run(functools.partial(_memory_party, size=size), parties=2, insecure=insecure, timeout=600)
+    party_pids = {r["pid"] for r in res}
+    dealer = max((v for pid, v in watch.peaks.items() if pid not in party_pids), default=0)
+    base = _dealer_baseline(insecure) if size > BASELINE_ELEMENTS else dealer
+    return {
+        "op": "mul-memory",
+        "size": size,
+        "seconds": max(r["seconds"] for r in res),
+        "rounds": res[0]["rounds"],
+        "party_before_mb": [r["before"] / 1e6 for r in res],
+        "party_peak_mb": [r["peak"] / 1e6 for r in res],
+        "party_bytes_per_element": [(r["peak"] - r["before"]) / size for r in res],
+        "dealer_peak_mb": dealer / 1e6,
+        "dealer_base_mb": base / 1e6,
+        "dealer_bytes_per_element": (dealer - base) / size,
+    }
+
+
+BASELINE_ELEMENTS = 1000
+_BASELINES: dict[bool, int] = {}
+
+
+def _dealer_baseline(insecure: bool) -> int:
+    """The dealer's peak on a 1,000-element multiply: its process (torch, libzmq) without the work."""
+    if insecure not in _BASELINES:
+        _BASELINES[insecure] = measure_memory(BASELINE_ELEMENTS, insecure)["dealer_peak_mb"] * 1e6
+    return _BASELINES[insecure]
+
+
+def memory_table(rows: list[dict]) -> str:
+    head = (
+        f"{'elements':>10}{'seconds':>9}{'rounds':>7}{'party0 MB':>20}{'party1 MB':>20}"
+        f"{'B/elt p0':>9}{'B/elt p1':>9}{'dealer MB':>16}{'B/elt':>7}"
+    )
+    lines = [head, "-" * len(head), f"{'':>26}(before -> peak)"]
+    for r in rows:
+        (b0, b1), (p0, p1) = r["party_before_mb"], r["party_peak_mb"]
+        e0, e1 = r["party_bytes_per_element"]
+        dealer = f"{r['dealer_base_mb']:.0f} -> {r['dealer_peak_mb']:.0f}"
+        lines.append(
+            f"{r['size']:>10.0e}{r['seconds']:>9.2f}{r['rounds']:>7}{f'{b0:.0f} -> {p0:.0f}':>20}"
+            f"{f'{b1:.0f} -> {p1:.0f}':>20}{e0:>9.1f}{e1:>9.1f}{dealer:>16}"
+            f"{r['dealer_bytes_per_element']:>7.1f}"
+        )
+    return "\n".join(lines)
+
+
 def measure(op: str, size: int, parties: int, repeat: int, insecure: bool = False) -> dict:
     res = mpc.run(functools.partial(_party, op=op, size=size, repeat=repeat), parties=parties, insecure=insecure)
     p0, last = res[0], res[-1]
@@ -220,8 +348,25 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="only the mpc.nn set: inference, a training step (ignores --curve, --nonlinear)",
     )
+    ap.add_argument(
+        "--memory",
+        nargs="*",
+        type=float,
+        metavar="N",
+        help="only the memory set: peak RSS per party and dealer of a 2-party multiply (default 1e6 1e7 1e8)",
+    )
     ap.add_argument("--json", help="write the rows to this file")
     args = ap.parse_args(argv)
+    if args.memory is not None:
+        rows = []
+        for n in args.memory or [1e6, 1e7, 1e8]:
+            rows.append(measure_memory(int(n), args.insecure))
+            print(memory_table(rows[-1:]), flush=True)
+        print(memory_table(rows))
+        out = {"rows": rows}
+        if args.json:
+            Path(args.json).write_text(json.dumps(out, indent=1))
+        return 0
     if args.nn:
         rows = [measure(op, b, n, args.repeat, args.insecure) for n in args.parties for op, b in NN_OPS.items()]
         overhead: dict[str, float] = {}  # CURVE's cost is the foundation set's question
