@@ -22,7 +22,7 @@ from mpc.config import MPCConfig
 from mpc.context import Expect
 from mpc.errors import ConfigError, PeerTimeout, ProtocolError
 from mpc.prg import new_seed
-from protocols.correlated import CORRELATIONS, MAX_PARAMS, DealerGenerator, _numel
+from protocols.correlated import CORRELATIONS, MAX_PARAMS, DealerGenerator, Speculator, _numel
 
 from .comm_base import BufferedCommunicator
 from .party import NONCE_BYTES, bytes_tensor, run_id
@@ -63,6 +63,15 @@ def _check_request(op: str, params: tuple[int, ...], max_bytes: int) -> str:
     return kind
 
 
+def _make_ahead(gen: DealerGenerator, spec: Speculator):
+    """Draw the next request's sub-seeds and, if the speculator has a guess, its material now."""
+    seeds = gen.next_seeds()
+    guess = spec.guess()
+    if guess is None:
+        return seeds, None, None
+    return seeds, guess, gen.correction(*guess, seeds)
+
+
 def serve_dealer(comm: BufferedCommunicator, config: MPCConfig, idle_timeout: float | None = None) -> int:
     """Run the dealer until every party said bye; returns the number of requests served."""
     wait = idle_limit(config, idle_timeout)
@@ -81,6 +90,10 @@ def serve_dealer(comm: BufferedCommunicator, config: MPCConfig, idle_timeout: fl
     del seeds
     last = n - 1
     served = 0
+    spec = Speculator()
+    # The next request's sub-seeds, drawn ahead; with a guess of the request and its material, made while
+    # the parties computed (protocols.correlated: a wrong guess is dropped, the seeds serve the real one).
+    ahead: tuple[list[bytes], tuple[str, tuple[int, ...]] | None, torch.Tensor | None] | None = None
     while True:
         try:
             msg = comm.recv_any(last, timeout=wait)
@@ -101,8 +114,12 @@ def serve_dealer(comm: BufferedCommunicator, config: MPCConfig, idle_timeout: fl
         op, params_t = msg
         params = tuple(int(p) for p in params_t.reshape(-1).tolist())
         kind = _check_request(op, params, comm.max_message_bytes)
-        comm.send(last, op, gen.correction(kind, params))
+        seeds, guessed, made = ahead if ahead is not None else (gen.next_seeds(), None, None)
+        ready = made is not None and guessed == (kind, params)
+        comm.send(last, op, made if ready else gen.correction(kind, params, seeds))
+        spec.observe(kind, params, guessed)
         served += 1
+        ahead = _make_ahead(gen, spec)
     comm.close()
-    log.debug("dealer served %d requests", served)
+    log.debug("dealer served %d requests (%d guessed ahead, %d guesses missed)", served, spec.hits, spec.misses)
     return served

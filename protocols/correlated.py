@@ -18,12 +18,22 @@ thus hand out one random word both as an XOR sharing and as an additive one
 (the comparison's mask ``r``), or random bits with their arithmetic shares (the
 conversion from binary to arithmetic).
 
+Every request draws a fresh 32-byte sub-seed from each stream and expands the
+correlation from it, so the dealer can draw the sub-seeds of the next request
+before it knows what the request is: ``Speculator`` learns the pattern of the
+requests (a training loop or batched inference repeats the same sequence) and
+the dealer produces the next correlation while the parties compute and open,
+instead of after they ask.  A wrong guess costs the dealer's time, never
+correctness: the guessed material is dropped and the request served from the
+same sub-seeds.
+
 The same generator code runs in the dealer process and in the in-process
 simulator (``DealerGenerator``), so what is tested is what is deployed.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -43,6 +53,7 @@ __all__ = [
     "CORRELATIONS",
     "DealerSource",
     "DealerGenerator",
+    "Speculator",
     "pack_shapes",
     "unpack_shapes",
     "OP_MUL",
@@ -336,10 +347,11 @@ class DealerSource(CorrelationSource):
         corr = _lookup(kind)
         if len(params) > MAX_PARAMS:
             raise ProtocolError(f"too many parameters for correlation {kind!r}")
-        randoms = [self._prg.int64(s) for s in corr.random_shapes(params)]
+        sub = Prg(self._prg.seed())  # this request's sub-stream (the dealer draws the same one)
+        randoms = [sub.int64(s) for s in corr.random_shapes(params)]
         shapes = corr.derived_shapes(params)
         if not self._last:
-            derived = [self._prg.int64(s) for s in shapes]
+            derived = [sub.int64(s) for s in shapes]
             return Handle(randoms, lambda: derived)
         dealer = self._comm.dealer_id
         self._comm.send(dealer, f"corr:{kind}", torch.tensor(params, dtype=torch.int64))
@@ -369,17 +381,23 @@ class DealerGenerator:
     def __init__(self, seeds: Sequence[bytes]) -> None:
         self._prgs = [Prg(s) for s in seeds]
 
-    def correction(self, kind: str, params: tuple[int, ...]) -> torch.Tensor:
+    def next_seeds(self) -> list[bytes]:
+        """The sub-seeds of the next request, one per party (drawn whatever the request will be)."""
+        return [prg.seed() for prg in self._prgs]
+
+    def correction(self, kind: str, params: tuple[int, ...], seeds: list[bytes] | None = None) -> torch.Tensor:
+        """The last party's derived parts of the next request (``seeds``: its sub-seeds, if drawn already)."""
         corr = _lookup(kind)
         if len(params) > MAX_PARAMS:
             raise ProtocolError(f"too many parameters for correlation {kind!r}")
+        subs = [Prg(s) for s in (self.next_seeds() if seeds is None else seeds)]
         rshapes = corr.random_shapes(params)
         dshapes = corr.derived_shapes(params)
         rxor, dxor = corr.part_kinds(params, len(rshapes), len(dshapes))
         n = len(self._prgs)
         totals: list[torch.Tensor] | None = None
         derived_sum: list[torch.Tensor] | None = None
-        for i, prg in enumerate(self._prgs):
+        for i, prg in enumerate(subs):
             rs = [prg.int64(s) for s in rshapes]
             totals = rs if totals is None else [_combine(t, r, x) for t, r, x in zip(totals, rs, rxor, strict=True)]
             if i < n - 1:
@@ -394,3 +412,65 @@ class DealerGenerator:
         if derived_sum is not None:
             wanted = [w ^ d if x else w - d for w, d, x in zip(wanted, derived_sum, dxor, strict=True)]
         return torch.cat([w.reshape(-1) for w in wanted]) if wanted else torch.empty(0, dtype=torch.int64)
+
+
+class Speculator:
+    """Guesses the dealer's next request from the ones before (a period in the request stream).
+
+    Training loops and batched inference ask for the same sequence of
+    correlations every iteration.  After each request the speculator looks
+    for a period ``p`` (up to ``window``, among the distances to the last
+    request's recent occurrences) with which the last ``confirm`` requests
+    repeat, and guesses the request ``p`` back from the next one.  It guesses
+    only while its guesses come true (after a miss the pattern must be seen
+    again), so a program without repetition costs the dealer nothing but this
+    bookkeeping: a few dictionary operations per request.
+    """
+
+    def __init__(self, window: int = 4096, confirm: int = 4) -> None:
+        self.window = window
+        self.confirm = confirm
+        self._hist: deque[tuple[str, tuple[int, ...]]] = deque(maxlen=window + confirm + 1)
+        self._seen: dict[tuple[str, tuple[int, ...]], deque[int]] = {}
+        self._n = 0  # requests observed
+        self._period = 0
+        self.hits = 0
+        self.misses = 0
+
+    def observe(self, kind: str, params: tuple[int, ...], guessed: tuple[str, tuple[int, ...]] | None) -> None:
+        req = (kind, params)
+        if guessed is not None:
+            if guessed == req:
+                self.hits += 1
+            else:
+                self.misses += 1
+                self._period = 0
+        h = self._hist
+        h.append(req)
+        p = self._period
+        if p and h[-1 - p] != req:
+            self._period = 0
+        if not self._period:
+            self._period = self._find_period(req)
+        seen = self._seen.get(req)
+        if seen is None:
+            if len(self._seen) > 4 * self.window:  # forget: a stream of ever new requests has no period
+                self._seen.clear()
+            seen = self._seen[req] = deque(maxlen=8)
+        seen.append(self._n)
+        self._n += 1
+
+    def _find_period(self, req: tuple[str, tuple[int, ...]]) -> int:
+        h, c = self._hist, self.confirm
+        for j in reversed(self._seen.get(req, ())):
+            p = self._n - j
+            if p > self.window or len(h) < p + c:
+                break
+            if all(h[-1 - i] == h[-1 - i - p] for i in range(c)):
+                return p
+        return 0
+
+    def guess(self) -> tuple[str, tuple[int, ...]] | None:
+        """The likely next request, or None."""
+        p = self._period
+        return self._hist[-p] if p else None

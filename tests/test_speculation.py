@@ -1,0 +1,91 @@
+"""The dealer produces the next correlation before it is asked (issue 12, item 5).
+
+Pure tier: the speculator finds the period of a request stream, guesses only
+while its guesses come true, and is not fooled by a stream without repetition.
+Thread tier: the real dealer loop guesses the requests of a training-like loop
+(hits counted) and results stay right when its guesses miss.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from conftest import SECURE
+
+import mpc
+from parties import dealer
+from protocols.correlated import DealerGenerator, Speculator
+
+
+def _feed(spec: Speculator, reqs) -> None:
+    guess = None
+    for r in reqs:
+        spec.observe(*r, guess)
+        guess = spec.guess()
+
+
+def test_a_repeating_stream_is_guessed_after_it_repeats():
+    it = [("triple", (0, 1, 4)), ("div", (4, 65536)), ("cmp", (4, 1, 0, 0)), ("triple", (0, 1, 4))]
+    spec = Speculator(confirm=4)
+    _feed(spec, it * 10)
+    assert spec.misses == 0
+    assert spec.hits >= 4 * 10 - 2 * len(it) - 4  # everything after the first two iterations and the check
+    assert spec.guess() == it[0]
+
+
+def test_no_guess_without_repetition_and_none_after_a_miss():
+    spec = Speculator(confirm=3)
+    _feed(spec, [("triple", (0, 1, n)) for n in range(1, 200)])
+    assert spec.hits == spec.misses == 0 and spec.guess() is None
+    spec = Speculator(confirm=2)
+    a, b, c = ("a", (1,)), ("b", (2,)), ("c", (3,))
+    _feed(spec, [a, b, a, b, a, b, a])
+    assert spec.guess() == b
+    spec.observe(*c, spec.guess())  # the guess b misses
+    assert spec.misses == 1 and spec.guess() is None
+
+
+def test_drawing_the_sub_seeds_ahead_does_not_change_the_material():
+    seeds = [bytes([i]) * 32 for i in range(3)]
+    g1, g2 = DealerGenerator(seeds), DealerGenerator(seeds)
+    real, wrong = (0, 1, 5, 1, 5), (0, 1, 7, 1, 7)  # triples for products of 5 and of 7 elements
+    want = g1.correction("triple", real)
+    ahead = g2.next_seeds()
+    g2.correction("triple", wrong, ahead)  # a wrong guess, made from the drawn seeds and dropped
+    assert torch.equal(g2.correction("triple", real, ahead), want)
+
+
+def _loop(ctx, steps: int):
+    g = torch.Generator().manual_seed(3)  # public test data
+    xv = torch.rand(6, 5, generator=g, dtype=torch.float64) - 0.5
+    wv = torch.rand(5, 3, generator=g, dtype=torch.float64) - 0.5
+    x = mpc.share(xv if ctx.rank == 0 else None, owner=0)
+    w = mpc.share(wv if ctx.rank == 1 else None, owner=1)
+    outs = []
+    for step in range(steps):
+        h = (x @ w).relu()
+        if step == steps // 2:
+            h = h * h  # one iteration differs: the dealer's guesses miss there
+        outs.append(h.reveal())
+    want = (xv @ wv).clamp(min=0)
+    return max(float((o - (want * want if i == steps // 2 else want)).abs().max()) for i, o in enumerate(outs))
+
+
+class _Counting(Speculator):
+    seen: list[Speculator] = []
+
+    def __init__(self, *a, **k) -> None:
+        super().__init__(*a, **k)
+        _Counting.seen.append(self)
+
+
+@pytest.mark.timeout(60)
+def test_the_dealer_guesses_a_loop_and_survives_a_miss(sim, monkeypatch):
+    _Counting.seen = []
+    monkeypatch.setattr(dealer, "Speculator", _Counting)
+    errs = sim(functools.partial(_loop, steps=12), 2, protocol=SECURE)
+    assert max(errs) < 1e-3
+    (spec,) = _Counting.seen
+    assert spec.hits > 20 and spec.misses >= 1, (spec.hits, spec.misses)
