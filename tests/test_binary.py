@@ -70,7 +70,7 @@ def _materialize(kind: str, params: tuple[int, ...], n: int) -> tuple[list, list
     flat = DealerGenerator(seeds).correction(kind, params)
     rand, der = [], []
     for i, s in enumerate(seeds):
-        prg = Prg(s)
+        prg = Prg(Prg(s).seed())  # the request's sub-stream, as DealerSource draws it
         rand.append([prg.int64(sh) for sh in rs])
         if i < n - 1:
             der.append([prg.int64(sh) for sh in ds])
