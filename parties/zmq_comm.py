@@ -280,7 +280,7 @@ class ZmqCommunicator(BufferedCommunicator):
                 if auth is None:
                     raise SecurityError(f"{self.name(self.rank)} received a frame without an authenticated cluster key")
                 self._fd_peer[first.get(zmq.SRCFD)] = auth
-            frames = [first, *self._rest_of_message(first)]
+            frames = [first, *self._rest_of_message(first, auth)]
             if len(frames) != 2:
                 who = self.name(auth) if auth is not None else f"a peer of {self.name(self.rank)}"
                 raise WireError(f"{who} sent a message of {len(frames)} frames, expected 2", auth)
@@ -298,7 +298,7 @@ class ZmqCommunicator(BufferedCommunicator):
             elif ev in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
                 self._refused_by.add(peer)
 
-    def _rest_of_message(self, first: zmq.Frame) -> list[zmq.Frame]:
+    def _rest_of_message(self, first: zmq.Frame, sender: int | None) -> list[zmq.Frame]:
         """The remaining frames of a message, waited for with a deadline.
 
         libzmq may show a message's first frame before the rest arrived; if the
@@ -317,9 +317,11 @@ class ZmqCommunicator(BufferedCommunicator):
             self._pull_event()
             self._raise_lost()
             if time.monotonic() > deadline:
+                who = self.name(sender) if sender is not None else "a peer"
                 raise PeerTimeout(
-                    f"{self.name(self.rank)} got the first frame of a message and not the rest within "
-                    f"{self.timeout:g}s",
+                    f"{self.name(self.rank)} got the first frame of a message from {who} and not the rest "
+                    f"within {self.timeout:g}s",
+                    sender,
                 )
         return rest
 
