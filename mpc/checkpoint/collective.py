@@ -129,7 +129,7 @@ def save(
     table = gather(ctx, "checkpoint:save", {"step": step, "lineage": lineage, "fingerprint": lay.fingerprint,
                                             "nonce": nonce})  # fmt: skip
     if _differ(table, "step"):
-        raise CheckpointError(f"the parties save different steps ({_each(table, lambda m: m.get('step'))}): "
+        raise CheckpointError(f"the parties save different steps ({_each(table, lambda m: clean(m.get('step'), 20))}): "
                               "every party must save the same step")  # fmt: skip
     if _differ(table, "lineage"):
         raise CheckpointError(
