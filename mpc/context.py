@@ -43,6 +43,10 @@ class CommStats:
 
     A round is one ``exchange`` among parties: every message of a round is sent
     before any is awaited, so a round costs one network latency.
+
+    ``retransmits``: frames this node sent again because a peer missed them (a
+    lossy network, ``parties.comm_base``); ``duplicates``: frames it received
+    twice and dropped.  Both stay 0 on a network that loses nothing.
     """
 
     rounds: int = 0
@@ -53,6 +57,8 @@ class CommStats:
     dealer_messages: int = 0
     dealer_bytes_sent: int = 0
     dealer_bytes_recv: int = 0
+    retransmits: int = 0
+    duplicates: int = 0
     by_op: dict[str, OpStats] = field(default_factory=dict)
 
     def op(self, name: str) -> OpStats:

@@ -4,10 +4,12 @@ A transport supplies three primitives: post frames to a peer, poll for the next
 incoming frames (with the transport's idea of who sent them) and close.  All
 checks and all accounting happen here, once.
 
-Messages of one link arrive in order.  A receive takes the next message of the
-awaited peer; messages from other peers that arrive meanwhile are buffered by
-sender.  The header's sequence number and operation must be the ones this party
-expects, else ``DesyncError`` names both sides' operations.
+Messages of one link are taken in the order sent, once each (``parties.reliable``
+restores it where a transport does not).  A receive takes the next
+message of the awaited peer; messages from other peers that arrive meanwhile
+are buffered by sender.  The header's sequence number and operation must be
+the ones this party expects, else ``DesyncError`` names both sides'
+operations.
 
 Node ids are the parties ``0..n-1`` and, when the protocol family has one, the
 dealer ``n`` (``dealer=False``: no node ``n``; nothing may be sent to it).
@@ -22,6 +24,10 @@ against what the operation expects (a mismatch is refused at once, the rest of
 its chunks are dropped as they come).  Messages a peer sends ahead of what
 this node awaits are held up to ``max_buffered_bytes`` per peer; beyond, the
 peer is refused with an error that names it.
+
+Bad networks: every link is made reliable under these checks by ``parties.reliable``
+(acks, nacks, resends, reordering), so a transport may lose, duplicate, delay or
+reorder frames.
 """
 
 from __future__ import annotations
@@ -50,6 +56,16 @@ from mpc.transcript import Transcript
 
 from . import wire
 from .desync import clean, decode_records, encode_records, explain
+from .reliable import (
+    ABORT_LINGER,
+    KEEP_BYTES,
+    KEEP_FRAMES,
+    RETRANSMIT_AFTER,
+    SMALL,
+    ZERO_DIGEST,
+    ZERO_RUN,
+    ReliableLinks,
+)
 
 __all__ = ["BufferedCommunicator", "Frames", "abort_reason"]
 
@@ -91,7 +107,7 @@ def abort_reason(exc: BaseException, who: str) -> str:
     return f"{type(exc).__name__} in {who}"
 
 
-class BufferedCommunicator(Communicator):
+class BufferedCommunicator(ReliableLinks, Communicator):
     def __init__(
         self,
         rank: int,
@@ -103,6 +119,7 @@ class BufferedCommunicator(Communicator):
         *,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         max_buffered_bytes: int = DEFAULT_BUFFERED_BYTES,
+        retransmit_after: float = RETRANSMIT_AFTER,
     ) -> None:
         self.rank = rank
         self.chunk_bytes = int(chunk_bytes)
@@ -136,6 +153,7 @@ class BufferedCommunicator(Communicator):
         self._desync_recv: dict[int, list] = {}
         self._resolving = False
         self.run_id: bytes | None = None  # agreed at setup (parties.party); frames of another run are refused
+        self._init_links(nodes, retransmit_after)
 
     # ----- transport primitives ---------------------------------------------------
     @abstractmethod
@@ -161,8 +179,8 @@ class BufferedCommunicator(Communicator):
         if not 0 <= peer < self.nodes or peer == self.rank:
             raise ProtocolError(f"{self.name(self.rank)} cannot send to node {peer}")
         t = self.transcript
-        count, digest = (t.count, t.digest) if t is not None else (0, bytes(wire.DIGEST_BYTES))
-        mark = (count, digest, self.run_id or bytes(wire.RUN_ID_BYTES))
+        count, digest = (t.count, t.digest) if t is not None else (0, ZERO_DIGEST)
+        mark = (count, digest, self.run_id or ZERO_RUN)
         if tensor is None:
             payload: bytes | memoryview = b""
             dtype, shape = torch.uint8, (0,)
@@ -171,19 +189,36 @@ class BufferedCommunicator(Communicator):
             dtype, shape = tensor.dtype, tuple(tensor.shape)
         seq, n, c = self._out_seq[peer], len(payload), self.chunk_bytes
         self._out_seq[peer] += 1
+        ack = self._acked(peer)
+        keep = self._keep[peer]
         final = kind != wire.KIND_DATA
+        now = time.monotonic()
         if n <= c:
-            self._post(peer, wire.encode_header(kind, self.rank, seq, op, dtype, shape, n, *mark), payload, final)
+            if n < SMALL and type(payload) is not bytes:
+                payload = bytes(payload)  # kept for a resend: its own bytes (see the module docstring)
+            header = wire.encode_header(kind, self.rank, seq, op, dtype, shape, n, *mark, ack=ack)
+            keep.append([seq, 0, header, payload, now])
+            self._kept[peer] += n
+            self._post(peer, header, payload, final)
+            if (len(keep) > KEEP_FRAMES or self._kept[peer] > KEEP_BYTES) and self._state == "open":
+                self._drain()
             return n
         for part, start in enumerate(range(0, n, c)):  # one frame per chunk: bounded memory at the receiver
-            header = wire.encode_header(kind, self.rank, seq, op, dtype, shape, n, *mark, part=part)
-            self._post(peer, header, payload[start : start + c], final)
+            piece = payload[start : start + c]
+            if len(piece) < SMALL:
+                piece = bytes(piece)
+            header = wire.encode_header(kind, self.rank, seq, op, dtype, shape, n, *mark, part=part, ack=ack)
+            keep.append([seq, part, header, piece, now])
+            self._kept[peer] += len(piece)
+            self._post(peer, header, piece, final)
+        if (len(keep) > KEEP_FRAMES or self._kept[peer] > KEEP_BYTES) and self._state == "open":
+            self._drain()
         return n
 
     def _hello(self, peer: int) -> None:
         """Name this node's connection to ``peer`` (outside the link's sequence numbers): lets the peer's
         transport say who sent a frame it had to cut (``parties.zmq_comm``)."""
-        mark = (0, bytes(wire.DIGEST_BYTES), bytes(wire.RUN_ID_BYTES))
+        mark = (0, ZERO_DIGEST, ZERO_RUN)
         header = wire.encode_header(wire.KIND_HELLO, self.rank, 0, "hello", torch.uint8, (0,), 0, *mark)
         self._post(peer, header, b"", True)
 
@@ -256,6 +291,7 @@ class BufferedCommunicator(Communicator):
     def _next(
         self, peer: int, op: str, deadline: float, waited: float | None = None
     ) -> tuple[wire.Header, bytes | memoryview]:
+        since = time.monotonic()
         while not self._buf[peer]:
             if peer in self._bye:
                 if peer in self._bye_hdr:
@@ -273,14 +309,13 @@ class BufferedCommunicator(Communicator):
                     f"and got nothing: {self.name(peer)} is dead, stuck or unreachable",
                     peer,
                 )
-            frames = self._poll(left)
-            if frames is not None:
-                self._ingest(frames)
+            self._pump(deadline, peer, since)
         h, payload = self._buf[peer].popleft()
         self._held[peer] -= max(h.nbytes, wire.HEADER_SIZE)
         return h, payload
 
-    def _ingest(self, frames: Frames) -> None:
+    def _ingest(self, frames: Frames, deliver: bool = True) -> None:
+        """Check a frame, then pass it up in link order, once (``deliver=False``: acknowledge only)."""
         hbuf, payload, auth = frames
         h = wire.decode_header(hbuf, self.max_message_bytes, auth)
         sender = h.sender
@@ -297,6 +332,10 @@ class BufferedCommunicator(Communicator):
                 "chunk limit (chunk_bytes must be the same at every node)",
                 sender,
             )
+        self._sequence(sender, h, hbuf, payload, deliver)
+
+    def _deliver(self, sender: int, h: wire.Header, hbuf, payload) -> None:
+        """A frame in link order: record it, reassemble chunks, dispatch whole messages."""
         if self._recorder is not None:
             self._recorder(sender, bytes(hbuf), bytes(payload))
         if h.kind == wire.KIND_ABORT:
@@ -468,14 +507,13 @@ class BufferedCommunicator(Communicator):
         t = self.transcript
         assert t is not None
         self._send_records(peer)
-        deadline = time.monotonic() + min(5.0, self.timeout)
+        since = time.monotonic()
+        deadline = since + min(5.0, self.timeout)
         self._resolving = True
         try:
             while peer not in self._desync_recv and time.monotonic() < deadline:
                 try:
-                    frames = self._poll(max(0.0, deadline - time.monotonic()))
-                    if frames is not None:
-                        self._ingest(frames)
+                    self._pump(deadline, peer, since)
                 except CommunicationError as exc:
                     if exc.peer == peer or exc.peer is None:
                         break
@@ -511,6 +549,7 @@ class BufferedCommunicator(Communicator):
     def abort(self, reason: str) -> None:
         if self._state != "open":
             return
+        self._state = "aborted"  # from here on a send takes nothing in (``_drain``): the notices go out first
         text = reason.encode("utf-8", "replace")[:ABORT_TEXT_LIMIT]
         for peer in range(self.nodes):
             if peer != self.rank:
@@ -523,8 +562,14 @@ class BufferedCommunicator(Communicator):
                     )
                 except Exception:  # best effort: the peer may be gone already
                     pass
-        self._state = "aborted"
-        self._close_transport()
+        try:
+            lossy = {p for p in self._lossy if not self._peer_gone(p)}
+            if lossy:  # the notice may be lost: stay a moment to send it again until acknowledged
+                self._linger(lossy, time.monotonic() + min(ABORT_LINGER, self.timeout))
+        except Exception:  # noqa: BLE001 - best effort, like the notice itself
+            pass
+        finally:
+            self._close_transport()
 
     def close(self, wait_for: list[int] | None = None) -> None:
         """Say bye to every peer, wait (bounded) for the byes of ``wait_for``, then close."""
@@ -536,13 +581,12 @@ class BufferedCommunicator(Communicator):
                     self._send(peer, wire.KIND_BYE, "bye", None)
             deadline = time.monotonic() + self.timeout
             for peer in wait_for if wait_for is not None else self._default_barrier():
+                since = time.monotonic()
                 while peer not in self._bye:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         raise PeerTimeout(f"{self.name(peer)} did not finish within {self.timeout:g}s", peer)
-                    frames = self._poll(left)
-                    if frames is not None:
-                        self._ingest(frames)
+                    self._pump(deadline, peer, since)
                 if self._buf[peer] and self._is_party(peer):
                     self._check_transcript(peer, self._buf[peer][0][0])
                 if peer in self._bye_hdr:
@@ -554,6 +598,7 @@ class BufferedCommunicator(Communicator):
                         "the parties run different programs",
                         peer,
                     )
+            self._finish(deadline)
         finally:
             self._state = "closed"
             self._close_transport()

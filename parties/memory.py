@@ -26,7 +26,7 @@ class MemoryCommunicator(BufferedCommunicator):
         timeout: float,
         max_message_bytes: int,
         recorder: Recorder | None = None,
-        **limits: int,
+        **limits: float,
     ) -> None:
         super().__init__(rank, hub.world_size, timeout, max_message_bytes, recorder, dealer=hub.dealer, **limits)
         self._hub = hub

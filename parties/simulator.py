@@ -19,6 +19,7 @@ from mpc.errors import CommunicationError, ConfigError, PartyFailed, PeerAborted
 from protocols.families import get_family
 
 from .comm_base import BufferedCommunicator
+from .faults import FaultNet, Faults
 from .lifecycle import run_dealer, run_party
 from .memory import MemoryCommunicator, MemoryHub
 from .zmq_comm import inproc_communicators
@@ -35,6 +36,7 @@ def run_threads(
     received: dict[int, list] | None = None,
     comms: list[BufferedCommunicator] | None = None,
     join_timeout: float = 600.0,
+    faults: Faults | FaultNet | None = None,
     **options: Any,
 ) -> list[Any]:
     """Run ``fn(ctx)`` in ``parties`` threads; return their results in rank order.
@@ -43,7 +45,9 @@ def run_threads(
     ``(sender, header bytes, payload bytes)`` frames party ``r`` received (the
     dealer is ``parties``), for secrecy tests.  ``comms``: prebuilt
     communicators (one per party, then the dealer's if the family has one), e.g.
-    ZeroMQ over TCP.  The protocol family comes from ``config.protocol`` (or
+    ZeroMQ over TCP.  ``faults``: a bad network under every node's transport
+    (``parties.faults``, a testing aid); pass a ``FaultNet`` to read what it did
+    afterwards.  The protocol family comes from ``config.protocol`` (or
     ``protocol=...`` among ``options``); a dealer thread runs only when the family
     needs one.
 
@@ -63,6 +67,10 @@ def run_threads(
     elif len(comms) != nodes:
         what = "parties and dealer" if with_dealer else f"one per party: the {config.protocol} family has no dealer"
         raise ConfigError(f"need {nodes} communicators ({what}), got {len(comms)}: pass one per node")
+    if faults is not None:
+        net = faults if isinstance(faults, FaultNet) else FaultNet(faults)
+        for c in comms:
+            net.install(c)
     results: list[Any] = [None] * n
     errors: dict[int | str, tuple[float, BaseException, str]] = {}
 

@@ -1,11 +1,12 @@
 """The wire format: one fixed-size header frame, then the raw tensor buffer.
 
-Header (little-endian, 216 bytes)::
+Header (little-endian, 224 bytes)::
 
     magic   4s   b"MPCW"
     version u8   3
     kind    u8   1 data, 2 abort, 3 bye, 4 desync (the sender's transcript records, text),
-                 5 hello (the first frame on a new link: names the sender's connection)
+                 5 hello (the first frame on a new link: names the sender's connection),
+                 6 ack (``ack`` alone), 7 nack (resend from message ``seq``, chunk ``part``)
     dtype   u8   code from DTYPES
     ndim    u8   0..16
     sender  u32  party id of the sender (the dealer is id n)
@@ -17,12 +18,19 @@ Header (little-endian, 216 bytes)::
     digest  8s   the sender's transcript digest after them
     run     8s   the run id the nodes agreed on at setup (zeros during setup)
     part    u32  index of this frame's chunk of the payload (0 for the first)
+    ack     u64  cumulative acknowledgement: the sender holds every message of the
+                 reverse link numbered below ``ack`` (``parties.comm_base``)
 
 A payload larger than the sender's chunk size travels as several frames, each
 ``[header, chunk]`` with the same header but for ``part``; the receiver checks
 the first header (shape against its limits, and against what the current
 operation expects) before it allocates anything, and every later header
 against the first (``parties.comm_base``).
+
+Data, abort, bye and desync frames are sequenced by ``(seq, part)`` on their
+link: a lost frame is sent again, a duplicate dropped.  Hello, ack and nack
+frames stand outside the sequence (``seq`` of an ack is 0; a nack's
+``(seq, part)`` is the position the receiver asks to be sent from).
 
 Nothing from the wire is ever unpickled or evaluated: a payload becomes an
 array only after its header passed every check, and only with the declared,
@@ -51,21 +59,28 @@ __all__ = [
     "KIND_BYE",
     "KIND_DESYNC",
     "KIND_HELLO",
+    "KIND_ACK",
+    "KIND_NACK",
     "encode_header",
+    "with_ack",
     "decode_header",
     "decode_payload",
 ]
 
 MAGIC = b"MPCW"
 VERSION = 3
-KIND_DATA, KIND_ABORT, KIND_BYE, KIND_DESYNC, KIND_HELLO = 1, 2, 3, 4, 5
-KINDS = (KIND_DATA, KIND_ABORT, KIND_BYE, KIND_DESYNC, KIND_HELLO)
+KIND_DATA, KIND_ABORT, KIND_BYE, KIND_DESYNC, KIND_HELLO, KIND_ACK, KIND_NACK = 1, 2, 3, 4, 5, 6, 7
+KINDS = (KIND_DATA, KIND_ABORT, KIND_BYE, KIND_DESYNC, KIND_HELLO, KIND_ACK, KIND_NACK)
+# Kinds outside the link's sequence: never retained, never acknowledged, never sent again.
+UNSEQUENCED = frozenset((KIND_HELLO, KIND_ACK, KIND_NACK))
 DIGEST_BYTES = 8
 RUN_ID_BYTES = 8
 MAX_NDIM = 16
 OP_BYTES = 32
-_FMT = struct.Struct("<4sBBBBIQQ32s16qQ8s8sI")
+_FMT = struct.Struct("<4sBBBBIQQ32s16qQ8s8sIQ")
 HEADER_SIZE = _FMT.size
+_ACK = struct.Struct("<Q")
+ACK_OFFSET = HEADER_SIZE - _ACK.size
 
 _NP = {
     torch.int64: np.int64,
@@ -80,6 +95,7 @@ _NP = {
 # The codes of mpc.dtypes (one table for the toolkit), for the dtypes a payload may have.
 DTYPES: dict[int, torch.dtype] = {c: d for c, d in CODE_DTYPES.items() if d in _NP}
 _CODES = {v: k for k, v in DTYPES.items()}
+_ITEMSIZE = {d: np.dtype(_NP[d]).itemsize for d in DTYPES.values()}
 
 
 @dataclass(frozen=True)
@@ -95,10 +111,11 @@ class Header:
     digest: bytes = bytes(DIGEST_BYTES)
     run: bytes = bytes(RUN_ID_BYTES)
     part: int = 0
+    ack: int = 0
 
     def same_message(self, other: Header) -> bool:
-        """Whether ``other`` is a chunk of the same message (every field equal but ``part``)."""
-        return replace(other, part=self.part) == self
+        """Whether ``other`` is a chunk of the same message (every field equal but ``part`` and ``ack``)."""
+        return replace(other, part=self.part, ack=self.ack) == self
 
 
 def _who(peer: int | None) -> str:
@@ -117,6 +134,7 @@ def encode_header(
     digest: bytes = bytes(DIGEST_BYTES),
     run: bytes = bytes(RUN_ID_BYTES),
     part: int = 0,
+    ack: int = 0,
 ) -> bytes:
     if not op.isprintable():
         raise ProtocolError(f"operation name {op!r} has control characters")
@@ -129,8 +147,15 @@ def encode_header(
         raise ProtocolError(f"dtype {dtype} cannot be sent")
     dims = list(shape) + [0] * (MAX_NDIM - len(shape))
     return _FMT.pack(
-        MAGIC, VERSION, kind, _CODES[dtype], len(shape), sender, seq, nbytes, opb, *dims, opidx, digest, run, part
+        MAGIC, VERSION, kind, _CODES[dtype], len(shape), sender, seq, nbytes, opb, *dims, opidx, digest, run, part, ack
     )
+
+
+def with_ack(header: bytes, ack: int) -> bytes:
+    """``header`` (an encoded one) with its ``ack`` field replaced: a frame sent again carries the current one."""
+    out = bytearray(header)
+    _ACK.pack_into(out, ACK_OFFSET, ack)
+    return bytes(out)
 
 
 def decode_header(buf: bytes | memoryview, max_bytes: int, peer: int | None = None) -> Header:
@@ -139,7 +164,7 @@ def decode_header(buf: bytes | memoryview, max_bytes: int, peer: int | None = No
     if len(buf) != HEADER_SIZE:
         raise WireError(f"{who} sent a header of {len(buf)} bytes, expected {HEADER_SIZE}", peer)
     magic, version, kind, code, ndim, sender, seq, nbytes, opb, *rest = _FMT.unpack(buf)
-    dims, (opidx, digest, run, part) = rest[:MAX_NDIM], rest[MAX_NDIM:]
+    dims, (opidx, digest, run, part, ack) = rest[:MAX_NDIM], rest[MAX_NDIM:]
     if magic != MAGIC:
         raise WireError(f"{who} sent a frame with a wrong magic number {magic!r}: not an mpc peer", peer)
     if version != VERSION:
@@ -160,7 +185,7 @@ def decode_header(buf: bytes | memoryview, max_bytes: int, peer: int | None = No
     if any(d < 0 for d in shape) or any(dims[ndim:]):
         raise WireError(f"{who} sent a malformed shape {tuple(dims[:ndim])}", peer)
     dtype = DTYPES[code]
-    itemsize = torch.empty(0, dtype=dtype).element_size()
+    itemsize = _ITEMSIZE[dtype]
     numel, extent = 1, 1
     for d in shape:
         numel *= d
@@ -171,7 +196,7 @@ def decode_header(buf: bytes | memoryview, max_bytes: int, peer: int | None = No
             )
     if nbytes != numel * itemsize:
         raise WireError(f"{who} declared {nbytes} payload bytes for shape {shape} of {dtype}", peer)
-    return Header(kind, sender, seq, op, dtype, shape, nbytes, opidx, digest, run, part)
+    return Header(kind, sender, seq, op, dtype, shape, nbytes, opidx, digest, run, part, ack)
 
 
 def decode_payload(h: Header, buf: bytes | memoryview | torch.Tensor, peer: int | None = None) -> torch.Tensor:

@@ -9,9 +9,16 @@ sends and receives of one round overlap and large exchanges cannot deadlock.
 With CURVE keys every link is encrypted and both ends are authenticated: the
 server side runs a ZAP handler that admits only the public keys of the cluster,
 and every received frame carries the ZAP ``User-Id`` (the sender's key), which
-must belong to the party named in the header.  Socket monitors turn a dropped
-connection into ``PeerLost`` and a refused handshake into ``SecurityError`` at
-once, instead of at the timeout.
+must belong to the party named in the header.  Socket monitors turn a dead
+peer into ``PeerLost`` and a refused handshake into ``SecurityError`` at once,
+instead of at the timeout.
+
+A connection that drops is not fatal by itself: libzmq reconnects, and what was
+in flight on it is sent again (``parties.comm_base``: everything the peer has not
+acknowledged, as soon as the link is back).  The peer counts as lost when
+libzmq's attempts to reconnect fail at once (its port is closed: the process is
+gone) for ``LOST_GRACE`` seconds and its bye has not come; a peer that cannot be
+reached at all (attempts that hang) is named by the receive's deadline.
 
 Without a dealer (a protocol family that needs none, ``dealer=False``) the
 nodes are the parties alone and ``addresses`` lists exactly ``n`` of them.
@@ -51,11 +58,17 @@ FRAME_OVERHEAD = 256
 CLOSE_LINGER_MS = 2000
 # Seconds the ZAP authenticator thread gets to stop at close.
 AUTH_STOP = 5.0
-# A dropped connection is fatal only if the peer's bye has not arrived this long after
+# A peer whose port refuses reconnection is lost if its bye has not arrived this long after
 # (its last frames travel on the other connection of the pair and may come later).
 LOST_GRACE = 1.0
+# The receive-side retransmit interval (comm_base): TCP loses nothing on a connection that stays up, and what a
+# dropped one lost is sent again when it is back; the timer is a safety net, long enough that a slow link's
+# frames in flight are not asked for again.
+RETRANSMIT_MIN = 1.0
+RETRANSMIT_TIMEOUT_SHARE = 8
 _MON_EVENTS = (
     zmq.EVENT_DISCONNECTED
+    | zmq.EVENT_CLOSED
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
     | zmq.EVENT_HANDSHAKE_SUCCEEDED
@@ -132,6 +145,7 @@ class ZmqCommunicator(BufferedCommunicator):
             dealer=dealer,
             chunk_bytes=config.chunk_bytes,
             max_buffered_bytes=config.max_buffered_bytes,
+            retransmit_after=max(RETRANSMIT_MIN, config.timeout / RETRANSMIT_TIMEOUT_SHARE),
         )
         self._listen_fd = listen_fd
         self._own_context = context is None
@@ -140,10 +154,15 @@ class ZmqCommunicator(BufferedCommunicator):
         self._auth: zmq.auth.thread.ThreadAuthenticator | None = None
         self._allow: _AllowList | None = None
         self._key_rank: dict[bytes, int] = {}
-        self._lost: dict[int, float] = {}
+        self._lost: dict[int, float] = {}  # peer -> when a reconnection to it was first refused
+        self._down: dict[int, float] = {}  # peer -> when the link to it dropped (until it is back)
+        self._dropped: dict[int, float] = {}  # peer -> when the link to it last dropped
         self._connected: set[int] = set()
         self._refused_by: set[int] = set()
         self._fd_peer: dict[int, int] = {}  # incoming connection (its fd) -> the authenticated peer on it
+        # Incoming connections cut before a frame of theirs was read (libzmq may report the cut before it hands
+        # over the last whole frames, a hello among them): fd -> when; the next frame read from it names the peer.
+        self._cut_fds: dict[int, float] = {}
         self._cut: dict[int, float] = {}  # peer -> when this node's transport cut its incoming connection
         try:
             if len(addresses) != self.nodes:
@@ -279,7 +298,12 @@ class ZmqCommunicator(BufferedCommunicator):
                 auth = self._key_rank.get(uid.encode("ascii")) if uid else None
                 if auth is None:
                     raise SecurityError(f"{self.name(self.rank)} received a frame without an authenticated cluster key")
-                self._fd_peer[first.get(zmq.SRCFD)] = auth
+                fd = first.get(zmq.SRCFD)
+                self._fd_peer[fd] = auth
+                when = self._cut_fds.pop(fd, None)
+                if when is not None and auth not in self._bye:
+                    self._fd_peer.pop(fd, None)
+                    self._cut.setdefault(auth, when)
             frames = [first, *self._rest_of_message(first, auth)]
             if len(frames) != 2:
                 who = self.name(auth) if auth is not None else f"a peer of {self.name(self.rank)}"
@@ -293,10 +317,23 @@ class ZmqCommunicator(BufferedCommunicator):
             ev = recv_monitor_message(mon)["event"]
             if ev in (zmq.EVENT_CONNECTED, zmq.EVENT_HANDSHAKE_SUCCEEDED):
                 self._connected.add(peer)
+                if ev == zmq.EVENT_HANDSHAKE_SUCCEEDED and self._down.pop(peer, None) is not None:
+                    self._lost.pop(peer, None)  # it was only the link: back, and what it lost goes again
+                    self._link_restored(peer)
+                    if self._curve is not None:
+                        self._hello(peer)
             elif ev == zmq.EVENT_DISCONNECTED and peer not in self._bye:
-                self._lost.setdefault(peer, time.monotonic())
+                now = time.monotonic()
+                self._down.setdefault(peer, now)
+                self._dropped[peer] = now
+                self._lossy.add(peer)
+            elif ev == zmq.EVENT_CLOSED and peer in self._down and peer not in self._bye:
+                self._lost.setdefault(peer, time.monotonic())  # a reconnection attempt failed at once
             elif ev in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
                 self._refused_by.add(peer)
+
+    def _peer_gone(self, peer: int) -> bool:
+        return super()._peer_gone(peer) or peer in self._lost
 
     def _rest_of_message(self, first: zmq.Frame, sender: int | None) -> list[zmq.Frame]:
         """The remaining frames of a message, waited for with a deadline.
@@ -328,8 +365,13 @@ class ZmqCommunicator(BufferedCommunicator):
     def _pull_event(self) -> None:
         while self._pull_mon.poll(0):
             msg = recv_monitor_message(self._pull_mon)
-            peer = self._fd_peer.pop(int(msg["value"]), None)
-            if msg["event"] == zmq.EVENT_DISCONNECTED and peer is not None and peer not in self._bye:
+            fd = int(msg["value"])
+            peer = self._fd_peer.pop(fd, None)
+            if msg["event"] != zmq.EVENT_DISCONNECTED:
+                continue
+            if peer is None:
+                self._cut_fds[fd] = time.monotonic()
+            elif peer not in self._bye:
                 self._cut.setdefault(peer, time.monotonic())
 
     def _raise_lost(self) -> None:
@@ -341,10 +383,22 @@ class ZmqCommunicator(BufferedCommunicator):
                 "the cluster file), or the peer runs with a different --insecure setting"
             )
         now = time.monotonic()
+        for fd, since in list(self._cut_fds.items()):
+            if now - since > LOST_GRACE:  # no frame of it came: a connection that never named its peer
+                del self._cut_fds[fd]
         for peer, since in sorted(self._cut.items()):
-            # The incoming connection dropped while this node's link to the peer stayed up: the peer is alive
-            # and libzmq cut it for a frame over the chunk limit (or a malformed one).
-            if peer not in self._bye and peer not in self._lost and now - since > LOST_GRACE:
+            if now - since <= LOST_GRACE:
+                continue
+            if (
+                peer in self._bye
+                or peer in self._lost
+                or peer in self._down
+                or self._dropped.get(peer, -LOST_GRACE) >= since - LOST_GRACE
+            ):
+                del self._cut[peer]  # the network dropped both connections, or the peer finished or died
+            else:
+                # The incoming connection dropped while this node's link to the peer stayed up: the peer is
+                # alive and libzmq cut it for a frame over the chunk limit (or a malformed one).
                 raise WireError(
                     f"{self.name(peer)} sent {self.name(self.rank)} a frame over the {self.chunk_bytes}-byte chunk "
                     "limit, or a malformed one: the transport cut its connection without holding the frame "
@@ -355,7 +409,7 @@ class ZmqCommunicator(BufferedCommunicator):
             if peer not in self._bye and not self._buf[peer] and now - since > LOST_GRACE:
                 raise PeerLost(
                     f"the connection from {self.name(self.rank)} to {self.name(peer)} dropped before "
-                    f"{self.name(peer)} finished: it crashed or was killed",
+                    f"{self.name(peer)} finished and its port refuses a new one: it crashed or was killed",
                     peer,
                 )
 

@@ -51,7 +51,7 @@ from parties.simulator import run_threads
 from parties.zmq_comm import CurveKeys, ZmqCommunicator
 
 ENC = FixedPoint(16)
-_FMT = struct.Struct("<4sBBBBIQQ32s16qQ8s8sI")  # the header layout parties/wire.py documents
+_FMT = struct.Struct("<4sBBBBIQQ32s16qQ8s8sIQ")  # the header layout parties/wire.py documents
 
 
 def _header(sender=1, seq=0, op="x", shape=(2,), **fields: Any) -> bytes:

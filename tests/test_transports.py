@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 
 import pytest
 import torch
@@ -113,6 +114,29 @@ def test_large_simultaneous_exchange_neither_deadlocks_nor_is_refused(curve):
         assert not errors, errors
         assert torch.equal(got[0], sent[1]) and torch.equal(got[1], sent[0])
         assert comms[0].stats.bytes_sent == comms[0].stats.bytes_recv == 8 * size
+    finally:
+        for c in comms:
+            c.abort("test over")
+
+
+@pytest.mark.timeout(60)
+def test_a_vanished_peer_is_lost_at_once_not_at_the_timeout():
+    """Over tcp://: a node that closes its sockets without a bye (as a crash does) is ``PeerLost`` within
+    seconds: its port refuses libzmq's reconnection.  (A link that drops and comes back is not given up:
+    ``test_netns.py`` resets live connections in the middle of a run.)"""
+    with Listeners(3) as ls:
+        comms = _zmq_comms(ls.addresses, 2, True, ls)
+    one = torch.ones(1, dtype=torch.int64)
+    try:
+        helper = threading.Thread(target=lambda: comms[1].exchange("hi", {0: one}, {0: Expect((1,))}), daemon=True)
+        helper.start()
+        comms[0].exchange("hi", {1: one}, {1: Expect((1,))})  # both links up
+        helper.join(20)
+        comms[1]._close_transport(linger=0)  # gone without a word
+        start = time.monotonic()
+        with pytest.raises(mpc.PeerLost, match="party 1 finished and its port refuses a new one") as err:
+            comms[0].recv(1, "x", Expect((1,)))
+        assert err.value.peer == 1 and time.monotonic() - start < CFG.timeout / 2
     finally:
         for c in comms:
             c.abort("test over")

@@ -16,13 +16,13 @@ import zmq
 
 from mpc.config import MPCConfig
 from mpc.context import Expect
-from mpc.errors import DesyncError, SecurityError, WireError
+from mpc.errors import DesyncError, PeerTimeout, SecurityError, WireError
 from parties import wire
 from parties.memory import MemoryCommunicator, MemoryHub
 from parties.zmq_comm import ZmqCommunicator
 
 LIMIT = 1 << 20
-_FMT = struct.Struct("<4sBBBBIQQ32s16qQ8s8sI")  # the layout the wire module documents
+_FMT = struct.Struct("<4sBBBBIQQ32s16qQ8s8sIQ")  # the layout the wire module documents
 
 
 def _header(kind=wire.KIND_DATA, sender=1, seq=7, op="mul", dtype=torch.int64, shape=(3, 4), nbytes=None):
@@ -81,10 +81,20 @@ def test_payload_of_non_contiguous_and_extreme_values():
 
 
 @pytest.mark.timeout(20)
-@pytest.mark.parametrize("kind", [wire.KIND_ABORT, wire.KIND_BYE])
+@pytest.mark.parametrize("kind", [wire.KIND_ABORT, wire.KIND_BYE, wire.KIND_ACK, wire.KIND_NACK])
 def test_control_kinds_round_trip(kind):
     h = wire.decode_header(_header(kind=kind, op="bye", dtype=torch.uint8, shape=(0,)), LIMIT)
     assert h.kind == kind and h.nbytes == 0
+
+
+@pytest.mark.timeout(20)
+def test_the_ack_field_round_trips_and_is_replaced_in_place():
+    hb = wire.encode_header(wire.KIND_DATA, 1, 9, "x", torch.int64, (2,), 16, part=3, ack=2**40 + 1)
+    assert _fields(hb)[-1] == 2**40 + 1 and wire.decode_header(hb, LIMIT).ack == 2**40 + 1
+    again = wire.with_ack(hb, 17)
+    assert len(again) == wire.HEADER_SIZE and _fields(again)[:-1] == _fields(hb)[:-1]
+    h, h2 = wire.decode_header(hb, LIMIT), wire.decode_header(again, LIMIT)
+    assert h2.ack == 17 and h.same_message(h2)  # a chunk sent again is still a chunk of the same message
 
 
 @pytest.mark.timeout(20)
@@ -132,7 +142,7 @@ def test_wrong_magic_version_kind():
         g[1] = version
         e = _refused(_pack(g), "wire version")
         assert f"version {version}" in str(e)
-    for kind in (0, 6, 255):
+    for kind in (0, 8, 255):
         g = list(f)
         g[2] = kind
         _refused(_pack(g), "unknown message kind")
@@ -265,10 +275,10 @@ def test_communicator_refuses_corrupt_and_spoofed_frames():
 
 
 @pytest.mark.timeout(20)
-def test_communicator_refuses_wrong_sequence_and_dtype():
+def test_communicator_refuses_wrong_operation_and_dtype():
     hub, c0 = _memory_pair()
-    hub.boxes[0].put((_header(sender=1, seq=5, op="x", shape=(2,)), b"\x00" * 16, 1))
-    with pytest.raises(DesyncError, match=r"message #5.*message #0"):
+    hub.boxes[0].put((_header(sender=1, seq=0, op="y", shape=(2,)), b"\x00" * 16, 1))
+    with pytest.raises(DesyncError, match=r"sent 'y' \(message #0\) where party 0 expected 'x' \(message #0\)"):
         c0.recv(1, "x", Expect((2,)))
     hub, c0 = _memory_pair()
     hub.boxes[0].put((_header(sender=1, seq=0, op="x", shape=(2,), dtype=torch.float64), b"\x00" * 16, 1))
@@ -278,6 +288,32 @@ def test_communicator_refuses_wrong_sequence_and_dtype():
     hub, c0 = _memory_pair()
     hub.boxes[0].put((_header(sender=1, seq=0, op="x", shape=(2,)), struct.pack("<2q", -5, 9), 1))
     assert c0.recv(1, "x", Expect((2,))).tolist() == [-5, 9]
+
+
+def _sent_to(hub: MemoryHub, node: int) -> list[wire.Header]:
+    out = []
+    while not hub.boxes[node].empty():
+        out.append(wire.decode_header(hub.boxes[node].get_nowait()[0], LIMIT))
+    return out
+
+
+@pytest.mark.timeout(20)
+def test_a_message_ahead_of_a_gap_waits_for_it_and_the_gap_is_asked_for():
+    """Message #5 first: held, not passed up; the receiver asks party 1 to send again from #0, and names it at
+    the deadline.  Once #0..#4 arrive (with a duplicate), all six are taken in order."""
+    hub = MemoryHub(2)
+    c0 = MemoryCommunicator(hub, 0, timeout=0.6, max_message_bytes=LIMIT, retransmit_after=0.1)
+    frame = {i: (_header(sender=1, seq=i, op="x", shape=(1,)), struct.pack("<q", i), 1) for i in range(6)}
+    hub.boxes[0].put(frame[5])
+    with pytest.raises(PeerTimeout, match="waited 0.6s for 'x' from party 1") as err:
+        c0.recv(1, "x", Expect((1,)))
+    assert err.value.peer == 1
+    nacks = [h for h in _sent_to(hub, 1) if h.kind == wire.KIND_NACK]
+    assert nacks and all((h.seq, h.part) == (0, 0) for h in nacks)
+    for i in (0, 1, 1, 2, 3, 4):
+        hub.boxes[0].put(frame[i])
+    assert [int(c0.recv(1, "x", Expect((1,)))) for _ in range(6)] == list(range(6))
+    assert c0.stats.duplicates == 1
 
 
 @pytest.mark.timeout(30)
@@ -356,14 +392,24 @@ def _refused_chunks(frames, error, match, expect=(CHUNK,), **limits):
 
 
 @pytest.mark.timeout(20)
-def test_chunks_out_of_order_of_another_message_or_too_many_are_refused():
+def test_chunks_out_of_order_are_put_back_in_order():
+    t = torch.arange(CHUNK, dtype=torch.int64)  # 8 chunks
+    fr = _chunks(t)
+    hub, c0 = _chunked_pair()
+    for i in (3, 0, 7, 1, 1, 3, 2, 6, 5, 4):  # reordered, with duplicates
+        hub.boxes[0].put(fr[i])
+    assert torch.equal(c0.recv(1, "x", Expect((CHUNK,))), t)
+    assert c0.stats.duplicates == 2
+
+
+@pytest.mark.timeout(20)
+def test_chunks_of_another_message_or_too_many_are_refused():
     t = torch.zeros(CHUNK, dtype=torch.int64)  # 8 chunks
     fr = _chunks(t)
-    _refused_chunks([fr[0], fr[2]], WireError, r"party 1 sent chunk #2 of 'x'.*where chunk #1")
-    _refused_chunks([fr[1]], WireError, r"chunk #1 of 'x' \(message #0\) without its first chunk")
-    other = _chunks(t, seq=1)
     _refused_chunks(
-        [fr[0], other[1]], WireError, r"chunk #1 of 'x' \(message #1\) where chunk #1 of 'x' \(message #0\)"
+        [fr[0], _chunks(t, op="y")[1]],
+        WireError,
+        r"chunk #1 of 'y' \(message #0\) where chunk #1 of 'x' \(message #0\)",
     )
     h, p, s = fr[1]
     _refused_chunks([fr[0], (h, p + b"\x00", s)], WireError, r"frame of 4097 bytes, over the 4096-byte chunk")
@@ -374,6 +420,17 @@ def test_chunks_out_of_order_of_another_message_or_too_many_are_refused():
     _refused_chunks([fr[0], (h, p[:-1], s)], WireError, r"chunk of 4095 bytes")
     h0, p0, _ = fr[0]
     _refused_chunks([(h0, p0 + p0, 1)], WireError, r"frame of 8192 bytes, over the 4096-byte chunk limit")
+
+
+@pytest.mark.timeout(20)
+def test_a_chunk_whose_predecessors_never_come_ends_in_the_deadline():
+    fr = _chunks(torch.zeros(CHUNK, dtype=torch.int64))
+    hub = MemoryHub(2)
+    c0 = MemoryCommunicator(hub, 0, timeout=0.5, max_message_bytes=LIMIT, chunk_bytes=CHUNK, retransmit_after=0.1)
+    hub.boxes[0].put(fr[1])
+    with pytest.raises(PeerTimeout, match="from party 1") as err:
+        c0.recv(1, "x", Expect((CHUNK,)))
+    assert err.value.peer == 1 and 1 not in c0._partial  # held apart, nothing allocated for it
 
 
 @pytest.mark.timeout(20)
