@@ -5,6 +5,7 @@
     python scripts/bench.py --nonlinear     # + ReLU, comparisons, sigmoid, exp, ... (scripts/bench_nonlinear.py)
     python scripts/bench.py --nn            # only the mpc.nn set: MLP and LeNet-5 inference, an MLP training step
     python scripts/bench.py --memory        # peak RSS of a 2-party multiply at 1e6, 1e7, 1e8 elements
+    python scripts/bench.py --vs crypten    # only the peer comparison with CrypTen (--workloads mul,relu,...)
     python scripts/bench.py --json out.json
 
 Every figure comes from the parties' own counters (``ctx.stats``): rounds are
@@ -13,8 +14,9 @@ dealer bytes are what the last party received from the dealer.  Seconds are the
 median over ``--repeat`` runs after one warm-up, timed inside party 0 between
 two synchronising exchanges.  Never run two benchmarks at once on this machine.
 
-The ``--nn`` set (issue 10) uses ``mpc.nn`` modules whose weights party 0
-initialises (torch's default init, shared), on inputs that party 1 shares:
+The ``--nn`` set (issue 10) uses ``mpc.nn`` models that party 0 converts
+from its torch model (``mpc.nn.from_torch``; torch's default init from a fixed
+seed, ``bench_workloads.torch_model``), on inputs that party 1 shares:
 
 * ``mlp-infer``: MLP 784-128-128-10 with ReLU, batch 128, forward under ``mpc.no_grad``;
 * ``lenet-infer``: LeNet-5 on 1x28x28, batch 32: conv 6@5x5, ReLU, max pool 2, conv 16@5x5, ReLU, max pool 2,
@@ -23,6 +25,16 @@ initialises (torch's default init, shared), on inputs that party 1 shares:
   ``backward()``, ``SGD(lr=0.01).step()``.
 
 Nothing is revealed inside a timed step (logits, loss and weights stay secret).
+
+``--vs crypten`` (issue 12) runs every workload of ``bench_workloads.py``
+(multiply, matmul, ReLU, sigmoid, exp, reciprocal, MLP and LeNet-5 inference,
+logistic regression, an MLP training step) here and in CrypTen
+(``bench_crypten.py``: its TTP provider, a third process like our dealer, and
+its default TFP for reference) on the same inputs with the same number of
+parties, and prints one markdown table: seconds, bytes per party and from the
+dealer, rounds, the largest error against float64, and CrypTen's time over
+ours.  Both sides reveal their result once, after the warm-up and outside the
+timed runs.  Without CrypTen it prints how to install it and runs ours alone.
 
 ``--memory`` (issue 11): one 2-party elementwise multiply of N elements with
 the dealer, for N in 1e6, 1e7, 1e8.  Each party measures its resident set
@@ -40,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.metadata
 import json
 import os
 import statistics
@@ -57,6 +70,18 @@ from mpc.errors import FixedPointWarning
 from protocols.sharing import open_all
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_workloads import (  # noqa: E402 - the directory first, as under `python scripts/...`
+    ERROR_KEYS,
+    TRAIN_LR,
+    WORKLOADS,
+    errors,
+    flat,
+    inputs,
+    logreg_steps,
+    reference,
+    timed,
+    torch_model,
+)
 
 
 def _sync(ctx) -> None:
@@ -85,31 +110,29 @@ def _mlp(x, ws):
     return h
 
 
-def _mlp_module():
-    return mnn.Sequential(
-        mnn.Linear(784, 128), mnn.ReLU(), mnn.Linear(128, 128), mnn.ReLU(), mnn.Linear(128, 10)
-    )  # fmt: skip
+NN_OPS = {op: WORKLOADS[op].size for op in ("mlp-infer", "lenet-infer", "mlp-train")}  # op: batch size
 
 
-def _lenet_module():
-    return mnn.Sequential(
-        mnn.Conv2d(1, 6, 5), mnn.ReLU(), mnn.MaxPool2d(2),
-        mnn.Conv2d(6, 16, 5), mnn.ReLU(), mnn.MaxPool2d(2),
-        mnn.Flatten(), mnn.Linear(16 * 4 * 4, 120), mnn.ReLU(), mnn.Linear(120, 84), mnn.ReLU(), mnn.Linear(84, 10),
-    )  # fmt: skip
-
-
-NN_OPS = {"mlp-infer": 128, "lenet-infer": 32, "mlp-train": 128}  # op: batch size
-
-
-def _nn_step(ctx, op: str, batch: int):
-    """The step to time for an ``--nn`` workload: weights from party 0, inputs (and labels) from party 1."""
+def _shared_inputs(ctx, name: str) -> dict:
+    """A workload's inputs of ``bench_workloads.inputs``, each shared by its owner."""
     with warnings.catch_warnings():
-        # torch's default init draws a few weights below 2^-17, which become 0 on the fixed-point grid; the
-        # FixedPointWarning that sharing them raises says nothing about the benchmark (one process per party here).
+        # A few test values near 0 (and, in models, weights of torch's default init) lie below 2^-17 and become 0
+        # on the fixed-point grid; the FixedPointWarning that says so is about the data, not the benchmark.
         warnings.simplefilter("ignore", FixedPointWarning)
-        model = _lenet_module() if op == "lenet-infer" else _mlp_module()
-    x = _secret(ctx, (batch, 1, 28, 28) if op == "lenet-infer" else (batch, 784), owner=1)
+        return {k: mpc.share(t if ctx.rank == owner else None, owner=owner) for k, (t, owner) in inputs(name).items()}
+
+
+def _nn_step(ctx, op: str, s: dict | None = None):
+    """An ``--nn`` workload: party 0's model (``bench_workloads.torch_model``), party 1's inputs and labels.
+
+    Returns the step to time (inference returns the logits, training the
+    loss) and the secret model.
+    """
+    s = _shared_inputs(ctx, op) if s is None else s
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FixedPointWarning)  # as in _shared_inputs
+        model = mnn.from_torch(torch_model(op) if ctx.rank == 0 else None, owner=0)
+    x = s["x"]
     if op.endswith("-infer"):
         model.eval()
 
@@ -117,24 +140,23 @@ def _nn_step(ctx, op: str, batch: int):
             with mpc.no_grad(ctx):
                 return model(x)
 
-        return infer
-    g = torch.Generator().manual_seed(7)
-    labels = torch.nn.functional.one_hot(torch.randint(0, 10, (batch,), generator=g), 10).double()
-    target = mpc.share(labels if ctx.rank == 1 else None, owner=1)
-    loss_fn, opt = mnn.CrossEntropyLoss(), mpc.optim.SGD(model.parameters(), lr=0.01)
+        return infer, model
+    loss_fn, opt = mnn.CrossEntropyLoss(), mpc.optim.SGD(model.parameters(), lr=TRAIN_LR)
 
     def train():
         opt.zero_grad()
-        loss_fn(model(x), target).backward()
+        loss = loss_fn(model(x), s["y"])
+        loss.backward()
         opt.step()
+        return loss
 
-    return train
+    return train, model
 
 
 def _party(ctx, op: str, size: int, repeat: int) -> dict:
     torch.set_num_threads(1)  # one thread per party process: two parties and the dealer share the cores
     if op in NN_OPS:
-        step = _nn_step(ctx, op, size)
+        step, _ = _nn_step(ctx, op)
     elif op == "mul":
         x, y = _secret(ctx, (size,), 0), _secret(ctx, (size,), 1)
         step = lambda: x * y  # noqa: E731
@@ -147,16 +169,56 @@ def _party(ctx, op: str, size: int, repeat: int) -> dict:
     else:
         raise ValueError(op)
     step()  # warm-up
-    times, cost = [], None
-    for _ in range(repeat):
-        _sync(ctx)
-        before = ctx.stats.snapshot()
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-        after = ctx.stats.snapshot()
-        cost = {k: after[k] - before[k] for k in after}
-    return {"seconds": statistics.median(times), "all_seconds": times, **(cost or {})}
+    return timed(step, repeat, lambda: _sync(ctx), ctx.stats.snapshot)
+
+
+# ----- the peer comparison (--vs crypten): this toolkit's side -------------------------------------------
+
+
+def _workload(ctx, name: str):
+    """A workload of ``bench_workloads``: the step to time and how to reveal its result (as ``reference``)."""
+    s = _shared_inputs(ctx, name)
+    kind, x = WORKLOADS[name].kind, s["x"]
+    if name == "mul":
+        return lambda: x * s["y"], lambda r: {"out": r.reveal()}
+    if name == "matmul":
+        return lambda: x @ s["y"], lambda r: {"out": r.reveal()}
+    if kind == "op":
+        return lambda: getattr(x, name)(), lambda r: {"out": r.reveal()}
+    if name == "logreg":
+        return lambda: logreg_steps(x, s["y"], s["w"], lambda z: z.sigmoid()), lambda r: {"weights": r.reveal()}
+    step, model = _nn_step(ctx, name, s)
+    if kind == "infer":
+        return step, lambda r: {"out": r.reveal()}
+    return step, lambda r: {"weights": flat(p.reveal() for p in model.parameters()), "loss": r.reveal()}
+
+
+def _vs_party(ctx, name: str, repeat: int) -> dict:
+    torch.set_num_threads(1)
+    step, reveal = _workload(ctx, name)
+    got = reveal(step())  # the warm-up, revealed once outside the timed runs
+    row = timed(step, repeat, lambda: _sync(ctx), ctx.stats.snapshot)
+    if ctx.rank == 0:
+        row.update(errors(got, reference(name, inputs(name))))
+    return row
+
+
+def measure_vs(name: str, parties: int, repeat: int, insecure: bool = False) -> dict:
+    """One workload of ``bench_workloads`` in this toolkit, with the figures ``bench_crypten.measure`` gives."""
+    res = mpc.run(functools.partial(_vs_party, name=name, repeat=repeat), parties=parties, insecure=insecure,
+                  timeout=300)  # fmt: skip
+    p0 = res[0]
+    row = {
+        "seconds": p0["seconds"],
+        "all_seconds": p0["all_seconds"],
+        "rounds": p0["rounds"],
+        "bytes_per_party": max(r["bytes_sent"] for r in res),
+        # the dealer's sends: the parties' receipts from it (seed-compressed: mostly the last party's)
+        "dealer_bytes": sum(r["dealer_bytes_recv"] for r in res),
+        "dealer_bytes_by_party": [r["dealer_bytes_recv"] for r in res],
+    }
+    row.update({k: v for k, v in p0.items() if k in ERROR_KEYS})
+    return row
 
 
 def _proc_status(pid: int | str, field: str) -> int:
@@ -335,6 +397,95 @@ def foundation(args: argparse.Namespace) -> tuple[list[dict], dict[str, float]]:
     return rows, overhead
 
 
+def compare(names: list[str], parties: list[int], repeat: int, insecure: bool = False, tfp: bool = True,
+            log=print) -> list[dict]:  # fmt: skip
+    """``--vs crypten``: every workload in this toolkit and, where installed, in CrypTen (TTP, and TFP if ``tfp``).
+
+    A CrypTen run that fails is kept as ``{"failed": message}`` so that the
+    other rows still come; without CrypTen, ``log`` gets the install command
+    and only this toolkit runs.
+    """
+    import bench_crypten
+
+    peer = bench_crypten.available()
+    if not peer:
+        log(bench_crypten.INSTALL)
+    rows = []
+    for n in parties:
+        for name in names:
+            row = {"workload": name, "label": WORKLOADS[name].label, "parties": n, "curve": not insecure}
+            t0 = time.monotonic()
+            row["ours"] = measure_vs(name, n, repeat, insecure)
+            walls = [f"ours {time.monotonic() - t0:.0f} s"]
+            for provider in ("TTP", "TFP") if peer else ():
+                if provider == "TFP" and not tfp:
+                    continue
+                t0 = time.monotonic()
+                try:
+                    row[f"crypten_{provider.lower()}"] = bench_crypten.measure(name, n, provider, repeat)
+                except (RuntimeError, TimeoutError) as e:
+                    row[f"crypten_{provider.lower()}"] = {"failed": str(e)}
+                walls.append(f"CrypTen-{provider} {time.monotonic() - t0:.0f} s")
+            rows.append(row)
+            log(vs_table([row], notes=False).splitlines()[-1] + f"  (wall: {', '.join(walls)})")
+    return rows
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _num(d: dict | None, key: str, fmt: str, scale: float | None = None) -> str:
+    """A cell: ``d[key]`` (divided by ``scale``) in ``fmt``; "-" where not measured, "failed" where the run failed."""
+    v = None if d is None else d.get(key)
+    if d is not None and "failed" in d:
+        return "failed"
+    return "-" if v is None else format(v if scale is None else v / scale, fmt)
+
+
+VS_NOTES = """\
+s: median of the timed runs after one warm-up, timed in party 0, each run started right after a synchronising
+exchange (CrypTen: a barrier); one process per party and for the dealer / TTP, one torch thread each.
+TTP/ours: CrypTen-TTP's seconds over ours (above 1: ours is faster).
+MB/party: the most any party sent (ours: payload, links encrypted with CURVE; CrypTen: bytes written to its gloo
+sockets, unencrypted). Dealer MB: what our dealer sent to all parties / what CrypTen's TTP sent (to party 0).
+Rounds: ours are exchanges among parties; CrypTen's are its own count of communicator calls at the last party.
+Max error: the largest |got - want| / max(1, |want|) against float64 (absolute below 1, relative above) over the
+revealed result (logistic regression: the final weights; training step: the weights after it).
+CrypTen-TFP: CrypTen's default provider, party 0 makes every triple itself (no third process, but party 0 knows
+the triples): a reference for speed, not a secure setting."""
+
+
+def vs_table(rows: list[dict], notes: bool = True) -> str:
+    """The comparison as a markdown table (and its notes)."""
+    head = (
+        "| workload | n | ours s | CrypTen-TTP s | TTP/ours | CrypTen-TFP s | MB/party ours / CrypTen "
+        "| dealer MB ours / TTP | rounds ours / CrypTen | max error ours / CrypTen-TTP |"
+    )
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ours, ttp, tfp = r["ours"], r.get("crypten_ttp"), r.get("crypten_tfp")
+        ok = ttp is not None and "failed" not in ttp
+        ratio = f"{ttp['seconds'] / ours['seconds']:.2f}x" if ok else "-"
+        cells = [
+            r["label"],
+            str(r["parties"]),
+            _num(ours, "seconds", ".3g"),
+            _num(ttp, "seconds", ".3g"),
+            ratio,
+            _num(tfp, "seconds", ".3g"),
+            f"{_num(ours, 'bytes_per_party', '.3g', 1e6)} / {_num(ttp, 'bytes_per_party', '.3g', 1e6)}",
+            f"{_num(ours, 'dealer_bytes', '.3g', 1e6)} / {_num(ttp, 'dealer_bytes', '.3g', 1e6)}",
+            f"{_num(ours, 'rounds', 'd')} / {_num(ttp, 'rounds', 'd')}",
+            f"{_num(ours, 'max_error', '.1e')} / {_num(ttp, 'max_error', '.1e')}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + (f"\n\n{VS_NOTES}" if notes else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=5)
@@ -355,8 +506,39 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="only the memory set: peak RSS per party and dealer of a 2-party multiply (default 1e6 1e7 1e8)",
     )
+    ap.add_argument(
+        "--vs",
+        choices=["crypten"],
+        help="only the peer comparison: each workload here and in CrypTen (TTP, TFP); --repeat >= 3",
+    )
+    ap.add_argument(
+        "--workloads",
+        type=lambda v: [w for w in v.split(",") if w],
+        default=list(WORKLOADS),
+        help=f"with --vs: a comma-separated subset of {','.join(WORKLOADS)}",
+    )
+    ap.add_argument("--no-tfp", action="store_true", help="with --vs: skip the CrypTen-TFP reference column")
     ap.add_argument("--json", help="write the rows to this file")
     args = ap.parse_args(argv)
+    if args.vs:
+        unknown = [w for w in args.workloads if w not in WORKLOADS]
+        if unknown:
+            ap.error(f"unknown workload(s) {', '.join(unknown)}; choose from {','.join(WORKLOADS)}")
+        if args.repeat < 3:
+            ap.error("--vs takes the median of at least 3 timed runs: --repeat 3 or more")
+        rows = compare(args.workloads, args.parties, args.repeat, args.insecure, tfp=not args.no_tfp)
+        print()
+        print(vs_table(rows))
+        if args.json:
+            meta = {
+                "date": time.strftime("%Y-%m-%d"),
+                "argv": sys.argv[1:] if argv is None else argv,
+                "cpus": os.cpu_count(),
+                "torch": torch.__version__,
+                "crypten": _version("crypten"),
+            }
+            Path(args.json).write_text(json.dumps({**meta, "rows": rows}, indent=1))
+        return 0
     if args.memory is not None:
         rows = []
         for n in args.memory or [1e6, 1e7, 1e8]:

@@ -24,9 +24,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,23 +35,15 @@ import mpc
 from protocols import binary, conversions
 from protocols.sharing import open_all
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_workloads import data as _data  # noqa: E402 - the directory first, as under `python scripts/...`
+from bench_workloads import inputs, timed  # noqa: E402
+
 __all__ = ["run_bench", "op_table", "BENCHES"]
 
 
 def _sync(ctx) -> None:
     open_all(ctx, [torch.zeros(1, dtype=torch.int64)], "bench:sync")
-
-
-def _data(shape, seed: int, lo: float, hi: float, log: bool = False, signed: bool = False) -> torch.Tensor:
-    # Benchmark inputs are public test data; torch's generator is fine here.
-    g = torch.Generator().manual_seed(seed)
-    u = torch.rand(shape, generator=g, dtype=torch.float64)
-    if log:
-        v = torch.exp(u * (torch.log(torch.tensor(hi)) - torch.log(torch.tensor(lo))) + torch.log(torch.tensor(lo)))
-        if signed:
-            v = v * torch.where(torch.rand(shape, generator=g) < 0.5, -1.0, 1.0).double()
-        return v
-    return u * (hi - lo) + lo
 
 
 def _secret(ctx, value: torch.Tensor, owner: int = 0):
@@ -62,21 +52,17 @@ def _secret(ctx, value: torch.Tensor, owner: int = 0):
 
 # name -> (elements, shape, make inputs (ctx) -> args, step (args) -> result)
 BENCHES: dict[str, tuple[int, tuple[int, ...], Callable, Callable]] = {
-    "relu": (10**6, (10**6,), lambda c: (_secret(c, _data((10**6,), 1, -10, 10)),), lambda x: x.relu()),
+    # relu, sigmoid, exp and reciprocal: the inputs of `bench.py --vs` (scripts/bench_workloads.py)
+    "relu": (10**6, (10**6,), lambda c: (_secret(c, inputs("relu")["x"][0]),), lambda x: x.relu()),
     "compare": (
         10**6,
         (10**6,),
         lambda c: (_secret(c, _data((10**6,), 1, -10, 10)), _secret(c, _data((10**6,), 2, -10, 10), 1)),
         lambda x, y: x < y,
     ),
-    "sigmoid": (10**5, (10**5,), lambda c: (_secret(c, _data((10**5,), 3, -30, 30)),), lambda x: x.sigmoid()),
-    "exp": (10**5, (10**5,), lambda c: (_secret(c, _data((10**5,), 4, -12, 10)),), lambda x: x.exp()),
-    "reciprocal": (
-        10**5,
-        (10**5,),
-        lambda c: (_secret(c, _data((10**5,), 5, 1e-2, 1e4, log=True, signed=True)),),
-        lambda x: x.reciprocal(),
-    ),
+    "sigmoid": (10**5, (10**5,), lambda c: (_secret(c, inputs("sigmoid")["x"][0]),), lambda x: x.sigmoid()),
+    "exp": (10**5, (10**5,), lambda c: (_secret(c, inputs("exp")["x"][0]),), lambda x: x.exp()),
+    "reciprocal": (10**5, (10**5,), lambda c: (_secret(c, inputs("reciprocal")["x"][0]),), lambda x: x.reciprocal()),
     "softmax": (10**4, (1000, 10), lambda c: (_secret(c, _data((1000, 10), 6, -30, 30)),), lambda x: x.softmax(1)),
     "max_pool2d": (
         32 * 6 * 24 * 24,
@@ -92,16 +78,7 @@ def _bench_party(ctx, name: str, repeat: int) -> dict:
     _, _, make, step = BENCHES[name]
     args = make(ctx)
     step(*args)  # warm-up
-    times, cost = [], None
-    for _ in range(repeat):
-        _sync(ctx)
-        before = ctx.stats.snapshot()
-        t0 = time.perf_counter()
-        step(*args)
-        times.append(time.perf_counter() - t0)
-        after = ctx.stats.snapshot()
-        cost = {k: after[k] - before[k] for k in after}
-    return {"seconds": statistics.median(times), "all_seconds": times, **(cost or {})}
+    return timed(lambda: step(*args), repeat, lambda: _sync(ctx), ctx.stats.snapshot)
 
 
 def run_bench(
