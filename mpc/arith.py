@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
+from .autograd import is_grad_enabled, will_record
 from .errors import ProtocolError
 from .ops import register
 from .tensor import MaxResult, Public, SecretTensor, _float_dtype, _result_dtype
@@ -148,6 +149,26 @@ def matmul(input: SecretTensor | torch.Tensor, other: SecretTensor | torch.Tenso
     return secret._new(out, _result_dtype(secret.dtype, public))
 
 
+@register("matmuls", cost="2 rounds for all the pairs together")
+def matmuls(inputs: Sequence[SecretTensor], others: Sequence[SecretTensor]) -> list[SecretTensor]:
+    """``[a @ b for a, b in zip(inputs, others)]``, every operand secret, in one opening and one truncation
+    round: independent products of one layer (a linear layer's two gradients) in the rounds of one.
+    It records no graph (backward rules use it with grad mode off): operands that require grad are refused."""
+    if len(inputs) != len(others) or not inputs:
+        raise ProtocolError(f"matmuls needs as many right operands as left ones, got {len(inputs)} and {len(others)}")
+    for a, b in zip(inputs, others, strict=True):
+        if not isinstance(a, SecretTensor) or not isinstance(b, SecretTensor):
+            raise ProtocolError("matmuls takes secret operands only")
+        _check_matmul(a, b)
+        _same(inputs[0], a)
+        _same(a, b)
+        if (a.requires_grad or b.requires_grad) and is_grad_enabled(a.ctx):
+            raise ProtocolError("matmuls records no gradients: use matmul (@) on operands that require grad")
+    ctx = inputs[0].ctx
+    outs = ctx.family.matmul_many(ctx, [(a.share, b.share) for a, b in zip(inputs, others, strict=True)])
+    return [a._new(z, _result_dtype(a.dtype, b)) for a, b, z in zip(inputs, others, outs, strict=True)]
+
+
 @register("pow", cost="2 floor(log2 |k|) rounds (+2, +9 for k < 0)", torch=(torch.pow,))
 def pow(input: SecretTensor, exponent: int) -> SecretTensor:
     if isinstance(exponent, float) and exponent.is_integer():
@@ -276,11 +297,21 @@ def abs(input: SecretTensor) -> SecretTensor:
     return input._new(input.ctx.family.abs(input.ctx, input.share))
 
 
-@register("relu", cost="4 rounds, 8 + 35/8 B per element and peer", torch=(torch.relu, torch.nn.functional.relu))
+@register(
+    "relu",
+    cost="4 rounds, 8 + 35/8 B per element and peer; backward 1 round (the mask is kept)",
+    torch=(torch.relu, torch.nn.functional.relu),
+)
 def relu(input: SecretTensor, inplace: bool = False) -> SecretTensor:
     if inplace:
         raise ProtocolError("relu(inplace=True) is not supported on secret tensors; use the result")
-    return input._new(input.ctx.family.relu(input.ctx, input.share))
+    ctx = input.ctx
+    if will_record(input):  # keep the mask [x > 0] for backward (it comes with the comparison, at no cost)
+        share, mask = ctx.family.relu_mask(ctx, input.share)
+        out = input._new(share)
+        out._saved = mask
+        return out
+    return input._new(ctx.family.relu(ctx, input.share))
 
 
 def _operand(x: SecretTensor, v: SecretTensor | Public):

@@ -53,7 +53,7 @@ import torch
 
 from .errors import ProtocolError
 
-__all__ = ["NONDIFF", "Node", "attach", "backward", "is_grad_enabled"]
+__all__ = ["NONDIFF", "Node", "attach", "backward", "is_grad_enabled", "will_record"]
 
 
 def _nondiff(node: Node, grad: Any) -> list:  # pragma: no cover - never called: marks an entry
@@ -66,6 +66,12 @@ NONDIFF: Callable[..., Any] = _nondiff
 
 def _is_secret(a: Any) -> bool:
     return hasattr(a, "share") and hasattr(a, "ctx")
+
+
+def will_record(x: Any) -> bool:
+    """Whether a user-level operation on ``x`` now gets a node: a forward keeps what its rule reuses only then."""
+    t = getattr(x.ctx, "transcript", None)
+    return x.requires_grad and is_grad_enabled(x.ctx) and (t is None or t.depth <= 1)
 
 
 def is_grad_enabled(ctx: Any) -> bool:
@@ -81,13 +87,22 @@ class Node:
     and is a ``SecretTensor`` or a public torch tensor.
     """
 
-    __slots__ = ("op", "rule", "a", "out", "edges", "_need", "freed")
+    __slots__ = ("op", "rule", "a", "out", "saved", "edges", "_need", "freed")
 
-    def __init__(self, op: str, rule: Callable | None, a: dict[str, Any], out: Any, edges: list[tuple[Any, Any]]):
+    def __init__(
+        self,
+        op: str,
+        rule: Callable | None,
+        a: dict[str, Any],
+        out: Any,
+        edges: list[tuple[Any, Any]],
+        saved: Any = None,
+    ):
         self.op = op
         self.rule = rule
         self.a = a
         self.out = out
+        self.saved = saved  # what the forward kept for the rule (``SecretTensor._saved``), or None
         self.edges = edges  # (detached operand in ``a``, the original tensor that requires grad)
         self._need = {id(d) for d, _ in edges}
         self.freed = False
@@ -101,7 +116,7 @@ class Node:
         return id(v) in self._need
 
     def free(self) -> None:
-        self.a, self.out, self.freed = {}, None, True
+        self.a, self.out, self.saved, self.freed = {}, None, None, True
 
     def __repr__(self) -> str:
         return f"<{self.name}>"
@@ -137,9 +152,12 @@ def _needs_grad(args: tuple, kwargs: dict) -> bool:
 
 def attach(entry: Any, args: tuple, kwargs: dict, out: Any) -> Any:
     """Record ``entry``'s call on ``out`` when it should be (see the module docstring); returns the output."""
+    target = out if _is_secret(out) else out[0] if isinstance(out, tuple) and out and _is_secret(out[0]) else None
+    kept = None
+    if target is not None:
+        kept, target._saved = target._saved, None  # into the node, or dropped: never left on a result
     if entry.backward is NONDIFF or not _needs_grad(args, kwargs):
         return out
-    target = out if _is_secret(out) else out[0] if isinstance(out, tuple) and out and _is_secret(out[0]) else None
     if target is None or not target.dtype.is_floating_point or not is_grad_enabled(target.ctx):
         return out
     if any(target is a for a in (*args, *kwargs.values())):  # an operation that returned an operand
@@ -150,7 +168,7 @@ def attach(entry: Any, args: tuple, kwargs: dict, out: Any) -> Any:
     bound.apply_defaults()
     edges: list[tuple[Any, Any]] = []
     saved = {k: _detach(v, edges) for k, v in bound.arguments.items()}
-    node = Node(entry.name, entry.backward, saved, target._new(target.share), edges)
+    node = Node(entry.name, entry.backward, saved, target._new(target.share), edges, kept)
     target.grad_fn = node
     return out
 

@@ -15,8 +15,10 @@ cost for a secret ``g``; with a public ``g`` a Beaver product with ``g``
 when ``g`` is constant and the other factor's scale is an integer).  Gradients
 are summed back to an operand's shape where it was broadcast (local).
 
-Rules recompute what the forward did not keep (the comparison bit of relu,
-the reciprocal of a divisor, the argmax of a max or of a pooling window):
+A forward may keep what its rule needs when the call is recorded
+(``SecretTensor._saved``, then ``node.saved``): relu keeps its mask, so its
+rule is one product.  Rules recompute what the forward did not keep (the
+reciprocal of a divisor, the argmax of a max or of a pooling window):
 their costs are stated below.  The rules' error is the fixed-point error of
 their operations (``tests/test_autograd.py`` states the tolerance per rule).
 
@@ -234,8 +236,8 @@ def _pow(n: Node, g: Grad):
 
 @rule("matmul")
 def _matmul(n: Node, g: Grad):
-    """``g @ y^T`` and ``x^T @ g`` (torch's 1-d and batch rules): one Beaver matmul each (2 rounds),
-    or one truncation with a public operand."""
+    """``g @ y^T`` and ``x^T @ g`` (torch's 1-d and batch rules): both in one batch of Beaver matmuls
+    (2 rounds for the two, ``matmuls``), or one truncation with a public operand."""
     x, y = n.a["input"], n.a["other"]
     gx, gy = _matmul_grads(g, x, y, n.needs(x), n.needs(y))
     out: list = []
@@ -253,14 +255,17 @@ def _matmul_grads(g: Grad, x: Any, y: Any, need_x: bool, need_y: bool) -> tuple[
     g2 = g.unsqueeze(-1) if len(ys) == 1 else g
     g2 = g2.unsqueeze(-2) if len(xs) == 1 else g2
     gx = gy = None
+    if y2.dim() == 2 and x2.dim() > 2:  # one matmul over the flattened batch instead of a batched one
+        k, m = x2.shape[-1], g2.shape[-1]
+        a, b = x2.reshape(-1, k).mT, g2.reshape(-1, m)
+    else:
+        a, b = x2.mT, g2
+    if need_x and need_y and all(_secret(v) for v in (g2, y2, a)):
+        px, py = call("matmuls", [g2, a], [y2.mT, b])  # independent: opened and truncated together
+        return _sum_to(px, x2.shape).reshape(xs), _sum_to(py, y2.shape).reshape(ys)
     if need_x:
         gx = _sum_to(call("matmul", g2, y2.mT) if _secret(g2) or _secret(y2) else g2 @ y2.mT, x2.shape).reshape(xs)
     if need_y:
-        if y2.dim() == 2 and x2.dim() > 2:  # one matmul over the flattened batch instead of a batched one
-            k, m = x2.shape[-1], g2.shape[-1]
-            a, b = x2.reshape(-1, k).mT, g2.reshape(-1, m)
-        else:
-            a, b = x2.mT, g2
         gy = _sum_to(call("matmul", a, b) if _secret(a) or _secret(b) else a @ b, y2.shape).reshape(ys)
     return gx, gy
 
@@ -406,9 +411,17 @@ def _stack(n: Node, g: Grad):
 
 @rule("relu")
 def _relu(n: Node, g: Grad):
-    """``g [x > 0]``: the comparison again (4 rounds) and a selection (2 rounds; 1 for a public ``g``)."""
-    x = n.a["input"]
-    return [(x, _where(call("gt", x, 0), g, 0.0))]
+    """``g [x > 0]`` with the mask the forward kept (an integer 0/1 share, ``family.relu_mask``): one
+    product by it (1 round, exact; local for a public ``g``).  Without it, the comparison again (4 rounds)
+    and a selection (2 rounds)."""
+    x, mask = n.a["input"], n.saved
+    if mask is None:
+        return [(x, _where(call("gt", x, 0), g, 0.0))]
+    ctx, fam = x.ctx, x.ctx.family
+    if _secret(g):
+        return [(x, x._new(fam.mask_mul(ctx, mask, g.share)))]
+    gp = torch.as_tensor(g, dtype=torch.float64).expand(tuple(x.shape))
+    return [(x, x._new(mask.mul_public(fam.encode_public(ctx, gp))))]
 
 
 @rule("abs")

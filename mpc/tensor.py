@@ -146,7 +146,9 @@ class SecretTensor(_Autograd):
     a result of recorded operations has a ``grad_fn``.
     """
 
-    __slots__ = ("ctx", "share", "dtype", "_requires_grad", "grad_fn", "_grad")
+    # ``_saved``: what a forward computed on the way and its backward rule reuses (relu's mask), set by the
+    # forward only when the call will be recorded; ``mpc.autograd.attach`` moves it into the node.
+    __slots__ = ("ctx", "share", "dtype", "_requires_grad", "grad_fn", "_grad", "_saved")
 
     def __init__(self, ctx: PartyContext, share: Share, dtype: torch.dtype = torch.float32) -> None:
         if not isinstance(share, Share):
@@ -157,6 +159,7 @@ class SecretTensor(_Autograd):
         self._requires_grad = False
         self.grad_fn: autograd.Node | None = None
         self._grad: SecretTensor | None = None
+        self._saved: Any = None
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):

@@ -69,6 +69,10 @@ class AdditiveDealerFamily(RingFamily):
     def product(self, ctx, kind, x, y, extra=(), op="mul"):
         return _a(ctx, beaver.beaver_product(ctx, kind, x.data, y.data, extra, name=op))
 
+    def product_many(self, ctx, items, op="mul"):
+        zs = beaver.beaver_products(ctx, [(k, x.data, y.data, e) for k, x, y, e in items], name=op)
+        return [_a(ctx, z) for z in zs]
+
     def square_raw(self, ctx, x, op="square"):
         return _a(ctx, beaver.square_raw(ctx, x.data, op))
 

@@ -48,6 +48,31 @@ def beaver_product(
     return z
 
 
+def beaver_products(
+    ctx: PartyContext, items: list[tuple[int, torch.Tensor, torch.Tensor, tuple[int, ...]]], name: str = "mul"
+) -> list[torch.Tensor]:
+    """``beaver_product`` of every ``(op, x, y, extra)`` with one opening for all: 1 round, the same bytes."""
+    handles = [
+        ctx.correlations.request("triple", (op, *pack_shapes(x.shape, y.shape), *extra)) for op, x, y, extra in items
+    ]
+    masked = []
+    for (_, x, y, _), h in zip(items, handles, strict=True):
+        a, b = h.randoms
+        masked += [x - a, y - b]
+    opened = open_all(ctx, masked, name)
+    out = []
+    party0 = holds_public(ctx.rank)
+    for i, ((op, _, _, extra), h) in enumerate(zip(items, handles, strict=True)):
+        a, b = h.randoms
+        e, f = opened[2 * i], opened[2 * i + 1]
+        (c,) = h.derived()
+        z = c + _bilinear(op, e, b, extra) + _bilinear(op, a, f, extra)
+        if party0:
+            z += _bilinear(op, e, f, extra)
+        out.append(z)
+    return out
+
+
 def mul(ctx: PartyContext, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return truncate(ctx, beaver_product(ctx, OP_MUL, x, y, name="mul"), op="mul:trunc")
 

@@ -119,6 +119,13 @@ class ProtocolFamily(ABC):
     ) -> Share:
         """``x kind y`` for a bilinear ``kind`` (``OP_MUL``, ``OP_MATMUL``, ``OP_CONV2D``), not truncated."""
 
+    def product_many(
+        self, ctx: PartyContext, items: Sequence[tuple[int, Share, Share, tuple[int, ...]]], op: str = "mul"
+    ) -> list[Share]:
+        """``x kind y`` for each ``(kind, x, y, extra)``, not truncated; a family that can opens them all in
+        one round (this default runs ``product`` on each in turn)."""
+        return [self.product(ctx, kind, x, y, extra, op) for kind, x, y, extra in items]
+
     @abstractmethod
     def square_raw(self, ctx: PartyContext, x: Share, op: str = "square") -> Share:
         """``x * x``, not truncated."""

@@ -191,6 +191,9 @@ class PlaintextFamily(ProtocolFamily):
     def matmul(self, ctx, x, y, op="matmul"):
         return self.product(ctx, OP_MATMUL, x, y, op=op)
 
+    def matmul_many(self, ctx, pairs, op="matmul"):
+        return [self.matmul(ctx, x, y, op) for x, y in pairs]
+
     def conv2d(self, ctx, x, w, stride, padding, dilation, groups):
         return self.product(ctx, OP_CONV2D, x, w, (*stride, *padding, *dilation, groups), op="conv2d")
 
@@ -251,6 +254,12 @@ class PlaintextFamily(ProtocolFamily):
 
     def relu(self, ctx, x, op="relu"):
         return PlainShare(torch.relu(x.value))
+
+    def relu_mask(self, ctx, x, op="relu"):
+        return PlainShare(torch.relu(x.value)), PlainShare((x.value > 0).to(x.value.dtype))
+
+    def mask_mul(self, ctx, mask, g, op="relu:grad"):
+        return PlainShare(mask.value * g.value)
 
     def clamp_public(self, ctx, x, lo, hi):
         return PlainShare(torch.clamp(x.value, lo, hi))

@@ -196,6 +196,12 @@ class RingFamily(ProtocolFamily):
     def matmul(self, ctx: PartyContext, x: Share, y: Share, op: str = "matmul") -> Share:
         return self.truncate(ctx, self.product(ctx, OP_MATMUL, x, y, op=op), op=f"{op}:trunc")
 
+    def matmul_many(self, ctx: PartyContext, pairs: Sequence[tuple[Share, Share]], op: str = "matmul") -> list[Share]:
+        """``x @ y`` for every pair, opened together and truncated together. Rounds 2 for all."""
+        prods = self.product_many(ctx, [(OP_MATMUL, x, y, ()) for x, y in pairs], op=op)
+        f = ctx.config.frac_bits
+        return self.truncate_many(ctx, [(p, f) for p in prods], op=f"{op}:trunc")
+
     def conv2d(self, ctx: PartyContext, x: Share, w: Share, stride, padding, dilation, groups: int) -> Share:
         extra = (*stride, *padding, *dilation, groups)
         return self.truncate(ctx, self.product(ctx, OP_CONV2D, x, w, extra, op="conv2d"), op="conv2d:trunc")
@@ -292,6 +298,16 @@ class RingFamily(ProtocolFamily):
     def relu(self, ctx: PartyContext, x: Share, op: str = "relu") -> Share:
         """``max(x, 0) = x [x >= 0]``, exact. Rounds 4."""
         return self.compare(ctx, x, (0,), negate=True, mul_input=True, op=op).xbits[0]
+
+    def relu_mask(self, ctx: PartyContext, x: Share, op: str = "relu") -> tuple[Share, Share]:
+        """``(max(x, 0), [x > 0])``: the result and its mask as an integer 0/1 share, from one comparison
+        (``[x >= 1 ulp]``; ``x [x >= 1 ulp]`` is ``max(x, 0)`` exactly).  Rounds 4, as ``relu``."""
+        res = self.compare(ctx, x, (1,), negate=True, mul_input=True, op=op)
+        return res.xbits[0], res.bits[0]
+
+    def mask_mul(self, ctx: PartyContext, mask: Share, g: Share, op: str = "relu:grad") -> Share:
+        """``mask * g`` for an integer 0/1 ``mask`` (``relu_mask``'s): one Beaver product, no truncation. Rounds 1."""
+        return ordering.mul_bits(ctx, mask, g, op)
 
     def clamp_public(self, ctx: PartyContext, x: Share, lo: float | None, hi: float | None) -> Share:
         lo_r = None if lo is None else int(self.encode_public(ctx, float(lo)))

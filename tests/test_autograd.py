@@ -342,7 +342,7 @@ def test_every_differentiable_operation_has_a_rule():
     """Every float-valued entry of the table either has a rule, is marked non-differentiable, or is listed
     here as deliberately without one (backward refuses it by name)."""
     without = {name for name, op in mpc.OPS.items() if op.backward is None}
-    assert without <= {"max_pool2d_backward"}, without
+    assert without <= {"max_pool2d_backward", "matmuls"}, without  # matmuls refuses operands that require grad
     assert {n for n, op in mpc.OPS.items() if op.backward is NONDIFF} >= {"lt", "eq", "sign", "argmax", "reveal"}
 
 
@@ -504,9 +504,9 @@ def test_mlp_training_step_matches_torch(sim, protocol, n):
 COSTS = {
     # name: (forward on (x, y), backward rounds with a secret incoming gradient)
     "mul": (lambda x, y: x * y, 2),  # only x requires grad: one Beaver product
-    "matmul": (lambda x, y: x @ y.t(), 4),  # both: two Beaver matmuls, one after the other
+    "matmul": (lambda x, y: x @ y.t(), 2),  # both: two Beaver matmuls in one batch
     "sigmoid": (lambda x, y: x.sigmoid(), 4),  # a square, then one product
-    "relu": (lambda x, y: x.relu(), 6),  # the comparison again (4), a selection (2)
+    "relu": (lambda x, y: x.relu(), 1),  # one product by the mask the forward kept
     "sum": (lambda x, y: (x + y).sum(1, keepdim=True), 0),  # local
     "conv2d": (lambda x, y: mpc.conv2d(x.reshape(1, 1, 2, 3), y.reshape(1, 1, 2, 3)[..., :2], padding=1), 4),
     "max_pool2d": (lambda x, y: mpc.max_pool2d(x.reshape(1, 1, 2, 3), 2, stride=1), 10),  # tournament 8, product 2
@@ -532,3 +532,32 @@ def test_backward_rounds_are_the_documented_ones(sim, name):
     """Rounds of ``backward`` with a secret incoming gradient: each rule's docstring (products of one rule
     that do not depend on each other still run one after the other)."""
     assert sim(functools.partial(_cost_program, name=name), 2) == [COSTS[name][1]] * 2
+
+
+# ----- forward values kept for backward, independent products batched -----------------------------------------------
+
+
+def _kept_program(ctx):
+    x = mpc.share(X if ctx.rank == 0 else None, owner=0, requires_grad=True)
+    y = mpc.share(X if ctx.rank == 1 else None, owner=1, requires_grad=True)
+    r = x.relu()
+    out = {"kept": r.grad_fn.saved is not None, "left_on_result": r._saved is not None}
+    with mpc.no_grad(ctx):
+        out["kept_without_grad"] = x.relu()._saved is not None
+    with pytest.raises(ProtocolError, match="records no gradients"):
+        mpc.ops.call("matmuls", [x], [y.t()])
+    with mpc.no_grad(ctx):
+        a, b = mpc.ops.call("matmuls", [x, y], [y.t(), x.t()])
+        out["matmuls"] = (a.reveal(), b.reveal())
+    return out
+
+
+@pytest.mark.timeout(60)
+def test_relu_keeps_its_mask_and_matmuls_batch(sim, protocol):
+    """relu's node holds the mask (never the result tensor, never without grad); ``matmuls`` gives each product
+    and refuses operands that require grad (it records no graph)."""
+    for out in sim(_kept_program, 2, protocol=protocol):
+        assert out["kept"] and not out["left_on_result"] and not out["kept_without_grad"]
+        want = X @ X.t()
+        for got in out["matmuls"]:
+            assert torch.allclose(got.double(), want, atol=1e-3)
