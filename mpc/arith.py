@@ -481,7 +481,15 @@ def softmax(input: SecretTensor, dim: int | None = None, _stacklevel: int = 3, d
 @register("log_softmax", cost="17 + 4 ceil(log2 n) rounds",
           torch=(torch.log_softmax, torch.nn.functional.log_softmax))  # fmt: skip
 def log_softmax(input: SecretTensor, dim: int | None = None, _stacklevel: int = 3, dtype=None) -> SecretTensor:
-    return _along(input, _softmax_dim(input, dim, "log_softmax"), "log_softmax")
+    dim = _softmax_dim(input, dim, "log_softmax")
+    if not will_record(input):
+        return _along(input, dim, "log_softmax")
+    # Keep exp(x - max) and 1 / sum for backward (softmax = their product), in the input's layout.
+    d = dim % builtins.max(input.dim(), 1)
+    out, (e, r) = input.ctx.family.log_softmax_keep(input.ctx, input.share.movedim(d, -1))
+    res = input._new(out.movedim(-1, d), _float_dtype(input.dtype))
+    res._saved = (e.movedim(-1, d), r.movedim(-1, d))
+    return res
 
 
 @register("norm", cost="2-norm: 2 + 9 rounds; 1-norm: 4; inf-norm: 4 + 4 ceil(log2 n)", torch=(torch.norm,))

@@ -190,9 +190,20 @@ def _ring(v: float, bits: int) -> int:
 
 def piecewise(ctx: PartyContext, x: Share, table: Piecewise, op: str = "approx") -> Share:
     """Evaluate a ``Piecewise`` table on the shared fixed-point ``x`` (see the module docstring)."""
+    return piecewise_many(ctx, x, [table], op)[0]
+
+
+def piecewise_many(ctx: PartyContext, x: Share, tables: Sequence[Piecewise], op: str = "approx") -> list[Share]:
+    """Several tables on the same ``x`` in the rounds of one: they must share thresholds and normalisation
+    (``alpha``, ``beta``); the thermometer, ``v`` and its powers (to the highest degree) are computed once,
+    and every table's products and final truncation go in the same two rounds."""
+    table = tables[0]
+    for t in tables[1:]:
+        if (t.thresholds, t.alpha, t.beta) != (table.thresholds, table.alpha, table.beta):
+            raise ProtocolError(f"piecewise_many: {t.name} and {table.name} have different intervals")
     fam = ctx.family
     f = ctx.config.frac_bits
-    d = table.degree
+    d = max(t.degree for t in tables)
     tring = []
     for t in table.thresholds:
         tr = t * 2.0**f
@@ -200,7 +211,7 @@ def piecewise(ctx: PartyContext, x: Share, table: Piecewise, op: str = "approx")
             raise ProtocolError(f"{table.name}: threshold {t} is not on the fixed-point grid of {f} bits")
         tring.append(int(tr))
     if x.numel() == 0:
-        return x
+        return [x for _ in tables]
     res = fam.compare(ctx, x, tring, negate=True, mul_input=not table.uniform, op=f"{op}:cmp")
     bits = res.bits
     # The normalised variable v.
@@ -216,12 +227,16 @@ def piecewise(ctx: PartyContext, x: Share, table: Piecewise, op: str = "approx")
         vb = vb + select(bits, [_ring(b, f + fn_bits) for b in table.beta])
         (v,) = fam.truncate_many(ctx, [(vb, fn_bits)], f"{op}:norm")
     pw = fam.powers(ctx, v, d, f, op)
-    # Coefficients, scaled by 2^(f + extra) (the constant by 2^(2f + extra)).
-    bound = max(sum(abs(c) * table.vmax**k for k, c in enumerate(cs)) for cs in table.coeffs)
-    extra = int(max(0, min(24, math.floor(61 - 2 * f - math.log2(max(bound, 2.0**-30)) - 1))))
-    cks = [select(bits, [_ring(cs[k], f + extra) for cs in table.coeffs]) for k in range(1, d + 1)]
-    c0 = select(bits, [_ring(cs[0], 2 * f + extra) for cs in table.coeffs])
     kind = type(x)
-    prod = fam.product(ctx, OP_MUL, kind.stack(cks), kind.stack(pw), op=f"{op}:poly")
-    (y,) = fam.truncate_many(ctx, [(prod.sum(0) + c0, f + extra)], f"{op}:out")
-    return y
+    cks, c0s, extras = [], [], []
+    for t in tables:
+        # Coefficients, scaled by 2^(f + extra) (the constant by 2^(2f + extra)); missing powers are 0.
+        bound = max(sum(abs(c) * t.vmax**k for k, c in enumerate(cs)) for cs in t.coeffs)
+        extra = int(max(0, min(24, math.floor(61 - 2 * f - math.log2(max(bound, 2.0**-30)) - 1))))
+        coeffs = [tuple(cs) + (0.0,) * (d - t.degree) for cs in t.coeffs]
+        cks += [select(bits, [_ring(cs[k], f + extra) for cs in coeffs]) for k in range(1, d + 1)]
+        c0s.append(select(bits, [_ring(cs[0], 2 * f + extra) for cs in coeffs]))
+        extras.append(extra)
+    prod = fam.product(ctx, OP_MUL, kind.stack(cks), kind.stack(pw * len(tables)), op=f"{op}:poly")
+    sums = [prod[i * d : (i + 1) * d].sum(0) + c0 for i, c0 in enumerate(c0s)]
+    return fam.truncate_many(ctx, [(s, f + e) for s, e in zip(sums, extras, strict=True)], f"{op}:out")

@@ -45,6 +45,7 @@ Composite functions:
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -54,7 +55,7 @@ from mpc.context import PartyContext
 from mpc.errors import ProtocolError
 from mpc.shares import Share
 
-from .approx import Piecewise, octave_table, piecewise, uniform_table
+from .approx import Piecewise, octave_table, piecewise, piecewise_many, uniform_table
 from .correlated import OP_MUL
 
 __all__ = [
@@ -195,16 +196,38 @@ def softmax(ctx: PartyContext, x: Share) -> Share:
 
 def log_softmax(ctx: PartyContext, x: Share) -> Share:
     """``x - max - log(sum exp(x - max))`` over the last dimension. Rounds 17 + 4 ceil(log2 C)."""
+    return log_softmax_keep(ctx, x, keep=False)[0]
+
+
+@functools.cache
+def _sum_tables(octaves: int) -> tuple[Piecewise, Piecewise]:
+    """log and reciprocal of a sum of exponentials (in [1, C]) on the same octaves, so one thermometer serves
+    both (``piecewise_many``); degree 4 (the highest whose powers fit the ring on octaves): relative error
+    of the reciprocal 3.5e-4, 2.0 below 1/2, 2^-octaves above its top."""
+    log = log_table(-1, octaves)
+    recip = octave_table("reciprocal", lambda v: 1.0 / v, -1, octaves, 4, 2.0, 2.0**-octaves, rel=True)
+    return log, recip
+
+
+def log_softmax_keep(ctx: PartyContext, x: Share, keep: bool = True) -> tuple[Share, tuple[Share, Share] | None]:
+    """``log_softmax`` and, with ``keep``, ``(e, r)``: ``e = exp(x - max)`` and ``r = 1 / sum(e)`` (last
+    dimension kept, size 1), so that ``softmax = e r`` (what its backward needs) costs one product instead of
+    an exponential.  ``r`` comes in the rounds of the log (the same thermometer, ``piecewise_many``).
+    Rounds 17 + 4 ceil(log2 C) either way."""
     c = x.shape[-1]
-    if x.numel() == 0:
-        return x
-    if c == 1:
-        return type(x).public(torch.zeros(x.shape, dtype=torch.int64), ctx.rank)
+    if x.numel() == 0 or c == 1:
+        zero = type(x).public(torch.zeros(x.shape, dtype=torch.int64), ctx.rank)
+        one = ones_like(ctx, x)
+        return (x if x.numel() == 0 else zero), ((one, one) if keep else None)
     m, _, _ = ctx.family.max_reduce(ctx, x, op="logsoftmax:max")
     z = x - m.unsqueeze(-1)
     e = piecewise(ctx, z, EXP_NONPOSITIVE, "logsoftmax:exp")
-    ls = piecewise(ctx, e.sum(-1, keepdim=True), log_table(-1, _octaves_for(c)), "logsoftmax:log")
-    return z - ls
+    s = e.sum(-1, keepdim=True)
+    octaves = _octaves_for(c)
+    if not keep:
+        return z - piecewise(ctx, s, log_table(-1, octaves), "logsoftmax:log"), None
+    ls, r = piecewise_many(ctx, s, _sum_tables(octaves), "logsoftmax:log")
+    return z - ls, (e, r)
 
 
 def ones_like(ctx: PartyContext, x: Share) -> Share:

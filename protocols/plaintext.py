@@ -330,6 +330,11 @@ class PlaintextFamily(ProtocolFamily):
     def log_softmax(self, ctx, x):
         return self._fn(ctx, "log_softmax", x, lambda v: torch.log_softmax(v, -1))
 
+    def log_softmax_keep(self, ctx, x):
+        out = self.log_softmax(ctx, x)
+        e = torch.exp(x.value - x.value.amax(-1, keepdim=True))
+        return out, (PlainShare(e), PlainShare(1.0 / e.sum(-1, keepdim=True)))
+
     def pow_int(self, ctx, x, k):
         if k < 0:
             self.check_domain("reciprocal", x.value)

@@ -374,6 +374,11 @@ class RingFamily(ProtocolFamily):
     def log_softmax(self, ctx: PartyContext, x: Share) -> Share:
         return nonlinear.log_softmax(ctx, x)
 
+    def log_softmax_keep(self, ctx: PartyContext, x: Share) -> tuple[Share, tuple[Share, Share]]:
+        out, kept = nonlinear.log_softmax_keep(ctx, x)
+        assert kept is not None
+        return out, kept
+
     def pow_int(self, ctx: PartyContext, x: Share, k: int) -> Share:
         return nonlinear.pow_int(ctx, x, k)
 
