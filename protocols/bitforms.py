@@ -56,12 +56,15 @@ __all__ = [
     "L1_VARS",
     "L2_VARS",
     "T_INDEX",
-    "LEAF_WORDS",
+    "LANES",
     "leaf_var",
     "tree_forms",
-    "pack_leaf",
-    "unpack_leaf",
     "monomial_words",
+    "lane_width",
+    "lane_split",
+    "lane_bits",
+    "leaf_singles",
+    "join_lanes",
     "sliced_words",
     "slice_bits",
     "transpose_bits",
@@ -172,14 +175,16 @@ def evaluate(
 
 # ----- the layout of the comparison's carry tree ---------------------------------------------
 #
-# Leaves work on one word per element: 16 blocks of 4 bits, the node of block j at bit 4j.
+# Leaves work on words of four lanes: 16 blocks of 4 bits, lane o of block j at bit 4j + o.  The lanes
+# hold four different elements (``lane_split``: element o m + i in lane o of word i, m = ceil(n / 4)), so
+# one word does the leaf work of four elements, whatever the number of thresholds (one word per threshold).
 # Levels 1 and 2 work *element-sliced*: a word holds one bit of 64 consecutive elements, so the
 # AND-heavy merges touch 1/64 of the data, the dealer's masks and monomials are dense, and the
-# opened bits go on the wire as they are.
+# opened bits go on the wire as they are (``join_lanes`` puts the lanes' elements back in order).
 
 E4 = wrap_int(0x1111111111111111)  # bits 4j
+LANES = 4  # elements per leaf word
 
-LEAF_WORDS = 3  # 11 leaf monomials, 4 per word (bits 4j + s)
 # Level 1 (per group g of 4 blocks, lanes (g, element)): P of blocks 0..3 and G of blocks 0..2.
 L1_VARS: list[tuple[str, int]] = [("P", i) for i in range(4)] + [("G", i) for i in range(3)]
 # Level 2 (the 4 groups, lanes = elements): P of groups 1..3, G of groups 0..2; then the bit t.
@@ -188,7 +193,7 @@ T_INDEX = len(L2_VARS)  # index of t among the level-2 random words
 
 
 def leaf_var(i: int) -> tuple[str, int]:
-    """Bit ``i`` (0..3) of every block of the mask ``r``; aligned as ``r >> i``."""
+    """Bit ``i`` (0..3) of every block of the mask ``r``, in the leaf layout (row ``i`` of ``leaf_singles``)."""
     return ("r", i)
 
 
@@ -216,10 +221,8 @@ L1_MONOS: list[frozenset] = monomials([f for f in tree_forms(lambda v: SYM, True
 L2_MONOS: list[frozenset] = monomials([f for f in tree_forms(lambda v: SYM, False) if f is not None])  # 15
 
 
-def monomial_words(
-    monos: Sequence[frozenset], source: Callable[[Hashable], torch.Tensor], base: int = ONE
-) -> list[torch.Tensor]:
-    """The dealer's side: each monomial as a word, AND of its variables, on the live bits."""
+def monomial_words(monos: Sequence[frozenset], source: Callable[[Hashable], torch.Tensor]) -> list[torch.Tensor]:
+    """The dealer's side: each monomial as a word, AND of its variables."""
     out = []
     for m in monos:
         w = None
@@ -227,21 +230,72 @@ def monomial_words(
             s = source(v)
             w = s if w is None else w & s
         assert w is not None
-        out.append(w if base == ONE else w & base)
+        out.append(w)
     return out
 
 
-def pack_leaf(words: Sequence[torch.Tensor]) -> torch.Tensor:
-    """11 leaf monomial words (live at 4j) -> (..., 3) words."""
-    packed = [torch.zeros_like(words[0]) for _ in range(LEAF_WORDS)]
-    for idx, w in enumerate(words):
-        packed[idx // 4] |= (w & E4) << (idx % 4)
-    return torch.stack(packed, -1)
+def lane_width(n: int) -> int:
+    """Leaf words that hold ``n`` elements, four to a word: ``m = ceil(n / 4)``."""
+    return (n + LANES - 1) // LANES
 
 
-def unpack_leaf(packed: torch.Tensor) -> dict[frozenset, torch.Tensor]:
-    cols = [packed[..., w].contiguous() for w in range(LEAF_WORDS)]
-    return {m: (cols[idx // 4] >> (idx % 4)) & E4 for idx, m in enumerate(LEAF_MONOS)}
+def lane_split(words: torch.Tensor, n: int) -> torch.Tensor:
+    """``(..., n)`` words -> ``(4, ..., m)``: lane ``o`` holds elements ``o m .. o m + m - 1`` (zeros past ``n``)."""
+    m = lane_width(n)
+    lead = tuple(words.shape[:-1])
+    x = torch.zeros((*lead, LANES * m), dtype=torch.int64)
+    x[..., :n] = words
+    return x.reshape(*lead, LANES, m).movedim(-2, 0)
+
+
+_NIBBLE_SWAPS = (
+    (2, wrap_int(0x3333333333333333), ((0, 2), (1, 3))),
+    (1, wrap_int(0x5555555555555555), ((0, 1), (2, 3))),
+)
+
+
+def lane_bits(lanes: torch.Tensor) -> torch.Tensor:
+    """``(4, ..., m)`` words -> ``(4, ..., m)``: row ``i``, bit ``4j + o`` is bit ``4j + i`` of lane ``o``.
+
+    The 4 x 4 bit matrix (lane, bit within the block) of every block, transposed by two stages of
+    masked block swaps (as ``transpose_bits``); a bit permutation, so it maps XOR shares to XOR shares.
+    """
+    x = list(lanes.unbind(0))
+    for j, mask, pairs in _NIBBLE_SWAPS:
+        for a, b in pairs:
+            t = ((x[a] >> j) ^ x[b]) & mask
+            x[a] = x[a] ^ (t << j)
+            x[b] = x[b] ^ t
+    return torch.stack(x)
+
+
+def leaf_singles(r: torch.Tensor, n: int) -> torch.Tensor:
+    """Bits ``4j + i`` of the ``n`` words ``r`` in the leaf layout, for i = 0..3: ``(4, m)`` words.
+
+    Row ``i``, bit ``4j + o`` of word ``w`` is bit ``4j + i`` of ``r`` of element ``o m + w``: the
+    variable ``leaf_var(i)`` of every lane.  Linear over GF(2), so it maps XOR shares to XOR shares;
+    the dealer forms the leaf monomials from the same words.
+    """
+    return lane_bits(lane_split(r, n))
+
+
+def join_lanes(t: torch.Tensor, m: int, n: int) -> torch.Tensor:
+    """Sliced words of the four lanes, ``(..., 4, V)``, -> sliced words of the ``n`` elements in order, ``(..., W)``.
+
+    Lane ``o`` holds elements ``o m ..``: its bit string goes to bit offset ``o m``, a funnel shift
+    across word boundaries.  Bits of a lane past ``m`` must be zero (``transpose_bits`` pads with
+    zero words); bits past ``n`` (padding elements) are whatever the lanes held.
+    """
+    v = t.shape[-1]
+    w = sliced_words(n)
+    out = torch.zeros((*t.shape[:-2], w + 2), dtype=torch.int64)  # 4 m <= 64 w: the lanes end within w + 2
+    for o in range(LANES):
+        q, b = divmod(o * m, 64)
+        lane = t[..., o, :]
+        out[..., q : q + v] ^= lane << b
+        if b:
+            out[..., q + 1 : q + 1 + v] ^= (lane >> (64 - b)) & ((1 << b) - 1)
+    return out[..., :w]
 
 
 # ----- element slicing -------------------------------------------------------------------------
@@ -299,7 +353,7 @@ def transpose_bits(words: torch.Tensor) -> torch.Tensor:
 
 
 def spread4(x: torch.Tensor | int) -> torch.Tensor | int:
-    """Copy the bit at 4j of each block to bits 4j..4j+3 (so four comparisons share one word)."""
+    """Copy the bit at 4j of each block to bits 4j..4j+3 (the same bit in all four lanes)."""
     return (x & E4) * 15
 
 

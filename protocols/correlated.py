@@ -61,6 +61,7 @@ __all__ = [
     "OP_CONV2D",
     "CMP_B2A",
     "CMP_MUL",
+    "CMP_LANES",
 ]
 
 OP_MUL, OP_MATMUL, OP_CONV2D = 0, 1, 2
@@ -182,7 +183,11 @@ def _div_derive(r, params):
 
 # ----- binary and mixed kinds (comparison, conversions, polynomials) ---------------------------------
 
-CMP_B2A, CMP_MUL = 1, 2  # flags of the "cmp" kind
+# Flags of the "cmp" kind.  CMP_LANES names the leaf layout (four elements to a word, ``bitforms.lane_split``)
+# and is required: a party built for the earlier layout (one element to a word) is refused, not served
+# material it would misread.
+CMP_B2A, CMP_MUL, CMP_LANES = 1, 2, 4
+CMP_FLAGS = CMP_B2A | CMP_MUL | CMP_LANES
 
 
 def _band_shapes(p):
@@ -196,8 +201,15 @@ def _band_derive(r, p):
 
 def _cmp_check(p):
     if len(p) != 4 or min(p) < 0:
-        raise ValueError("cmp takes (elements, thresholds, flags, extra width)")
+        raise ValueError("cmp takes (elements, thresholds, flags, extra width), none negative")
     n, k, flags, m = (int(v) for v in p)
+    if flags & ~CMP_FLAGS:
+        raise ValueError(f"cmp flags are CMP_B2A | CMP_MUL | CMP_LANES ({CMP_FLAGS}) at most, got {flags}")
+    if not flags & CMP_LANES:
+        raise ValueError(
+            "cmp requests must set CMP_LANES (the leaf layout with four elements to a word); "
+            "update the party to the dealer's version"
+        )
     if (flags & CMP_MUL or m) and not flags & CMP_B2A:
         raise ValueError("products with the comparison bit need its arithmetic form (flag CMP_B2A)")
     return n, k, flags, m
@@ -212,7 +224,7 @@ def _cmp_random(p):
 def _cmp_derived(p):
     n, k, flags, m = _cmp_check(p)
     w = bf.sliced_words(n)
-    out = [(n,), (n, bf.LEAF_WORDS), (k, len(bf.L1_MONOS), 4, w), (k, len(bf.L2_MONOS), w)]
+    out = [(n,), (len(bf.LEAF_MONOS), bf.lane_width(n)), (k, len(bf.L1_MONOS), 4, w), (k, len(bf.L2_MONOS), w)]
     if flags & CMP_B2A:
         out.append((k, n))
     if flags & CMP_MUL:
@@ -232,19 +244,23 @@ def _cmp_xor(p):
 def _cmp_derive(r, p):
     """The comparison's dealer material (see ``protocols.comparison``).
 
-    ``r`` is one uniform word given additively shared (random part: the
-    parties open ``x + r`` without waiting for the dealer) and XOR-shared
-    (derived); the leaf monomials are products of bits of ``r`` inside each
-    4-bit block; the tree monomials are products of the level-1 and level-2
-    mask bits (element-sliced words); ``t`` comes with its arithmetic shares,
-    and with ``r t`` and ``a t`` for the products.
+    ``r`` is one uniform word per element given additively shared (random
+    part: the parties open ``x + r`` without waiting for the dealer) and
+    XOR-shared (derived); the leaf monomials are products of bits of ``r``
+    inside each 4-bit block, in the leaf layout of four elements to a word
+    (``bitforms.leaf_singles``: lane ``o`` of word ``i`` is element ``o m + i``),
+    all 64 bits live, so ``ceil(n / 4)`` words per monomial; the tree monomials
+    are products of the level-1 and level-2 mask bits (element-sliced words);
+    ``t`` comes with its arithmetic shares, and with ``r t`` and ``a t`` for the
+    products.
     """
     n, _, flags, m = _cmp_check(p)
     rw, a1, a2 = r[0], r[1], r[2]
-    leaf = bf.monomial_words(bf.LEAF_MONOS, lambda v: rw >> v[1], bf.E4)
+    singles = bf.leaf_singles(rw, n)
+    leaf = bf.monomial_words(bf.LEAF_MONOS, lambda v: singles[v[1]])
     l1 = bf.monomial_words(bf.L1_MONOS, lambda v: a1[:, bf.L1_VARS.index(v)])
     l2 = bf.monomial_words(bf.L2_MONOS, lambda v: a2[:, bf.L2_VARS.index(v)])
-    out = [rw.clone(), bf.pack_leaf(leaf), torch.stack(l1, 1), torch.stack(l2, 1)]
+    out = [rw.clone(), torch.stack(leaf), torch.stack(l1, 1), torch.stack(l2, 1)]
     t = bf.unslice_bits(a2[:, bf.T_INDEX], n)
     if flags & CMP_B2A:
         out.append(t)
@@ -320,7 +336,8 @@ CORRELATIONS: dict[str, Correlation] = {
     "edabit": Correlation(
         "edabit", lambda p: [tuple(p)], lambda p: [tuple(p)], lambda r, p: [r[0].clone()], lambda p: ([False], [True])
     ),
-    # Everything one batch of comparisons needs; params = (elements, thresholds, flags, extra width).
+    # Everything one batch of comparisons needs; params = (elements, thresholds, flags, extra width);
+    # flags: CMP_LANES (required) | CMP_B2A (arithmetic result) | CMP_MUL (its product with the input).
     "cmp": Correlation("cmp", _cmp_random, _cmp_derived, _cmp_derive, _cmp_xor),
     # (a, a^2, ..., a^d): all powers of a secret from one opening; params = (d, *shape).
     "pow": Correlation("pow", _pow_shapes, _pow_derived, _pow_derive),

@@ -1,8 +1,10 @@
 """Binary (XOR) sharing, bit packing, conversions and the dealer's binary kinds.
 
-* pure tier: packing and bit-matrix transposes against naive code; the dealer's
-  XOR-aware generator, checked by recombining every party's part exactly as
-  ``DealerSource`` draws it (so the last party's correction is what it must be);
+* pure tier: packing, bit-matrix transposes and the comparison's leaf layout
+  (four elements to a word) against naive code; the dealer's XOR-aware
+  generator, checked by recombining every party's part exactly as
+  ``DealerSource`` draws it (so the last party's correction is what it must
+  be), and its refusal of malformed comparison requests;
 * thread tier (N = 2 and 3): XOR/NOT/shifts, AND and fan-out AND, a2b, b2a,
   bit extraction and exact shifts, against plain integer arithmetic, with
   their rounds and bytes.
@@ -16,12 +18,13 @@ import os
 import pytest
 import torch
 
+from mpc.errors import ProtocolError
 from mpc.prg import Prg
 from mpc.ring import wrap_int
 from protocols import binary as B
 from protocols import bitforms as bf
 from protocols import conversions as V
-from protocols.correlated import CMP_B2A, CMP_MUL, CORRELATIONS, DealerGenerator
+from protocols.correlated import CMP_B2A, CMP_LANES, CMP_MUL, CORRELATIONS, DealerGenerator
 from protocols.sharing import open_all
 
 EDGES = torch.tensor([0, 1, -1, 2**62, -(2**62), 2**63 - 1, -(2**63), 12345, -65536], dtype=torch.int64)
@@ -103,20 +106,72 @@ def test_dealer_binary_kinds_recombine(n):
     assert torch.equal(pw, torch.stack([a * a, a * a * a, a * a * a * a]))
 
 
+def _bits(words: torch.Tensor) -> torch.Tensor:
+    """``(..., n)`` words -> ``(..., n, 64)`` 0/1: bit p of each word."""
+    return (words.unsqueeze(-1) >> torch.arange(64)) & 1
+
+
+def _word(bits: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``_bits``: ``(..., 64)`` 0/1 -> ``(...)`` words."""
+    out = torch.zeros(bits.shape[:-1], dtype=torch.int64)
+    for p in range(64):
+        out |= bits[..., p] << p
+    return out
+
+
+def _lanes_naive(words: torch.Tensor, n: int) -> torch.Tensor:
+    """Element ``o m + i`` of ``(..., n)`` at ``[o, ..., i]``, zeros past ``n``: the leaf layout, by indexing."""
+    m = (n + 3) // 4
+    out = torch.zeros((4, *words.shape[:-1], m), dtype=torch.int64)
+    for e in range(n):
+        out[e // m, ..., e % m] = words[..., e]
+    return out
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 63, 64, 65, 255, 257, 1000])
+def test_leaf_lane_layout(n):
+    m = bf.lane_width(n)
+    assert m == -(-n // 4)
+    w = _words(2 * n, n).reshape(2, n)
+    lanes = bf.lane_split(w, n)
+    assert torch.equal(lanes, _lanes_naive(w, n))
+    # lane_bits: row i, bit 4j + o = bit 4j + i of lane o (a 4 x 4 transpose in every block)
+    lb = _bits(bf.lane_bits(lanes)).reshape(4, 2, m, 16, 4)  # (row i, ., word, block j, lane o)
+    want = _bits(lanes).reshape(4, 2, m, 16, 4).permute(4, 1, 2, 3, 0)  # (bit i, ., word, block j, lane o)
+    assert torch.equal(lb, want)
+    r = w[0]
+    assert torch.equal(bf.leaf_singles(r, n), bf.lane_bits(_lanes_naive(r, n)))
+    # join_lanes: the lanes' element-sliced bits, put back in element order
+    sliced = bf.transpose_bits(lanes)  # (4, 2, 64, ceil(m / 64)): lane o's elements o m .. o m + m - 1
+    joined = bf.join_lanes(sliced.movedim(0, -2), m, n)  # (2, 64, W)
+    assert joined.shape == (2, 64, bf.sliced_words(n))
+    for p in (0, 5, 63):
+        got = bf.unslice_bits(joined[:, p], 64 * bf.sliced_words(n))
+        lane_bits = torch.cat([bf.unslice_bits(sliced[o, :, p], m) for o in range(4)], -1)  # (2, 4 m)
+        assert torch.equal(got[:, : 4 * m], lane_bits)
+        assert not got[:, 4 * m :].any()
+        assert torch.equal(got[:, :n], (w >> p) & 1)
+
+
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("n", [2, 3])
-def test_dealer_comparison_material_recombines(n):
-    elems, k, m = 70, 3, 2
-    rand, der, _, _ = _materialize("cmp", (elems, k, CMP_B2A | CMP_MUL, m), n)
+@pytest.mark.parametrize("elems", [1, 3, 70])
+def test_dealer_comparison_material_recombines(n, elems):
+    k, m = 3, 2
+    rand, der, _, _ = _materialize("cmp", (elems, k, CMP_LANES | CMP_B2A | CMP_MUL, m), n)
     r_a, a1, a2, ay = rand
     r_b, leaf, l1, l2, t_a, rt, ayt = der
     assert torch.equal(r_a, r_b)
-    mono = bf.unpack_leaf(leaf)
-    for mo, word in mono.items():
-        want = torch.full_like(r_b, -1)
+    # leaf monomials in the leaf layout: lane o of word i, bit 4j + o, is element o m + i's product of bits 4j + v
+    lw = bf.lane_width(elems)
+    assert leaf.shape == (len(bf.LEAF_MONOS), lw)
+    rbits = _bits(_lanes_naive(r_b, elems)).reshape(4, lw, 16, 4)  # (lane o, word, block j, bit i)
+    for mo, word in zip(bf.LEAF_MONOS, leaf):
+        prod = torch.ones((4, lw, 16), dtype=torch.int64)
         for v in mo:
-            want &= r_b >> v[1]
-        assert torch.equal(word, want & bf.E4)
+            prod &= rbits[..., v[1]]
+        assert torch.equal(word, _word(prod.permute(1, 2, 0).reshape(lw, 64))), mo
     for i, mo in enumerate(bf.L1_MONOS):
         want = torch.full_like(a1[:, 0], -1)
         for v in mo:
@@ -125,6 +180,29 @@ def test_dealer_comparison_material_recombines(n):
     t = bf.unslice_bits(a2[:, bf.T_INDEX], elems)
     assert torch.equal(t_a, t) and torch.equal(rt, r_a.unsqueeze(0) * t) and torch.equal(ayt, ay * t.unsqueeze(-1))
     assert l2.shape == (k, len(bf.L2_MONOS), bf.sliced_words(elems))
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    "params,match",
+    [
+        ((5, 1, CMP_B2A | CMP_MUL, 0), "CMP_LANES"),  # the layout of one element to a leaf word
+        ((5, 1, 8 | CMP_LANES, 0), "at most"),
+        ((5, 1, CMP_LANES | CMP_MUL, 0), "arithmetic"),
+        ((5, 1, CMP_LANES, 2), "arithmetic"),
+        ((5, -1, CMP_LANES, 0), "negative"),
+        ((5, 1, CMP_LANES), "takes"),
+    ],
+)
+def test_dealer_refuses_malformed_comparison_requests(params, match):
+    """The shape functions that the dealer runs on every request (``parties.dealer``) refuse these."""
+    corr = CORRELATIONS["cmp"]
+    with pytest.raises(ValueError, match=match):
+        corr.random_shapes(params)
+    with pytest.raises(ProtocolError, match=match):
+        corr.derived_shapes(params)
+    good = (5, 1, CMP_LANES | CMP_B2A | CMP_MUL, 2)
+    assert corr.derived_shapes(good)[1] == (len(bf.LEAF_MONOS), 2)
 
 
 # ----- thread tier -----------------------------------------------------------------------------------

@@ -10,6 +10,13 @@ Costs are checked too: a comparison is 4 rounds; ReLU sends
 Every test of results runs under every protocol family (``conftest.FAMILIES``);
 costs are the secure family's and are checked for it alone, as is the
 traffic's independence of the values.
+
+The secure family's ``protocols.comparison.compare`` is also checked directly,
+against plain ring arithmetic, for every option (products with the input and
+an extra multiplicand, negation, XOR-shared result, bits below the sign) at
+sizes around the leaf layout's edges (four elements to a leaf word: 1, 2, 3,
+not a multiple of 4, of 64 or of 256, empty, several dimensions) and 1 to 5
+thresholds, with the dealer request and the leaf width that prove the layout.
 """
 
 from __future__ import annotations
@@ -23,8 +30,15 @@ from conftest import SECURE, families
 
 import mpc
 from mpc import SecretTensor
+from mpc.context import Handle
 from mpc.errors import ProtocolError
+from mpc.ring import wrap_int
 from parties import wire
+from protocols import bitforms as bf
+from protocols.binary import open_words
+from protocols.comparison import compare
+from protocols.correlated import CMP_LANES
+from protocols.sharing import open_all
 
 F16 = 2.0**16
 TOP = 2.0**30 - 2.0**-16  # the largest value of the documented range
@@ -127,6 +141,25 @@ def test_relu_sign_abs_exact_and_cost(sim, protocol, n):
             continue
         assert rounds == 4
         assert nbytes == (n - 1) * a.numel() * (8 + 28 / 8 + 6 / 8 + 1 / 8)
+
+
+def _small(ctx, values):
+    out = []
+    for a in values:
+        x = mpc.share(a if ctx.rank == 0 else None, 0)
+        out.append((x.relu().reveal(), x.sign().reveal(), x.abs().reveal(), (x < 0.25).reveal()))
+    return out
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("protocol,n", families(2, 3))
+def test_relu_sign_abs_small_and_multidim(sim, protocol, n):
+    """Sizes that leave leaf lanes empty (1, 2, 3, not a multiple of 4) and several dimensions."""
+    values = [spread(64, 20 + k)[:k].reshape(shape) for k, shape in ((1, (1,)), (2, (2,)), (3, (3,)), (30, (2, 3, 5)))]
+    for outs in sim(functools.partial(_small, values=values), n, protocol=protocol):
+        for a, (relu, sign, ab, lt) in zip(values, outs):
+            assert torch.equal(relu, a.relu()) and torch.equal(sign, a.sign()) and torch.equal(ab, a.abs())
+            assert torch.equal(lt, a < 0.25)
 
 
 def _where(ctx, c, a, b):
@@ -340,6 +373,115 @@ def test_traffic_does_not_depend_on_values(sim):
         shapes.append(links)
     assert shapes[0] == shapes[1]
     assert any(op == "lt:l1" for msgs in shapes[0].values() for op, *_ in msgs)
+
+
+class _Recorder:
+    """A party's correlation source that records each request and the shapes of its derived parts."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.seen: list = []
+
+    def request(self, kind, params):
+        handle = self.inner.request(kind, params)
+        entry = [kind, tuple(params), None]
+        self.seen.append(entry)
+
+        def recorded():
+            parts = handle.derived()
+            entry[2] = [tuple(p.shape) for p in parts]
+            return parts
+
+        return Handle(handle.randoms, recorded)
+
+
+def _ring_share(ctx, v: torch.Tensor) -> torch.Tensor:
+    """An additive sharing of a public test ring value (pairwise-random masks)."""
+    out = v.clone() if ctx.rank == 0 else torch.zeros_like(v)
+    for j in range(ctx.world_size):
+        if j != ctx.rank and (ctx.rank == 0 or j == 0):
+            r = ctx.pair_prgs[j].int64(v.shape)
+            out = out - r if ctx.rank == 0 else out + r
+    return out
+
+
+# (shape, thresholds, options): sizes around the leaf layout's edges, 1 to 5 thresholds, every option.
+LANE_CASES = [
+    ((1,), (0,), dict(mul_input=True, negate=True)),
+    ((2,), (0,), dict(mul_input=True)),
+    ((3,), (0,), dict(arithmetic=False)),
+    ((5,), (0, 1), dict(mul_input=True)),
+    ((63,), (0,), dict(negate=True, arithmetic=False, bit=17)),
+    ((65,), (3, -7, 0), dict(mul_input=True, bit=40)),
+    ((257,), (0,), dict(extra=2, mul_input=True, negate=True)),
+    ((3, 5, 7), (0,), dict(mul_input=True, negate=True)),
+    ((2, 9), (1, 2, 3, 4, 5), dict(extra=1)),
+    ((1000,), (0, 5), dict(negate=True)),
+    ((0,), (0,), dict(mul_input=True)),
+    ((2, 0, 3), (0, 1), dict(extra=2)),
+]
+
+
+def _lane_cases(ctx, cases):
+    ctx.correlations = rec = _Recorder(ctx.correlations)
+    out = []
+    for (_, ts, kw), (v, y) in cases:
+        kw = dict(kw)
+        if "extra" in kw:
+            kw["extra"] = _ring_share(ctx, y)
+        r0 = ctx.stats.rounds
+        res = compare(ctx, _ring_share(ctx, v), ts, **kw)
+        rounds = ctx.stats.rounds - r0
+        parts = [p for p in (res.bits, res.xbits, res.ybits) if p is not None]
+        opened = open_all(ctx, parts, "rv") if parts else []
+        binary = open_words(ctx, [res.binary & 1], "rvb")[0] if res.binary is not None else None  # XOR shares
+        out.append((opened, binary, rounds))
+    return out, rec.seen
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("n", [2, 3])
+def test_compare_with_lane_packed_leaves(sim, n):
+    g = torch.Generator().manual_seed(21)
+    cases = []
+    for shape, ts, kw in LANE_CASES:
+        v = torch.randint(-(2**40), 2**40, shape, generator=g, dtype=torch.int64)
+        if v.numel() >= 4:
+            v.view(-1)[:4] = torch.tensor([0, -1, 1, -(2**40)])
+        y = torch.randint(-(2**30), 2**30, (len(ts), *shape, kw.get("extra", 1)), generator=g, dtype=torch.int64)
+        cases.append(((shape, ts, kw), (v, y)))
+    results = sim(functools.partial(_lane_cases, cases=cases), n)
+    for outs, seen in results:
+        requests = [r for r in seen if r[0] == "cmp"]
+        assert len(requests) == sum(1 for (shape, _, _), _ in cases if torch.Size(shape).numel())
+        for ((shape, ts, kw), (v, y)), (opened, binary, rounds) in zip(cases, outs):
+            z = v.unsqueeze(0) - torch.tensor([wrap_int(t) for t in ts]).reshape(-1, *[1] * v.dim())
+            want = (z >> kw.get("bit", 63)) & 1
+            if kw.get("negate"):
+                want = 1 - want
+            case = f"{shape} {ts} {kw}"
+            if kw.get("arithmetic", True):
+                got = list(opened)
+                assert torch.equal(got.pop(0), want), case
+                if kw.get("mul_input"):
+                    assert torch.equal(got.pop(0), v.unsqueeze(0) * want), case
+                if "extra" in kw:
+                    assert torch.equal(got.pop(0), y * want.unsqueeze(-1)), case
+            else:
+                assert torch.equal(binary, want), case
+            if v.numel():
+                assert rounds == (4 if kw.get("arithmetic", True) else 3), case
+            else:
+                assert rounds == 0, case
+        # the packed layout is what was asked for and what came: four elements to a leaf word
+        sized = iter(requests)
+        for (shape, ts, _), _ in cases:
+            elems = torch.Size(shape).numel()
+            if not elems:
+                continue
+            kind, params, derived = next(sized)
+            assert params[:2] == (elems, len(ts)) and params[2] & CMP_LANES
+            assert derived[1] == (len(bf.LEAF_MONOS), -(-elems // 4))
 
 
 def test_hash_stays_by_identity():
