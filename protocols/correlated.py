@@ -301,6 +301,12 @@ class Correlation:
     derive: Callable[[list[torch.Tensor], tuple[int, ...]], list[torch.Tensor]]
     # (random part is XOR-shared?, derived part is XOR-shared?) per part; None: all additive.
     xor_parts: Callable[[tuple[int, ...]], tuple[Sequence[bool], Sequence[bool]]] | None = None
+    # Bytes per element of each derived part in the dealer's correction: a part whose shares matter only modulo
+    # 2^(8 w) (truncation's msb, used times 2^(64 - f)) travels in its low w bytes; None: 8 for every part.
+    derived_widths: Callable[[tuple[int, ...]], Sequence[int]] | None = None
+
+    def widths(self, params: tuple[int, ...], n_derived: int) -> list[int]:
+        return [8] * n_derived if self.derived_widths is None else [int(w) for w in self.derived_widths(params)]
 
     def part_kinds(self, params: tuple[int, ...], n_random: int, n_derived: int) -> tuple[list[bool], list[bool]]:
         if self.xor_parts is None:
@@ -320,8 +326,11 @@ CORRELATIONS: dict[str, Correlation] = {
     "triple": Correlation("triple", _triple_shapes, _triple_out, _triple_derive),
     # (a, a*a) for squaring.
     "square": Correlation("square", lambda p: [tuple(p)], lambda p: [tuple(p)], lambda r, p: [r[0] * r[0]]),
-    # (r, r >> f, msb(r)) for exact truncation; params = (f, *shape).
-    "trunc": Correlation("trunc", _trunc_shapes, lambda p: _trunc_shapes(p) * 2, _trunc_derive),
+    # (r, r >> f, msb(r)) for exact truncation; params = (f, *shape).  msb(r) only counts modulo 2^f
+    # (``truncation.divide_many`` multiplies it by 2^(64 - f)): its correction travels in ceil(f / 8) bytes.
+    "trunc": Correlation(
+        "trunc", _trunc_shapes, lambda p: _trunc_shapes(p) * 2, _trunc_derive, None, lambda p: [8, -(-int(p[0]) // 8)]
+    ),
     # (r, floor(r / d), msb(r)) for exact division by a public integer d (unsigned r); params = (d, *shape).
     "div": Correlation("div", _div_shapes, lambda p: _div_shapes(p) * 2, _div_derive),
     # XOR-shared (a, b_1..b_m, a & b_i): AND gates, one input fanned out to m others; params = (m, *shape).
@@ -372,13 +381,46 @@ class DealerSource(CorrelationSource):
             return Handle(randoms, lambda: derived)
         dealer = self._comm.dealer_id
         self._comm.send(dealer, f"corr:{kind}", torch.tensor(params, dtype=torch.int64))
-        sizes = [_numel(s) for s in shapes]
+        widths = corr.widths(params, len(shapes))
+        size = correction_bytes(corr, params)
 
         def fetch() -> list[torch.Tensor]:
-            flat = self._comm.recv(dealer, f"corr:{kind}", Expect((sum(sizes),)))
-            return [p.reshape(s) for p, s in zip(flat.split(sizes), shapes, strict=True)]
+            buf = self._comm.recv(dealer, f"corr:{kind}", Expect((size,), torch.uint8))
+            return unpack_correction(buf, shapes, widths)
 
         return Handle(randoms, fetch)
+
+
+def pack_correction(parts: Sequence[torch.Tensor], widths: Sequence[int]) -> torch.Tensor:
+    """The dealer's correction on the wire: each part's elements in their low ``width`` bytes, little-endian."""
+    out = []
+    for part, w in zip(parts, widths, strict=True):
+        raw = part.reshape(-1).contiguous().numpy().astype("<i8", copy=False).view(np.uint8)
+        out.append(raw if w == 8 else raw.reshape(-1, 8)[:, :w].reshape(-1))
+    return torch.from_numpy(np.concatenate(out)) if out else torch.empty(0, dtype=torch.uint8)
+
+
+def unpack_correction(
+    buf: torch.Tensor, shapes: Sequence[tuple[int, ...]], widths: Sequence[int]
+) -> list[torch.Tensor]:
+    """``pack_correction``'s parts back as int64 (a narrow part's values in [0, 2^(8 w)): right modulo that)."""
+    raw = buf.numpy()
+    parts, at = [], 0
+    for shape, w in zip(shapes, widths, strict=True):
+        n = _numel(shape)
+        chunk = raw[at : at + n * w]
+        at += n * w
+        if w != 8:
+            wide = np.zeros((n, 8), dtype=np.uint8)
+            wide[:, :w] = chunk.reshape(n, w)
+            chunk = wide.reshape(-1)
+        parts.append(torch.from_numpy(chunk.view("<i8").astype(np.int64, copy=False)).reshape(shape))
+    return parts
+
+
+def correction_bytes(corr: Correlation, params: tuple[int, ...]) -> int:
+    shapes = corr.derived_shapes(params)
+    return sum(_numel(s) * w for s, w in zip(shapes, corr.widths(params, len(shapes)), strict=True))
 
 
 def _numel(shape: Sequence[int]) -> int:
@@ -403,7 +445,8 @@ class DealerGenerator:
         return [prg.seed() for prg in self._prgs]
 
     def correction(self, kind: str, params: tuple[int, ...], seeds: list[bytes] | None = None) -> torch.Tensor:
-        """The last party's derived parts of the next request (``seeds``: its sub-seeds, if drawn already)."""
+        """The last party's derived parts of the next request (``seeds``: its sub-seeds, if drawn already), packed
+        for the wire (``pack_correction``: uint8)."""
         corr = _lookup(kind)
         if len(params) > MAX_PARAMS:
             raise ProtocolError(f"too many parameters for correlation {kind!r}")
@@ -428,7 +471,7 @@ class DealerGenerator:
         wanted = corr.derive(totals, params)
         if derived_sum is not None:
             wanted = [w ^ d if x else w - d for w, d, x in zip(wanted, derived_sum, dxor, strict=True)]
-        return torch.cat([w.reshape(-1) for w in wanted]) if wanted else torch.empty(0, dtype=torch.int64)
+        return pack_correction(wanted, corr.widths(params, len(dshapes)))
 
 
 class Speculator:

@@ -24,7 +24,7 @@ from mpc.ring import wrap_int
 from protocols import binary as B
 from protocols import bitforms as bf
 from protocols import conversions as V
-from protocols.correlated import CMP_B2A, CMP_LANES, CMP_MUL, CORRELATIONS, DealerGenerator
+from protocols.correlated import CMP_B2A, CMP_LANES, CMP_MUL, CORRELATIONS, DealerGenerator, unpack_correction
 from protocols.sharing import open_all
 
 EDGES = torch.tensor([0, 1, -1, 2**62, -(2**62), 2**63 - 1, -(2**63), 12345, -65536], dtype=torch.int64)
@@ -77,8 +77,7 @@ def _materialize(kind: str, params: tuple[int, ...], n: int) -> tuple[list, list
         rand.append([prg.int64(sh) for sh in rs])
         if i < n - 1:
             der.append([prg.int64(sh) for sh in ds])
-    sizes = [int(torch.Size(sh).numel()) for sh in ds]
-    der.append([p.reshape(sh) for p, sh in zip(flat.split(sizes), ds)])
+    der.append(unpack_correction(flat, ds, corr.widths(params, len(ds))))
 
     def total(parts, xors):
         out = []
@@ -104,6 +103,20 @@ def test_dealer_binary_kinds_recombine(n):
     assert torch.equal(ra, rb)
     (a,), (pw,), _, _ = _materialize("pow", (4, 6), n)
     assert torch.equal(pw, torch.stack([a * a, a * a * a, a * a * a * a]))
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("f", [1, 8, 16, 40])
+def test_truncation_msb_travels_narrow(n, f):
+    """The dealer sends the msb part of a truncation pair in ceil(f / 8) bytes per element (only its value
+    modulo 2^f counts: it is multiplied by 2^(64 - f)); the other parts whole."""
+    (r,), (rq, rmsb), _, _ = _materialize("trunc", (f, 1000), n)
+    width = -(-f // 8)
+    assert CORRELATIONS["trunc"].widths((f, 1000), 2) == [8, width]
+    assert DealerGenerator([os.urandom(32)] * n).correction("trunc", (f, 1000)).numel() == 1000 * (8 + width)
+    assert torch.equal(rq, (r.view(torch.int64) >> f) & ((1 << (64 - f)) - 1))
+    assert torch.equal((rmsb - ((r >> 63) & 1)) * (1 << (64 - f)), torch.zeros_like(r))  # equal modulo 2^f
 
 
 def _bits(words: torch.Tensor) -> torch.Tensor:
