@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import asdict, dataclass
 
 from .errors import ConfigError
 
-__all__ = ["MPCConfig", "PROTOCOLS"]
+__all__ = ["MPCConfig", "PROTOCOLS", "LINK_DELAY_MAX"]
 
 # The protocol families a run can choose (``protocols.families`` implements each; a test checks they agree).
 PROTOCOLS = ("additive-dealer", "plaintext")
+# Seconds of emulated one-way latency at most: more than any real link (a geostationary satellite hop is about
+# 0.3 s), and within the 1 s for which the ZeroMQ transport takes a vanished peer for one that may yet be heard
+# from (parties.zmq_comm.LOST_GRACE): a bye held longer would be taken for a crash.
+LINK_DELAY_MAX = 1.0
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,10 @@ class MPCConfig:
     resume_dir: the checkpoint directory this party resumes from (``mpc party --resume DIR``, which
         ``mpc launch --resume DIR`` passes on), or None.  Each party's own path: like ``timeout`` it is not
         part of the fingerprint; ``mpc.Checkpointer`` checks that every party resumes, and from which step.
+    link_delay: seconds every frame is held at the node that receives it before it is taken in: an
+        emulated one-way network latency for benchmarks (``scripts/bench.py --latency``), applied by the
+        communicator (``parties.comm_base``); 0 (the default): none.  At most ``LINK_DELAY_MAX`` and under
+        half of ``timeout`` (a reply comes after twice the delay).  A local setting, not in the fingerprint.
     """
 
     frac_bits: int = 16
@@ -41,6 +50,7 @@ class MPCConfig:
     resume_dir: str | None = None
     chunk_bytes: int = 1 << 22
     max_buffered_bytes: int = 1 << 31
+    link_delay: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.frac_bits, int) or isinstance(self.frac_bits, bool) or not 0 <= self.frac_bits <= 28:
@@ -59,6 +69,22 @@ class MPCConfig:
                 raise ConfigError(f"{name} must be an integer >= {low}, got {v!r}")
         if self.protocol not in PROTOCOLS:
             raise ConfigError(f"unknown protocol family {self.protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+        d = self.link_delay
+        if (
+            isinstance(d, bool)
+            or not isinstance(d, int | float)
+            or not math.isfinite(d)
+            or not 0 <= d <= LINK_DELAY_MAX
+        ):
+            raise ConfigError(
+                f"link_delay must be a number of seconds in [0, {LINK_DELAY_MAX:g}] (an emulated one-way latency, "
+                f"e.g. 0.005 for 5 ms), got {d!r}"
+            )
+        if 2 * d >= self.timeout:
+            raise ConfigError(
+                f"link_delay {d:g}s each way leaves no time within the {self.timeout:g}s receive timeout (a reply "
+                "takes twice the delay): raise timeout above 2 x link_delay, or lower link_delay"
+            )
         if self.resume_dir is not None and (not isinstance(self.resume_dir, str) or not self.resume_dir):
             raise ConfigError(f"resume_dir must be a directory path or None, got {self.resume_dir!r}")
 
@@ -68,5 +94,6 @@ class MPCConfig:
         d.pop("timeout")
         d.pop("resume_dir")  # each party's own path
         d.pop("max_buffered_bytes")  # local limits: nodes may differ
+        d.pop("link_delay")  # each node's own emulated latency: results never depend on it
         text = ";".join(f"{k}={d[k]}" for k in sorted(d))
         return hashlib.sha256(text.encode()).digest()

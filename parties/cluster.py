@@ -6,6 +6,7 @@
     frac_bits = 16
     timeout = 60.0             # seconds a receive waits before naming the peer
     protocol = "additive-dealer"   # the protocol family (mpc.config.PROTOCOLS)
+    link_delay = 0.0           # seconds each frame is held where it arrives: emulated latency, for benchmarks
 
     [dealer]                   # only for a family that needs a dealer (additive-dealer);
     address = "tcp://10.0.0.9:7000"
@@ -46,7 +47,9 @@ from protocols.families import get_family
 __all__ = ["Node", "Cluster", "parse_cluster", "load_cluster", "write_cluster"]
 
 _SCHEMES = ("tcp://", "ipc://", "inproc://")
-_OPTION_KEYS = {"frac_bits", "timeout", "max_message_bytes", "protocol", "chunk_bytes", "max_buffered_bytes"}
+_OPTION_KEYS = {
+    "frac_bits", "timeout", "max_message_bytes", "protocol", "chunk_bytes", "max_buffered_bytes", "link_delay"
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -131,14 +134,14 @@ def _node(raw: Any, where: str, source: str, node_id: int | str) -> Node:
     key = raw.get("public_key")
     if key is not None and not _is_curve_key(key):
         raise ConfigError(
-            f"{source}: {where} public_key {key!r} is not a CURVE public key: it must be the 40-character z85 "
+            f"{source}: {where} public_key {key!r} is not a Curve25519 public key: it must be the 40-character z85 "
             "text (32 bytes) of the NAME.key file that `mpc keygen` wrote for that node; copy it again"
         )
     return Node(node_id, addr, key)
 
 
 def _is_curve_key(key: Any) -> bool:
-    """Whether ``key`` is z85 text of a 32-byte CURVE key."""
+    """Whether ``key`` is z85 text of a 32-byte Curve25519 key."""
     if not isinstance(key, str) or len(key) != 40 or not key.isascii():
         return False
     try:

@@ -28,11 +28,24 @@ peer is refused with an error that names it.
 Bad networks: every link is made reliable under these checks by ``parties.reliable``
 (acks, nacks, resends, reordering), so a transport may lose, duplicate, delay or
 reorder frames.
+
+Emulated latency (``MPCConfig.link_delay``, which ``parties.lifecycle`` hands to
+``set_link_delay`` at every node, the dealer included): every frame the transport
+delivers, data and control alike, is held until ``delay`` seconds after it was
+taken in, then passed up in arrival order (``_DelayLine``, under ``_poll``, so
+every transport gets it and every wait keeps its deadline).  Sends stay
+asynchronous and bandwidth is unchanged: a message costs one delay, a reply two.
+A frame that waited in the transport while this node computed is stamped when
+it is taken in, so it may wait up to one delay longer than on a real network.
+The retransmit interval grows by a round trip (``2 x delay``), so a delayed
+frame is not asked for again.  At most ``max_buffered_bytes`` of payload is
+held; beyond, frames stay in the transport (bounded there) until the first is due.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from abc import abstractmethod
 from collections import deque
@@ -41,10 +54,12 @@ from dataclasses import dataclass
 
 import torch
 
+from mpc.config import LINK_DELAY_MAX
 from mpc.context import CommStats, Communicator, Expect
 from mpc.errors import (
     ClosedError,
     CommunicationError,
+    ConfigError,
     DesyncError,
     PeerAborted,
     PeerTimeout,
@@ -88,6 +103,39 @@ class _Partial:
     dest: torch.Tensor | None
     filled: int
     next_part: int = 1
+
+
+class _DelayLine:
+    """An emulated one-way latency under a transport's ``_poll`` (module docstring, "Emulated latency")."""
+
+    def __init__(self, inner: Callable[[float], Frames | None], delay: float, limit: int) -> None:
+        self.inner = inner
+        self.delay = delay
+        self.limit = limit  # payload bytes held at most; beyond, frames wait in the transport
+        self.held: deque[tuple[float, Frames]] = deque()  # (when due, frames), in arrival order
+        self.bytes = 0
+
+    def poll(self, timeout: float) -> Frames | None:
+        """The next frame due, waiting at most ``timeout`` s (0: take in what the transport has, no wait)."""
+        deadline = time.monotonic() + timeout
+        held = self.held
+        while True:
+            now = time.monotonic()
+            if held and held[0][0] <= now:
+                _, frames = held.popleft()
+                self.bytes -= len(frames[1])
+                return frames
+            wake = min(deadline, held[0][0]) if held else deadline
+            if self.bytes < self.limit:
+                frames = self.inner(max(0.0, wake - now))
+                if frames is not None:
+                    held.append((time.monotonic() + self.delay, frames))
+                    self.bytes += len(frames[1])
+                    continue
+            elif wake > now:
+                time.sleep(wake - now)
+            if time.monotonic() >= deadline and not (held and held[0][0] <= time.monotonic()):
+                return None
 
 
 def abort_reason(exc: BaseException, who: str) -> str:
@@ -153,6 +201,8 @@ class BufferedCommunicator(ReliableLinks, Communicator):
         self._desync_recv: dict[int, list] = {}
         self._resolving = False
         self.run_id: bytes | None = None  # agreed at setup (parties.party); frames of another run are refused
+        self.link_delay = 0.0  # emulated one-way latency (set_link_delay)
+        self._delay_line: _DelayLine | None = None
         self._init_links(nodes, retransmit_after)
 
     # ----- transport primitives ---------------------------------------------------
@@ -165,6 +215,35 @@ class BufferedCommunicator(ReliableLinks, Communicator):
 
     @abstractmethod
     def _close_transport(self) -> None: ...
+
+    # ----- emulated latency (module docstring) ----------------------------------------
+    def set_link_delay(self, seconds: float) -> None:
+        """Hold every frame this node receives ``seconds`` after it arrives (``MPCConfig.link_delay``); 0: none.
+
+        Set before the first frame is taken in (``parties.lifecycle`` does); the
+        retransmit interval grows by the round trip, ``2 * seconds``.
+        """
+        if (
+            isinstance(seconds, bool)
+            or not isinstance(seconds, int | float)
+            or not math.isfinite(seconds)
+            or not 0 <= seconds <= LINK_DELAY_MAX
+        ):
+            raise ConfigError(f"link_delay must be a number of seconds in [0, {LINK_DELAY_MAX:g}], got {seconds!r}")
+        self.link_delay = float(seconds)
+        if self._delay_line is None and seconds:
+            self._delay_line = _DelayLine(self._poll, self.link_delay, self.max_buffered_bytes)
+            self._poll = self._delay_line.poll  # type: ignore[method-assign] - this instance only
+        elif self._delay_line is not None:
+            self._delay_line.delay = self.link_delay
+        self.set_retransmit_after(self._retransmit_base)
+
+    def set_retransmit_after(self, seconds: float) -> None:
+        """``ReliableLinks.set_retransmit_after``, plus the round trip of an emulated latency."""
+        super().set_retransmit_after(seconds)  # checks the value
+        self._retransmit_base = self.retransmit_after
+        if self.link_delay:
+            super().set_retransmit_after(self._retransmit_base + 2 * self.link_delay)
 
     # ----- naming -------------------------------------------------------------------
     def name(self, node: int) -> str:

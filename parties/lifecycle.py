@@ -97,9 +97,16 @@ def _fail(comm: BufferedCommunicator, exc: BaseException, who: str, report: Repo
         comm.abort(abort_reason(exc, who))
 
 
+def _local_settings(comm: BufferedCommunicator, config: MPCConfig) -> None:
+    """What ``config`` sets on this node's communicator before its first frame: the emulated latency."""
+    if config.link_delay:
+        comm.set_link_delay(config.link_delay)
+
+
 def open_context(comm: BufferedCommunicator, config: MPCConfig, report: Report | None = None) -> PartyContext:
     """Setup over ``comm``; on failure report, abort the run (so peers stop at once) and re-raise."""
     try:
+        _local_settings(comm, config)
         return setup_party(comm, config)
     except BaseException as exc:
         _fail(comm, exc, f"{comm.name(comm.rank)} during setup", report)
@@ -144,6 +151,7 @@ def run_dealer(
         family = get_family(config.protocol)
         if not family.needs_dealer:
             raise ConfigError(f"the {family.name} protocol family needs no dealer: do not start one")
+        _local_settings(comm, config)
         return serve_dealer(comm, config, idle_timeout=idle_timeout)
     except BaseException as exc:
         _fail(comm, exc, "the dealer", report)

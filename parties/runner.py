@@ -123,6 +123,7 @@ def run(
     return_stats: bool = False,
     run_timeout: float | None = None,
     protocol: str = MPCConfig.protocol,
+    link_delay: float = 0.0,
 ) -> list[Any]:
     """Run ``fn(ctx)`` in ``parties`` processes; return the results in rank order.
 
@@ -138,10 +139,13 @@ def run(
     ``timeout``).  ``run_timeout`` bounds the whole run (default ``None``: no
     bound, since a program may compute for hours; every wait for a peer is still
     bounded by ``timeout``, so only a party that computes without end keeps the
-    caller waiting).  Links are encrypted with fresh CURVE keys unless
+    caller waiting).  Links are encrypted and authenticated with fresh keys unless
     ``insecure``.  An exception in any party is raised here as ``PartyFailed`` with that party's
     id and traceback, and every other process is stopped.  With
     ``return_stats`` each result is a pair ``(value, stats dict)``.
+    ``link_delay``: seconds every node (the dealer too) holds each frame it
+    receives, an emulated one-way network latency (``MPCConfig.link_delay``;
+    ``scripts/bench.py --latency``).
     """
     if not isinstance(parties, int) or isinstance(parties, bool) or parties < 2:
         raise ConfigError(f"parties must be an integer >= 2, got {parties!r}")
@@ -151,8 +155,11 @@ def run(
         isinstance(run_timeout, bool) or not isinstance(run_timeout, int | float) or not run_timeout > 0
     ):
         raise ConfigError(f"run_timeout must be a positive number of seconds or None, got {run_timeout!r}")
-    MPCConfig(frac_bits=frac_bits, timeout=timeout, protocol=protocol)  # validate early, in the caller
+    # validate early, in the caller
+    MPCConfig(frac_bits=frac_bits, timeout=timeout, protocol=protocol, link_delay=link_delay)
     options = {"frac_bits": frac_bits, "timeout": float(timeout), "protocol": protocol}
+    if link_delay:
+        options["link_delay"] = float(link_delay)
     try:
         pickle.dumps(fn)
     except Exception as exc:

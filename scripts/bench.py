@@ -6,6 +6,8 @@
     python scripts/bench.py --nn            # only the mpc.nn set: MLP and LeNet-5 inference, an MLP training step
     python scripts/bench.py --memory        # peak RSS of a 2-party multiply at 1e6, 1e7, 1e8 elements
     python scripts/bench.py --vs crypten    # only the peer comparison with CrypTen (--workloads mul,relu,...)
+    python scripts/bench.py --latency 5     # the --vs workloads with 5 ms of latency each way, and without
+    python scripts/bench.py --bandwidth 1gbit --vs crypten   # (root) any of the above on a 1 Gbit/s loopback
     python scripts/bench.py --json out.json
 
 Every figure comes from the parties' own counters (``ctx.stats``): rounds are
@@ -36,6 +38,25 @@ dealer, rounds, the largest error against float64, and CrypTen's time over
 ours.  Both sides reveal their result once, after the warm-up and outside the
 timed runs.  Without CrypTen it prints how to install it and runs ours alone.
 
+``--latency MS`` (issue 12): every ``--vs`` workload of ours twice, without
+and with ``MS`` milliseconds of latency each way (``MPCConfig.link_delay``:
+every node, the dealer too, holds each frame it receives that long, in the
+communicator, since this kernel has no ``netem``), with rounds, bytes and both
+times, the time the delay added and the latency floor ``rounds x delay``: both
+sides of a round send at once, so a round costs one delay; a reply to a
+request (the dealer's) costs two.  ``--pairs N`` alternates N runs of each
+setting and takes the medians.  With ``--vs crypten``, CrypTen-TTP's rounds
+and time without delay, and the floor its rounds imply, for reference: its
+links are torch.distributed's gloo sockets, which offer no hook to hold each
+message on arrival, so no delay is injected there.
+
+``--bandwidth RATE`` (issue 12; root, ``ip netns``, ``tc``): the benchmark the
+other arguments ask for (``--vs crypten``, ``--latency MS``, ...) runs again in
+a fresh network namespace whose loopback has an MTU of 1500 (as Ethernet; tbf
+needs a burst above the MTU) and ``tc qdisc ... tbf rate RATE``, as a worker
+process under ``ip netns exec``; the namespace is deleted afterwards, on
+errors and on Ctrl-C too.  Without root or ``ip netns`` it says so and exits 2.
+
 ``--memory`` (issue 11): one 2-party elementwise multiply of N elements with
 the dealer, for N in 1e6, 1e7, 1e8.  Each party measures its resident set
 (``VmRSS``) once its inputs are shared and its peak (``VmHWM``, reset through
@@ -54,8 +75,13 @@ import argparse
 import functools
 import importlib.metadata
 import json
+import math
 import os
+import re
+import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -66,6 +92,7 @@ import torch
 
 import mpc
 import mpc.nn as mnn
+from mpc.config import LINK_DELAY_MAX
 from mpc.errors import FixedPointWarning
 from protocols.sharing import open_all
 
@@ -203,10 +230,13 @@ def _vs_party(ctx, name: str, repeat: int) -> dict:
     return row
 
 
-def measure_vs(name: str, parties: int, repeat: int, insecure: bool = False) -> dict:
-    """One workload of ``bench_workloads`` in this toolkit, with the figures ``bench_crypten.measure`` gives."""
+def measure_vs(name: str, parties: int, repeat: int, insecure: bool = False, link_delay: float = 0.0) -> dict:
+    """One workload of ``bench_workloads`` in this toolkit, with the figures ``bench_crypten.measure`` gives.
+
+    ``link_delay``: seconds of emulated latency each way, at every node (``MPCConfig.link_delay``).
+    """
     res = mpc.run(functools.partial(_vs_party, name=name, repeat=repeat), parties=parties, insecure=insecure,
-                  timeout=300)  # fmt: skip
+                  timeout=300, link_delay=link_delay)  # fmt: skip
     p0 = res[0]
     row = {
         "seconds": p0["seconds"],
@@ -216,6 +246,7 @@ def measure_vs(name: str, parties: int, repeat: int, insecure: bool = False) -> 
         # the dealer's sends: the parties' receipts from it (seed-compressed: mostly the last party's)
         "dealer_bytes": sum(r["dealer_bytes_recv"] for r in res),
         "dealer_bytes_by_party": [r["dealer_bytes_recv"] for r in res],
+        "retransmits": sum(r["retransmits"] for r in res),  # frames sent again (0 unless a link lost some)
     }
     row.update({k: v for k, v in p0.items() if k in ERROR_KEYS})
     return row
@@ -486,6 +517,238 @@ def vs_table(rows: list[dict], notes: bool = True) -> str:
     return "\n".join(lines) + (f"\n\n{VS_NOTES}" if notes else "")
 
 
+# ----- latency (--latency MS) ------------------------------------------------------------------------
+
+
+def _median_run(runs: list[dict]) -> dict:
+    """Runs of one setting: the first's figures (rounds and bytes do not change), the median of their seconds."""
+    return dict(runs[0], seconds=statistics.median(r["seconds"] for r in runs),
+                all_seconds=[t for r in runs for t in r.get("all_seconds", [r["seconds"]])])  # fmt: skip
+
+
+def latency_compare(names: list[str], parties: list[int], repeat: int, delay: float, insecure: bool = False,
+                    peer: bool = False, pairs: int = 1, log=print) -> list[dict]:  # fmt: skip
+    """``--latency``: every workload of ours without and with ``delay`` seconds each way; CrypTen-TTP (``peer``)
+    without delay, for its rounds (module docstring).  A failed CrypTen run is kept as ``{"failed": message}``.
+
+    ``pairs``: runs without and with the delay, alternated, and the median of their seconds (as ``--curve``
+    does: on a small, busy machine one noisy run should not decide the difference).
+    """
+    import bench_crypten
+
+    if peer and not bench_crypten.available():
+        log(bench_crypten.INSTALL)
+        peer = False
+    rows = []
+    for n in parties:
+        for name in names:
+            row = {"workload": name, "label": WORKLOADS[name].label, "parties": n, "curve": not insecure,
+                   "delay_ms": delay * 1e3}  # fmt: skip
+            t0 = time.monotonic()
+            plain, late = [], []
+            for _ in range(pairs):
+                plain.append(measure_vs(name, n, repeat, insecure))
+                late.append(measure_vs(name, n, repeat, insecure, link_delay=delay))
+            row["ours"], row["ours_delayed"] = _median_run(plain), _median_run(late)
+            walls = [f"ours {time.monotonic() - t0:.0f} s"]
+            if peer:
+                t0 = time.monotonic()
+                try:
+                    row["crypten_ttp"] = bench_crypten.measure(name, n, "TTP", repeat)
+                except (RuntimeError, TimeoutError) as e:
+                    row["crypten_ttp"] = {"failed": str(e)}
+                walls.append(f"CrypTen-TTP {time.monotonic() - t0:.0f} s")
+            rows.append(row)
+            log(latency_table([row], delay, notes=False).splitlines()[-1] + f"  (wall: {', '.join(walls)})")
+    return rows
+
+
+LATENCY_NOTES = """\
+s: party 0's median of the timed runs after one warm-up (as --vs; with --pairs, the median over alternated runs of
+each setting), over ZeroMQ, links encrypted (the default). "{ms} ms": every node, the dealer too, holds each frame it
+receives {ms} ms after it arrives (MPCConfig.link_delay, in the communicator: this kernel has no netem), so a message
+costs {ms} ms and a reply {ms2} ms; bandwidth is unchanged.
+Rounds: exchanges among parties. MB/party: the most any party sent; dealer MB: what the dealer sent to all parties.
+Floor: rounds x {ms} ms, the least the delay can add: both sides of a round send at once, so a round costs one
+delay (rounds x 2 x delay would be a round trip per round). Added/floor above 1: waits beyond one delay per round
+(the dealer's replies, a party that waits for another's result, frames that arrived while a node computed).
+CrypTen-TTP: measured without delay (its gloo links offer no hook to hold each message on arrival, so no delay is
+injected there); its floor is its own round count (communicator calls at the last party) x {ms} ms, an estimate."""
+
+
+def latency_table(rows: list[dict], delay: float, notes: bool = True) -> str:
+    """``--latency``'s markdown table (and its notes)."""
+    ms = f"{delay * 1e3:g}"
+    head = (
+        f"| workload | n | rounds | MB/party | dealer MB | s, no delay | s, {ms} ms | added s | floor, rounds x {ms} ms "
+        "| added / floor | CrypTen-TTP rounds | CrypTen-TTP s, no delay | CrypTen-TTP floor s |"
+    )
+    lines = [head, "|" + "---|" * 13]
+    for r in rows:
+        ours, late, ttp = r["ours"], r["ours_delayed"], r.get("crypten_ttp")
+        floor = late["rounds"] * delay
+        added = late["seconds"] - ours["seconds"]
+        ttp_ok = ttp is not None and "failed" not in ttp
+        cells = [
+            r["label"],
+            str(r["parties"]),
+            _num(late, "rounds", "d"),
+            _num(late, "bytes_per_party", ".3g", 1e6),
+            _num(late, "dealer_bytes", ".3g", 1e6),
+            _num(ours, "seconds", ".3g"),
+            _num(late, "seconds", ".3g"),
+            format(added, ".3g"),
+            format(floor, ".3g"),
+            f"{added / floor:.2f}" if floor > 0 else "-",
+            _num(ttp, "rounds", "d"),
+            _num(ttp, "seconds", ".3g"),
+            format(ttp["rounds"] * delay, ".3g") if ttp_ok else _num(ttp, "rounds", "d"),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    text = "\n".join(lines)
+    return text + ("\n\n" + LATENCY_NOTES.format(ms=ms, ms2=f"{2 * delay * 1e3:g}") if notes else "")
+
+
+# ----- bandwidth (--bandwidth RATE): the benchmark again in a network namespace ------------------------
+
+_RATE = re.compile(r"^(\d+(?:\.\d+)?)(bit|kbit|mbit|gbit|tbit|bps|kbps|mbps|gbps|tbps)$", re.IGNORECASE)
+TBF_LATENCY = "50ms"  # how long a packet may queue in tbf before it is dropped (TCP sends it again)
+NETNS_SETUP_TIMEOUT = 20
+
+
+def rate_bytes(rate: str) -> float:
+    """Bytes per second of a ``tc`` rate (``1gbit``, ``100mbit``, ``50mbps``: bytes); ``ValueError`` if not one."""
+    m = _RATE.match(rate)
+    if m is None or not float(m[1]) > 0:
+        raise ValueError(
+            f"--bandwidth takes a tc rate such as 1gbit, 100mbit or 500kbit (bits) or 50mbps (bytes), got {rate!r}"
+        )
+    unit = m[2].lower()
+    scale = {"k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}.get(unit[0], 1.0)
+    return float(m[1]) * scale / (8 if unit.endswith("bit") else 1)
+
+
+def tbf_command(rate: str) -> list[str]:
+    """``tc`` adding the rate limit to the namespace's loopback: a bucket of 1 ms at the rate, at least 16 KiB
+    (above the 1500-byte MTU, or tbf drops every packet)."""
+    burst = max(int(rate_bytes(rate) / 1000), 16384)
+    return ["tc", "qdisc", "add", "dev", "lo", "root", "tbf", "rate", rate, "burst", str(burst),
+            "latency", TBF_LATENCY]  # fmt: skip
+
+
+def netns_problem() -> str | None:
+    """Why ``--bandwidth`` cannot run here, or ``None``."""
+    if os.geteuid() != 0:
+        return (
+            "--bandwidth needs root: it makes a network namespace (ip netns) and limits its loopback with tc; "
+            "run it as root, or use --latency, which needs no privileges"
+        )
+    missing = [tool for tool in ("ip", "tc") if shutil.which(tool) is None]
+    if missing:
+        return f"--bandwidth needs iproute2's {' and '.join(missing)} (ip netns, tc qdisc): install iproute2"
+    return None
+
+
+def worker_args(argv: list[str], rate: str) -> list[str]:
+    """The benchmark's own arguments for the worker in the namespace: ``--bandwidth`` replaced by the note of
+    the rate it runs under."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--bandwidth":
+            skip = True
+        elif not a.startswith("--bandwidth="):
+            out.append(a)
+    return [*out, "--under-rate", rate]
+
+
+def _run(cmd: list[str], what: str) -> None:
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=NETNS_SETUP_TIMEOUT)
+    if done.returncode != 0:
+        raise RuntimeError(f"{what} failed ({' '.join(cmd)}): {done.stderr.strip() or done.stdout.strip()}")
+
+
+def _qdisc_stats(ns: str) -> str:
+    done = subprocess.run(["ip", "netns", "exec", ns, "tc", "-s", "qdisc", "show", "dev", "lo"],
+                          capture_output=True, text=True, timeout=NETNS_SETUP_TIMEOUT)  # fmt: skip
+    m = re.search(r"Sent (\d+) bytes (\d+) pkt \(dropped (\d+), overlimits (\d+)", done.stdout)
+    if m is None:
+        return done.stdout.strip()
+    sent, pkts, dropped, over = (int(v) for v in m.groups())
+    return f"{sent / 1e6:.0f} MB in {pkts} packets through tbf, {dropped} dropped, {over} held back (overlimits)"
+
+
+def in_namespace(rate: str, args: list[str]) -> int:
+    """Run ``bench.py args`` in a fresh network namespace whose loopback is limited to ``rate``; its exit code.
+
+    The namespace, and any process left in it, goes in every case (errors, Ctrl-C, SIGTERM).
+    """
+    from parties.stopping import Stopped, StopSignals
+
+    ns = f"mpc-bench-{os.getpid()}"
+    made = False
+    with StopSignals() as stops:
+        try:
+            _run(["ip", "netns", "add", ns], "making the network namespace")
+            made = True
+            _run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "mtu", "1500"], "setting lo's MTU")
+            _run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"], "bringing lo up")
+            tbf = tbf_command(rate)
+            _run(["ip", "netns", "exec", ns, *tbf], "limiting lo with tbf")
+            print(f"network namespace {ns}: lo with MTU 1500 and `{' '.join(tbf)}`", flush=True)
+            worker = ["ip", "netns", "exec", ns, sys.executable, str(Path(__file__).resolve()), *args]
+            code = subprocess.run(worker).returncode
+            print(f"\n{rate} on lo: {_qdisc_stats(ns)}")
+            return code
+        except RuntimeError as e:  # a set-up step failed: say which, and how
+            print(f"bench.py: {e}", file=sys.stderr)
+            return 1
+        except Stopped as stop:
+            stops.hold()
+            print(f"{stop}: deleting the network namespace {ns}", file=sys.stderr)
+            return stop.exit_code
+        except KeyboardInterrupt:
+            stops.hold()
+            print(f"interrupted: deleting the network namespace {ns}", file=sys.stderr)
+            return 128 + signal.SIGINT
+        finally:
+            if made:
+                _delete_namespace(ns)
+
+
+def _delete_namespace(ns: str) -> None:
+    """Kill what still runs in ``ns`` (a worker cut short), then delete it."""
+    pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
+    for pid in pids:
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
+    subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=NETNS_SETUP_TIMEOUT)
+
+
+def _latency_ms(v: str) -> float:
+    try:
+        ms = float(v)
+    except ValueError:
+        ms = math.nan
+    if not math.isfinite(ms) or not 0 < ms <= LINK_DELAY_MAX * 1e3:
+        raise argparse.ArgumentTypeError(f"milliseconds in (0, {LINK_DELAY_MAX * 1e3:g}], e.g. 5, got {v!r}")
+    return ms
+
+
+def _meta(args: argparse.Namespace, argv: list[str] | None) -> dict:
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "argv": sys.argv[1:] if argv is None else argv,
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "crypten": _version("crypten"),
+        "bandwidth": args.under_rate,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=5)
@@ -518,26 +781,62 @@ def main(argv: list[str] | None = None) -> int:
         help=f"with --vs: a comma-separated subset of {','.join(WORKLOADS)}",
     )
     ap.add_argument("--no-tfp", action="store_true", help="with --vs: skip the CrypTen-TFP reference column")
+    ap.add_argument(
+        "--latency",
+        type=_latency_ms,
+        metavar="MS",
+        help="the --vs workloads of ours without and with MS milliseconds of latency each way (with --vs crypten: "
+        "CrypTen-TTP's rounds and time without delay, for reference)",
+    )
+    ap.add_argument(
+        "--pairs",
+        type=int,
+        default=1,
+        help="with --latency: runs of ours without and with the delay, alternated (the median of each)",
+    )
+    ap.add_argument(
+        "--bandwidth",
+        metavar="RATE",
+        help="(root) run the rest of this command in a network namespace whose loopback tc limits to RATE, e.g. 1gbit",
+    )
+    ap.add_argument("--under-rate", help=argparse.SUPPRESS)  # the worker of --bandwidth: the rate it runs under
     ap.add_argument("--json", help="write the rows to this file")
     args = ap.parse_args(argv)
-    if args.vs:
+    if args.bandwidth is not None:
+        try:
+            rate_bytes(args.bandwidth)
+        except ValueError as e:
+            ap.error(str(e))
+        problem = netns_problem()
+        if problem is not None:
+            print(f"bench.py: {problem}", file=sys.stderr)
+            return 2
+        return in_namespace(args.bandwidth, worker_args(sys.argv[1:] if argv is None else argv, args.bandwidth))
+    if args.under_rate:
+        print(f"(in a network namespace: loopback limited to {args.under_rate} by tc tbf, MTU 1500)", flush=True)
+    if args.vs or args.latency is not None:
         unknown = [w for w in args.workloads if w not in WORKLOADS]
         if unknown:
             ap.error(f"unknown workload(s) {', '.join(unknown)}; choose from {','.join(WORKLOADS)}")
         if args.repeat < 3:
-            ap.error("--vs takes the median of at least 3 timed runs: --repeat 3 or more")
+            ap.error("--vs and --latency take the median of at least 3 timed runs: --repeat 3 or more")
+    if args.latency is not None:
+        delay = args.latency / 1e3
+        if args.pairs < 1:
+            ap.error("--pairs takes a number of runs of each setting, 1 or more")
+        rows = latency_compare(args.workloads, args.parties, args.repeat, delay, args.insecure, peer=bool(args.vs),
+                               pairs=args.pairs)  # fmt: skip
+        print()
+        print(latency_table(rows, delay))
+        if args.json:
+            Path(args.json).write_text(json.dumps({**_meta(args, argv), "rows": rows}, indent=1))
+        return 0
+    if args.vs:
         rows = compare(args.workloads, args.parties, args.repeat, args.insecure, tfp=not args.no_tfp)
         print()
         print(vs_table(rows))
         if args.json:
-            meta = {
-                "date": time.strftime("%Y-%m-%d"),
-                "argv": sys.argv[1:] if argv is None else argv,
-                "cpus": os.cpu_count(),
-                "torch": torch.__version__,
-                "crypten": _version("crypten"),
-            }
-            Path(args.json).write_text(json.dumps({**meta, "rows": rows}, indent=1))
+            Path(args.json).write_text(json.dumps({**_meta(args, argv), "rows": rows}, indent=1))
         return 0
     if args.memory is not None:
         rows = []
@@ -545,7 +844,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(measure_memory(int(n), args.insecure))
             print(memory_table(rows[-1:]), flush=True)
         print(memory_table(rows))
-        out = {"rows": rows}
+        out = {"rows": rows, "bandwidth": args.under_rate}
         if args.json:
             Path(args.json).write_text(json.dumps(out, indent=1))
         return 0
@@ -557,7 +856,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table([r for r in rows if "op" in r and "size" in r]))
     for op, ratio in overhead.items():
         print(f"CURVE overhead, {op} with 2 parties: {ratio:+.1%} in seconds (payload bytes unchanged)")
-    out = {"rows": rows, "curve_overhead": overhead}
+    out = {"rows": rows, "curve_overhead": overhead, "bandwidth": args.under_rate}
     print(json.dumps(out, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))

@@ -1,13 +1,16 @@
-"""``scripts/bench.py --vs crypten`` without running a benchmark: workloads, errors, the table, the no-CrypTen path.
+"""``scripts/bench.py --vs crypten``, ``--latency`` and ``--bandwidth`` without running a benchmark: workloads,
+errors, the tables, the no-CrypTen path, the arguments, the namespace's set-up and clean-up.
 
 Pure tier: no parties start.  ``measure_vs`` and CrypTen's ``measure`` are
 replaced by fakes, so the test neither needs CrypTen nor depends on whether it
-is installed.
+is installed; ``--bandwidth``'s commands go to a fake ``subprocess.run``, so it
+needs no root.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -115,9 +118,166 @@ def test_with_crypten_a_failed_run_keeps_the_others(monkeypatch):
     [
         (["--vs", "crypten", "--workloads", "mul,nope"], "unknown workload(s) nope"),
         (["--vs", "crypten", "--repeat", "2"], "at least 3"),
+        (["--latency", "5", "--repeat", "2"], "at least 3"),
+        (["--latency", "5", "--workloads", "nope"], "unknown workload(s) nope"),
+        (["--latency", "0"], "milliseconds in (0, 1000]"),
+        (["--latency", "-5"], "milliseconds in (0, 1000]"),
+        (["--latency", "nan"], "milliseconds in (0, 1000]"),
+        (["--latency", "5ms"], "milliseconds in (0, 1000]"),
+        (["--latency", "5000"], "milliseconds in (0, 1000]"),
+        (["--latency", "5", "--pairs", "0"], "--pairs takes a number of runs"),
+        (["--bandwidth", "1gigabit"], "a tc rate such as 1gbit"),
+        (["--bandwidth", "0mbit"], "a tc rate such as 1gbit"),
     ],
 )
 def test_bad_arguments_say_what_to_change(argv, message, capsys):
     with pytest.raises(SystemExit):
         bench.main(argv)
     assert message in capsys.readouterr().err
+
+
+# ----- --latency ---------------------------------------------------------------------------------------------
+
+LATE = dict(OURS, seconds=0.23)  # 2 rounds at 5 ms each way: 30 ms more, 10 ms of it the floor
+
+
+def test_latency_table_shows_the_floor_and_what_the_delay_added():
+    rows = [
+        {"label": "multiply 10^6", "parties": 2, "ours": OURS, "ours_delayed": LATE, "crypten_ttp": THEIRS},
+        {"label": "ReLU 10^6", "parties": 2, "ours": OURS, "ours_delayed": LATE, "crypten_ttp": {"failed": "boom"}},
+        {"label": "exp 10^5", "parties": 2, "ours": OURS, "ours_delayed": LATE},
+    ]
+    text = bench.latency_table(rows, 0.005)
+    lines = text.splitlines()
+    assert lines[0].startswith("| workload | n | rounds | MB/party | dealer MB | s, no delay | s, 5 ms | added s |")
+    assert "floor, rounds x 5 ms" in lines[0] and lines[1].count("---") == 13
+    assert lines[2] == "| multiply 10^6 | 2 | 2 | 24 | 24 | 0.2 | 0.23 | 0.03 | 0.01 | 3.00 | 1 | 0.3 | 0.005 |"
+    assert lines[3].endswith("| failed | failed | failed |")
+    assert lines[4].endswith("| 3.00 | - | - | - |")  # no CrypTen: its cells say so
+    assert "one delay" in text and "no delay is\ninjected" in text  # the notes say what the floor and CrypTen are
+    assert "\n\n" not in bench.latency_table(rows, 0.005, notes=False)
+
+
+def test_latency_runs_ours_without_and_with_the_delay(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(bench_crypten, "available", lambda: True)
+    peer = []
+    monkeypatch.setattr(bench_crypten, "measure", lambda name, n, provider, repeat: peer.append(provider) or THEIRS)
+    calls = []
+
+    def fake(name, n, repeat, insecure=False, link_delay=0.0):
+        calls.append((name, n, link_delay))
+        return LATE if link_delay else OURS
+
+    monkeypatch.setattr(bench, "measure_vs", fake)
+    out = tmp_path / "latency.json"
+    argv = ["--latency", "5", "--vs", "crypten", "--workloads", "mul", "--parties", "2", "--repeat", "3",
+            "--json", str(out)]  # fmt: skip
+    assert bench.main(argv) == 0
+    assert calls == [("mul", 2, 0.0), ("mul", 2, 0.005)]
+    assert peer == ["TTP"]  # CrypTen without delay, for its rounds: TTP only
+    assert "| multiply 10^6 | 2 | 2 |" in capsys.readouterr().out
+    saved = json.loads(out.read_text())
+    assert saved["rows"][0]["delay_ms"] == 5 and saved["rows"][0]["ours_delayed"]["seconds"] == LATE["seconds"]
+    assert saved["argv"] == argv and saved["bandwidth"] is None
+
+
+def test_latency_pairs_alternate_the_settings_and_take_medians(monkeypatch):
+    calls = []
+
+    def fake(name, n, repeat, insecure=False, link_delay=0.0):
+        calls.append(link_delay)
+        seconds = 0.1 * len(calls)
+        return dict(LATE if link_delay else OURS, seconds=seconds, all_seconds=[seconds])
+
+    monkeypatch.setattr(bench, "measure_vs", fake)
+    rows = bench.latency_compare(["mul"], [2], 3, 0.005, pairs=3, log=lambda *_: None)
+    assert calls == [0.0, 0.005] * 3
+    assert rows[0]["ours"]["seconds"] == pytest.approx(0.3) and rows[0]["ours_delayed"]["seconds"] == pytest.approx(0.4)
+    assert rows[0]["ours"]["all_seconds"] == pytest.approx([0.1, 0.3, 0.5]) and rows[0]["ours"]["rounds"] == 2
+
+
+def test_latency_without_vs_runs_ours_alone(monkeypatch):
+    monkeypatch.setattr(bench_crypten, "available", lambda: True)
+    monkeypatch.setattr(bench_crypten, "measure", lambda *a, **k: pytest.fail("CrypTen runs only with --vs"))
+    monkeypatch.setattr(bench, "measure_vs", lambda *a, **k: OURS)
+    rows = bench.latency_compare(["mul"], [2], 3, 0.005, log=lambda *_: None)
+    assert "crypten_ttp" not in rows[0]
+
+
+# ----- --bandwidth -------------------------------------------------------------------------------------------
+
+
+def test_rates_and_the_token_bucket():
+    assert bench.rate_bytes("1gbit") == 125e6 and bench.rate_bytes("100Mbit") == 12.5e6
+    assert bench.rate_bytes("50mbps") == 50e6 and bench.rate_bytes("2.5kbit") == 312.5
+    tbf = bench.tbf_command("1gbit")
+    assert tbf[:9] == ["tc", "qdisc", "add", "dev", "lo", "root", "tbf", "rate", "1gbit"]
+    assert tbf[tbf.index("burst") + 1] == "125000"  # 1 ms at the rate
+    small = bench.tbf_command("1mbit")
+    assert int(small[small.index("burst") + 1]) >= 1500 * 10  # above the MTU, or tbf drops every packet
+
+
+def test_the_worker_runs_the_same_benchmark_without_bandwidth():
+    argv = ["--bandwidth", "1gbit", "--vs", "crypten", "--bandwidth=2gbit", "--repeat", "3"]
+    assert bench.worker_args(argv, "1gbit") == ["--vs", "crypten", "--repeat", "3", "--under-rate", "1gbit"]
+
+
+def test_bandwidth_without_root_says_so_and_exits_nonzero(monkeypatch, capsys):
+    monkeypatch.setattr(bench.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(bench.subprocess, "run", lambda *a, **k: pytest.fail("nothing may run without root"))
+    assert bench.main(["--bandwidth", "1gbit", "--vs", "crypten"]) == 2
+    err = capsys.readouterr().err
+    assert "--bandwidth needs root" in err and "--latency" in err
+
+
+def _fake_ip(monkeypatch, worker):
+    """``subprocess.run`` that records every command and runs ``worker(cmd)`` for the benchmark's own."""
+    ran: list[list[str]] = []
+
+    def run(cmd, *args, **kwargs):
+        ran.append(list(cmd))
+        if sys.executable in cmd:
+            return worker(cmd)
+        return subprocess.CompletedProcess(cmd, 0, stdout="", stderr="")
+
+    monkeypatch.setattr(bench.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(bench.shutil, "which", lambda tool: f"/usr/sbin/{tool}")
+    monkeypatch.setattr(bench.subprocess, "run", run)
+    return ran
+
+
+def test_bandwidth_runs_the_worker_in_a_limited_namespace_and_deletes_it(monkeypatch, capsys):
+    ran = _fake_ip(monkeypatch, lambda cmd: subprocess.CompletedProcess(cmd, 0))
+    assert bench.main(["--bandwidth", "1gbit", "--latency", "5", "--workloads", "mul"]) == 0
+    ns = ran[0][-1]
+    assert ran[0] == ["ip", "netns", "add", ns] and ran[-1] == ["ip", "netns", "del", ns]
+    inside = [c[4:] for c in ran if c[:4] == ["ip", "netns", "exec", ns]]
+    assert ["ip", "link", "set", "lo", "mtu", "1500"] in inside and ["ip", "link", "set", "lo", "up"] in inside
+    assert bench.tbf_command("1gbit") in inside
+    worker = next(c for c in inside if sys.executable in c)
+    assert worker[2:] == ["--latency", "5", "--workloads", "mul", "--under-rate", "1gbit"]
+    assert "tbf rate 1gbit" in capsys.readouterr().out
+
+
+def test_the_namespace_goes_when_the_worker_is_interrupted(monkeypatch, capsys):
+    def interrupted(cmd):
+        raise KeyboardInterrupt
+
+    ran = _fake_ip(monkeypatch, interrupted)
+    assert bench.main(["--bandwidth", "1gbit", "--vs", "crypten"]) == 130
+    assert ran[-1][:3] == ["ip", "netns", "del"] and ran[-1][3] == ran[0][3]
+    assert "deleting the network namespace" in capsys.readouterr().err
+
+
+def test_a_namespace_that_cannot_be_made_is_reported(monkeypatch, capsys):
+    ran = _fake_ip(monkeypatch, lambda cmd: pytest.fail("no worker without a namespace"))
+
+    def refuse(cmd, *a, **k):
+        ran.append(list(cmd))
+        return subprocess.CompletedProcess(cmd, 1, stdout="", stderr="mount --make-shared failed")
+
+    monkeypatch.setattr(bench.subprocess, "run", refuse)
+    assert bench.main(["--bandwidth", "1gbit"]) == 1
+    err = capsys.readouterr().err
+    assert "making the network namespace failed" in err and "make-shared" in err
+    assert not any(c[:3] == ["ip", "netns", "del"] for c in ran)  # nothing was made: nothing to delete
