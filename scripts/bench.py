@@ -59,7 +59,8 @@ errors and on Ctrl-C too.  Without root or ``ip netns`` it says so and exits 2.
 
 ``--memory`` (issue 11): one 2-party elementwise multiply of N elements with
 the dealer, for N in 1e6, 1e7, 1e8.  Each party measures its resident set
-(``VmRSS``) once its inputs are shared and its peak (``VmHWM``, reset through
+(``VmRSS``) once its inputs are shared and a 1,000-element multiply has run
+(first-use costs are not the multiply's), and its peak (``VmHWM``, reset through
 ``/proc/self/clear_refs`` just before) during the multiply; the figure is
 ``(peak - before) / N`` bytes per element, beyond the inputs.  The dealer's
 peak comes from the parent, which reads every child's ``VmHWM`` while the run
@@ -267,6 +268,8 @@ def _proc_status(pid: int | str, field: str) -> int:
 def _memory_party(ctx, size: int) -> dict:
     torch.set_num_threads(1)
     x, y = _secret(ctx, (size,), 0), _secret(ctx, (size,), 1)
+    _ = x[:1000] * y[:1000]  # warm-up: first-use costs (code paths, buffers, keys) are not the multiply's
+    del _
     _sync(ctx)
     rounds0 = ctx.stats.rounds
     before = _proc_status("self", "VmRSS")
