@@ -144,7 +144,7 @@ def _parser() -> argparse.ArgumentParser:
     de.add_argument("--listen-fd", type=int, default=None, help=argparse.SUPPRESS)  # set by mpc launch
     de.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)  # set by mpc launch
 
-    kg = sub.add_parser("keygen", help="write a CURVE key pair")
+    kg = sub.add_parser("keygen", help="write a Curve25519 key pair (NAME.key, NAME.key_secret)")
     kg.add_argument("--out", required=True, help="directory for NAME.key and NAME.key_secret")
     kg.add_argument("--id", required=True, dest="name", help="name of the key files, e.g. party0")
     return ap

@@ -1,8 +1,9 @@
-"""CURVE key files: generation, loading with permission checks, matching the cluster file.
+"""Key files: generation, loading with permission checks, matching the cluster file.
 
 ``mpc keygen --out DIR --id NAME`` writes ``DIR/NAME.key`` (the public key,
 z85 text, safe to share and to paste into the cluster file) and
-``DIR/NAME.key_secret`` (the secret key, z85 text, mode 0600).
+``DIR/NAME.key_secret`` (the secret key, z85 text, mode 0600): a Curve25519
+key pair (X25519, ``parties.seal``), in the z85 format of ZeroMQ's CURVE keys.
 
 A node is given its *secret* key file.  Passing the public one by mistake is
 recognised (a ``NAME.key`` beside its ``NAME.key_secret``, a ``.key`` file that
@@ -24,14 +25,12 @@ import os
 import stat
 from pathlib import Path
 
-import zmq
-
 from mpc.errors import ConfigError, SecurityError
 
 from .cluster import Cluster
-from .zmq_comm import CurveKeys
+from .seal import NodeKeys, keypair, public_of
 
-__all__ = ["keygen", "save_key_pair", "load_secret_key", "curve_for_node", "ephemeral_keys"]
+__all__ = ["keygen", "save_key_pair", "load_secret_key", "keys_for_node", "ephemeral_keys"]
 
 
 PUBLIC_SUFFIX = ".key"
@@ -41,7 +40,7 @@ SECRET_SUFFIX = ".key_secret"
 
 
 def keygen(out_dir: str | Path, name: str) -> tuple[Path, Path]:
-    public, secret = zmq.curve_keypair()
+    public, secret = keypair()
     try:
         return save_key_pair(out_dir, name, public, secret)
     except OSError as exc:
@@ -187,17 +186,17 @@ def load_secret_key(path: str | Path) -> bytes:
     text = raw.strip()
     if len(text) != 40 or not text.isascii():
         raise ConfigError(
-            f"{p} does not hold a z85 CURVE secret key (40 characters): pass a NAME{SECRET_SUFFIX} "
+            f"{p} does not hold a z85 Curve25519 secret key (40 characters): pass a NAME{SECRET_SUFFIX} "
             "file from `mpc keygen`"
         )
     try:
-        zmq.curve_public(text)
-    except (zmq.ZMQError, ValueError):
-        raise ConfigError(f"{p} does not hold a valid CURVE secret key") from None
+        public_of(text)
+    except ConfigError:
+        raise ConfigError(f"{p} does not hold a valid Curve25519 secret key") from None
     return text
 
 
-def curve_for_node(cluster: Cluster, node_id: int, secret: bytes) -> CurveKeys:
+def keys_for_node(cluster: Cluster, node_id: int, secret: bytes) -> NodeKeys:
     """Check that the secret key matches the cluster's public key for ``node_id``."""
     keys = cluster.public_keys()
 
@@ -218,15 +217,15 @@ def curve_for_node(cluster: Cluster, node_id: int, secret: bytes) -> CurveKeys:
             f"the key given to {who} is a public key ({cluster.source} lists it as {owner}'s public_key): "
             f"pass {who}'s secret key file (NAME{SECRET_SUFFIX} from `mpc keygen`) with --key, not NAME{PUBLIC_SUFFIX}"
         )
-    public = zmq.curve_public(secret)
+    public = public_of(secret)
     if public.decode("ascii") != keys[node_id]:
         raise SecurityError(
             f"the secret key given to {who} does not match the public key that {cluster.source} lists for {who}: "
             "wrong key file, wrong --id, or an outdated cluster file"
         )
-    return CurveKeys(public, secret, tuple(k.encode("ascii") for k in keys))  # type: ignore[union-attr]
+    return NodeKeys(public, secret, tuple(k.encode("ascii") for k in keys))  # type: ignore[union-attr]
 
 
 def ephemeral_keys(count: int) -> list[tuple[bytes, bytes]]:
     """Fresh key pairs for a local run (kept in memory or in a private temp dir)."""
-    return [zmq.curve_keypair() for _ in range(count)]
+    return [keypair() for _ in range(count)]

@@ -1,7 +1,7 @@
 """``mpc launch``: a script in N party processes (plus the dealer, if the family has one) on this machine.
 
 The launcher writes a private run directory (mode 0700) with a cluster file and
-fresh CURVE keys for every node (``parties.local``, shared with ``mpc.run``),
+fresh keys for every node (``parties.local``, shared with ``mpc.run``),
 then starts ``mpc dealer`` (only when the protocol family needs one) and
 ``mpc party`` for each id: the same code path as a run across hosts.  The
 loopback ports are bound here and each node is handed its listening socket

@@ -2,7 +2,7 @@
 
 Both entry points start every node of a run on this machine.  They build the
 same thing: one listening socket per node (``parties.ports``: bound here, handed
-to the child), a fresh CURVE key pair per node unless insecure, and a
+to the child), a fresh key pair per node unless insecure, and a
 ``Cluster`` with a dealer only when the protocol family needs one.
 """
 

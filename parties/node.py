@@ -14,9 +14,9 @@ from mpc.context import PartyContext
 from mpc.errors import ConfigError
 
 from .cluster import Cluster
-from .keys import curve_for_node
+from .keys import keys_for_node
 from .lifecycle import open_context
-from .zmq_comm import CurveKeys, ZmqCommunicator
+from .zmq_comm import NodeKeys, ZmqCommunicator
 
 __all__ = ["open_comm", "open_dealer", "open_party_comm", "open_party", "INSECURE_WARNING", "configure_logging"]
 
@@ -51,15 +51,15 @@ def open_comm(
     n = cluster.world_size
     if not isinstance(node_id, int) or not 0 <= node_id < len(cluster.nodes):
         raise ConfigError(f"unknown id {node_id!r}: {cluster.source} lists parties 0..{n - 1}")
-    curve: CurveKeys | None = None
+    keys: NodeKeys | None = None
     if insecure:
         logging.getLogger("mpc").warning(INSECURE_WARNING)
     else:
         if secret is None:
             raise ConfigError("a secret key is needed (--key FILE from `mpc keygen`), or run with --insecure")
-        curve = curve_for_node(cluster, node_id, secret)
+        keys = keys_for_node(cluster, node_id, secret)
     return ZmqCommunicator(
-        node_id, n, cluster.addresses, config, curve=curve, dealer=cluster.dealer is not None, listen_fd=listen_fd
+        node_id, n, cluster.addresses, config, keys=keys, dealer=cluster.dealer is not None, listen_fd=listen_fd
     )
 
 

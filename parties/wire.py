@@ -199,16 +199,21 @@ def decode_header(buf: bytes | memoryview, max_bytes: int, peer: int | None = No
     return Header(kind, sender, seq, op, dtype, shape, nbytes, opidx, digest, run, part, ack)
 
 
-def decode_payload(h: Header, buf: bytes | memoryview | torch.Tensor, peer: int | None = None) -> torch.Tensor:
+def decode_payload(
+    h: Header, buf: bytes | memoryview | np.ndarray | torch.Tensor, peer: int | None = None
+) -> torch.Tensor:
     """The payload as a tensor of the header's dtype and shape.
 
-    ``buf`` is a frame's bytes (copied out of the transport's buffer) or, for a
-    message that came in chunks, the uint8 tensor it was assembled into (used
-    in place).
+    ``buf`` is a frame's bytes (copied out of the transport's buffer), a uint8
+    array that this process owns (a sealed frame decrypted into it,
+    ``parties.seal``: used in place) or, for a message that came in chunks,
+    the uint8 tensor it was assembled into (used in place).
     """
     n = buf.numel() if isinstance(buf, torch.Tensor) else len(buf)
     if n != h.nbytes:
         raise WireError(f"{_who(peer)} sent {n} payload bytes for '{h.op}', its header declared {h.nbytes}", peer)
+    if isinstance(buf, np.ndarray):
+        buf = torch.from_numpy(buf) if n else torch.empty(0, dtype=torch.uint8)  # (numpy gives an empty one stride 0)
     if isinstance(buf, torch.Tensor):
         return buf.view(h.dtype).reshape(h.shape)
     arr = np.frombuffer(buf, dtype=_NP[h.dtype]).copy()

@@ -6,12 +6,18 @@ all parties).  Frames are ``[header, raw buffer]``; large buffers go with
 ``copy=False``.  ZeroMQ's I/O thread sends while this thread receives, so the
 sends and receives of one round overlap and large exchanges cannot deadlock.
 
-With CURVE keys every link is encrypted and both ends are authenticated: the
-server side runs a ZAP handler that admits only the public keys of the cluster,
-and every received frame carries the ZAP ``User-Id`` (the sender's key), which
-must belong to the party named in the header.  Socket monitors turn a dead
-peer into ``PeerLost`` and a refused handshake into ``SecurityError`` at once,
-instead of at the timeout.
+With keys (``parties.seal.NodeKeys``, the default) every frame is sealed:
+encrypted and authenticated with AES-256-GCM under per-direction keys that a
+handshake derives from the nodes' Curve25519 keys (``parties.seal``).  The
+sockets themselves are plain TCP.  Each node sends every peer a hello as the
+first frame of its link (again after a reconnect: it names the connection);
+frames for a peer whose hello has not come yet wait here, in order, and go as
+soon as it comes.  A received frame is authenticated before anything else looks
+at it, and its sender (the peer whose key opened it) must be the party that its
+header names.  A hello that does not verify (keys that do not match) is a
+``SecurityError`` at once, at both ends.  Socket monitors turn a dead peer into
+``PeerLost`` at once, instead of at the timeout.  Without keys (``--insecure``)
+frames go as they are.
 
 A connection that drops is not fatal by itself: libzmq reconnects, and what was
 in flight on it is sent again (``parties.comm_base``: everything the peer has not
@@ -33,92 +39,72 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
+import numpy as np
 import zmq
-import zmq.auth.base
-import zmq.auth.thread
 from zmq.utils.monitor import recv_monitor_message
 
 from mpc.config import MPCConfig
-from mpc.errors import ConfigError, PeerLost, PeerTimeout, SecurityError, WireError
+from mpc.errors import ConfigError, MPCError, PeerLost, PeerTimeout, SecurityError, WireError
 
-from . import wire
+from . import seal, wire
 from .comm_base import BufferedCommunicator, Frames, Recorder
+from .seal import NodeKeys
 
-__all__ = ["CurveKeys", "ZmqCommunicator", "inproc_communicators"]
+__all__ = ["NodeKeys", "ZmqCommunicator", "inproc_communicators"]
 
 log = logging.getLogger("mpc.zmq")
 
 BIG = 1 << 16
 # Messages (a header and one chunk each) libzmq queues per peer before it stops reading that peer's socket.
 RCV_HWM = 8
-FRAME_OVERHEAD = 256
 CLOSE_LINGER_MS = 2000
-# Seconds the ZAP authenticator thread gets to stop at close.
-AUTH_STOP = 5.0
 # A peer whose port refuses reconnection is lost if its bye has not arrived this long after
 # (its last frames travel on the other connection of the pair and may come later).
 LOST_GRACE = 1.0
+# Idle buffers for sealed payloads kept for reuse (chunk_bytes each; see _SealBuffers).
+SPARE_BUFFERS = 8
+# Seconds a closing node waits for the hello of a peer that still has frames (an abort notice) waiting for it.
+HELLO_GRACE = 1.0
 # The receive-side retransmit interval (comm_base): TCP loses nothing on a connection that stays up, and what a
 # dropped one lost is sent again when it is back; the timer is a safety net, long enough that a slow link's
 # frames in flight are not asked for again.
 RETRANSMIT_MIN = 1.0
 RETRANSMIT_TIMEOUT_SHARE = 8
-_MON_EVENTS = (
-    zmq.EVENT_DISCONNECTED
-    | zmq.EVENT_CLOSED
-    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-    | zmq.EVENT_HANDSHAKE_SUCCEEDED
-    | zmq.EVENT_CONNECTED
-)
+_MON_EVENTS = zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_CONNECTED
 
 
-@dataclass(frozen=True)
-class CurveKeys:
-    """This node's CURVE key pair and every node's public key (index = node id)."""
+class _SealBuffers:
+    """The buffers that large sealed payloads go out in (``copy=False``), used again once libzmq let go of them.
 
-    public: bytes
-    secret: bytes
-    node_keys: tuple[bytes, ...]
+    A new buffer for every frame costs a page fault per 4 KiB page: sealing into fresh 4 MiB arrays that stay
+    held (as libzmq holds them until sent) ran at 0.7-2.7 GB/s here, into reused ones at 5.7-10 GB/s (the
+    cipher's speed).  At most ``spare`` idle ones are kept.
+    """
 
-    def __repr__(self) -> str:
-        return f"CurveKeys(public={self.public!r}, secret=<hidden>)"
+    def __init__(self, size: int, spare: int = SPARE_BUFFERS) -> None:
+        self.size = size
+        self._spare = spare
+        self._free: list[np.ndarray] = []
+        self._lent: deque[tuple[np.ndarray, zmq.MessageTracker]] = deque()
+        self.fresh = 0  # buffers allocated (the rest were used again)
 
+    def take(self, n: int) -> np.ndarray:
+        lent = self._lent
+        while lent and lent[0][1].done:
+            buf = lent.popleft()[0]
+            if len(self._free) < self._spare:
+                self._free.append(buf)
+        if n <= self.size and self._free:
+            return self._free.pop()
+        self.fresh += 1
+        return np.empty(max(n, self.size), dtype=np.uint8)
 
-class _AllowList:
-    """ZAP credentials provider: admit exactly the cluster's keys; remember refusals."""
-
-    def __init__(self, keys: Sequence[bytes]) -> None:
-        self.keys = set(keys)
-        self.refused: list[bytes] = []
-
-    def callback(self, domain: str, key: bytes) -> bool:
-        if key in self.keys:
-            return True
-        self.refused.append(key)
-        log.warning("refused a connection from an unknown CURVE key %s", key.decode("ascii", "replace"))
-        return False
-
-
-def _stop_authenticator(auth: zmq.auth.thread.ThreadAuthenticator) -> bool:
-    """``auth.stop()`` with a bounded join (pyzmq's joins its thread without a timeout); False if it hung."""
-    thread = auth.thread
-    if auth.pipe is not None and thread is not None:
-        try:
-            auth.pipe.send(b"TERMINATE", zmq.NOBLOCK)
-        except zmq.ZMQError:
-            pass
-        thread.join(AUTH_STOP)
-        if thread.is_alive():
-            return False
-        auth.thread = None  # type: ignore[assignment]
-        auth.pipe.close()
-        auth.pipe = None  # type: ignore[assignment]
-    zmq.auth.base.Authenticator.stop(auth)
-    return True
+    def lend(self, buf: np.ndarray, tracker: zmq.MessageTracker) -> None:
+        if len(buf) == self.size:
+            self._lent.append((buf, tracker))
 
 
 class ZmqCommunicator(BufferedCommunicator):
@@ -129,10 +115,9 @@ class ZmqCommunicator(BufferedCommunicator):
         addresses: Sequence[str],
         config: MPCConfig,
         *,
-        curve: CurveKeys | None = None,
+        keys: NodeKeys | None = None,
         context: zmq.Context | None = None,
         recorder: Recorder | None = None,
-        authenticator: bool = True,
         dealer: bool = True,
         listen_fd: int | None = None,
     ) -> None:
@@ -150,15 +135,14 @@ class ZmqCommunicator(BufferedCommunicator):
         self._listen_fd = listen_fd
         self._own_context = context is None
         self._zctx = zmq.Context() if context is None else context
-        self._curve = curve
-        self._auth: zmq.auth.thread.ThreadAuthenticator | None = None
-        self._allow: _AllowList | None = None
-        self._key_rank: dict[bytes, int] = {}
+        self._keys = keys
+        self._seal: seal.Sealer | None = None
+        self._unready: dict[int, list[tuple[bytes, bytes | memoryview, bool]]] = {}  # frames awaiting a hello
+        self._refused: SecurityError | None = None  # the first refusal of the sealed links: every later call fails
         self._lost: dict[int, float] = {}  # peer -> when a reconnection to it was first refused
         self._down: dict[int, float] = {}  # peer -> when the link to it dropped (until it is back)
         self._dropped: dict[int, float] = {}  # peer -> when the link to it last dropped
         self._connected: set[int] = set()
-        self._refused_by: set[int] = set()
         self._fd_peer: dict[int, int] = {}  # incoming connection (its fd) -> the authenticated peer on it
         # Incoming connections cut before a frame of theirs was read (libzmq may report the cut before it hands
         # over the last whole frames, a hello among them): fd -> when; the next frame read from it names the peer.
@@ -168,38 +152,31 @@ class ZmqCommunicator(BufferedCommunicator):
             if len(addresses) != self.nodes:
                 what = "parties and dealer" if dealer else "one per party, no dealer"
                 raise ConfigError(f"need {self.nodes} addresses ({what}), got {len(addresses)}")
-            self._open(addresses, authenticator)
+            self._open(addresses)
         except BaseException:
             self._close_transport(linger=0)
             raise
 
-    def _open(self, addresses: Sequence[str], authenticator: bool) -> None:
-        curve = self._curve
-        if curve is not None:
-            if len(curve.node_keys) != self.nodes:
+    def _open(self, addresses: Sequence[str]) -> None:
+        peers = range(self.world_size) if self.has_dealer and self.rank == self.world_size else range(self.nodes)
+        peers = [p for p in peers if p != self.rank]
+        keys = self._keys
+        if keys is not None:
+            if len(keys.node_keys) != self.nodes:
                 raise ConfigError(
-                    f"CURVE setup needs one public key per node ({self.nodes}), got {len(curve.node_keys)}"
+                    f"sealed links need one public key per node ({self.nodes}), got {len(keys.node_keys)}"
                 )
-            self._key_rank = {k: i for i, k in enumerate(curve.node_keys)}
-            if authenticator:
-                self._allow = _AllowList(k for i, k in enumerate(curve.node_keys) if i != self.rank)
-                self._auth = zmq.auth.thread.ThreadAuthenticator(self._zctx, log=logging.getLogger("mpc.zap"))
-                self._auth.start()
-                self._auth.configure_curve_callback(domain="mpc", credentials_provider=self._allow)
+            self._seal = seal.Sealer(self.rank, keys, peers, self.name)
+            self._buffers = _SealBuffers(self.chunk_bytes + seal.TAG_BYTES)
         pull = self._zctx.socket(zmq.PULL)
         self._pull = pull
         pull.setsockopt(zmq.LINGER, 0)
         # Bounded queues: at most RCV_HWM messages of one frame each per peer wait in libzmq, and a frame
         # over the chunk limit cuts the sender's connection as soon as its length is read (never held).
         pull.setsockopt(zmq.RCVHWM, RCV_HWM)
-        # (CURVE wraps each frame in a MESSAGE command of a few dozen bytes more: the limit allows for it,
-        # and comm_base refuses a decrypted frame over chunk_bytes.)
-        pull.setsockopt(zmq.MAXMSGSIZE, max(self.chunk_bytes, wire.HEADER_SIZE) + FRAME_OVERHEAD)
-        if curve is not None:
-            pull.curve_secretkey = curve.secret
-            pull.curve_publickey = curve.public
-            pull.curve_server = True
-            pull.zap_domain = b"mpc"
+        # (Sealing adds a prefix and a tag to a frame part, seal.OVERHEAD bytes at most: the limit allows for
+        # them, and comm_base refuses an opened payload over chunk_bytes.)
+        pull.setsockopt(zmq.MAXMSGSIZE, max(self.chunk_bytes, wire.HEADER_SIZE) + seal.OVERHEAD)
         own = addresses[self.rank]
         try:
             if self._listen_fd is not None:
@@ -217,18 +194,11 @@ class ZmqCommunicator(BufferedCommunicator):
         self._poller.register(self._pull_mon, zmq.POLLIN)
         self._push: dict[int, zmq.Socket] = {}
         self._monitors: dict[zmq.Socket, int] = {}
-        peers = range(self.world_size) if self.has_dealer and self.rank == self.world_size else range(self.nodes)
         for peer in peers:
-            if peer == self.rank:
-                continue
             s = self._zctx.socket(zmq.PUSH)
             s.setsockopt(zmq.LINGER, 0)
             s.setsockopt(zmq.SNDHWM, 0)
             s.setsockopt(zmq.SNDTIMEO, int(self.timeout * 1000))
-            if curve is not None:
-                s.curve_secretkey = curve.secret
-                s.curve_publickey = curve.public
-                s.curve_serverkey = curve.node_keys[peer]
             mon = s.get_monitor_socket(_MON_EVENTS)
             self._monitors[mon] = peer
             self._poller.register(mon, zmq.POLLIN)
@@ -239,21 +209,33 @@ class ZmqCommunicator(BufferedCommunicator):
                     f"{self.name(self.rank)} cannot connect to {self.name(peer)} at {addresses[peer]}: {exc.strerror}"
                 ) from None
             self._push[peer] = s
-            if curve is not None:
-                self._hello(peer)
+            if self._seal is not None:
+                self._unready[peer] = []
+                self._send_hello(peer)  # the first frame on the link (queued until the connection is up)
 
     # ----- transport primitives ---------------------------------------------------
     def _post(self, peer: int, header: bytes, payload, final: bool = False) -> None:
+        if not final and self._refused is not None:
+            raise self._refused
+        sealer = self._seal
+        out = None
+        if sealer is not None:
+            waiting = self._unready.get(peer)
+            if waiting is not None:  # no hello from the peer yet: no key to seal with; goes when it comes
+                waiting.append((header, payload, final))
+                return
+            if len(payload) >= BIG:
+                out = self._buffers.take(len(payload) + seal.TAG_BYTES)
+            header, payload = sealer.seal(peer, header, payload, out)
         s = self._push[peer]
         flags = zmq.NOBLOCK if final else 0
-        if not final:
-            if self._refused_by:
-                self._raise_lost()
-            if not s.poll(0, zmq.POLLOUT):
-                self._wait_writable(peer, s)
+        if not final and not s.poll(0, zmq.POLLOUT):
+            self._wait_writable(peer, s)
         try:
             s.send(header, zmq.SNDMORE | flags)
-            s.send(payload, flags, copy=len(payload) < BIG)
+            tracker = s.send(payload, flags, copy=len(payload) < BIG, track=out is not None)
+            if out is not None:
+                self._buffers.lend(out, tracker)
         except zmq.Again:
             if final:  # a bye or abort to a peer that is gone: nothing to tell it
                 return
@@ -261,9 +243,16 @@ class ZmqCommunicator(BufferedCommunicator):
                 f"{self.name(self.rank)} could not send to {self.name(peer)} within {self.timeout:g}s", peer
             ) from None
 
+    def _send_hello(self, peer: int) -> None:
+        assert self._seal is not None
+        try:
+            self._push[peer].send_multipart([self._seal.hello(peer), b""], zmq.NOBLOCK)
+        except zmq.Again:  # the peer is gone; a live one gets it when the link is back
+            pass
+
     def _wait_writable(self, peer: int, s: zmq.Socket) -> None:
-        # A PUSH socket blocks until its connection is up: watch the monitors meanwhile, so that a refused
-        # handshake or a dropped peer is reported at once instead of when the send times out.
+        # A PUSH socket blocks until its connection is up: watch the monitors meanwhile, so that a dropped peer
+        # is reported at once instead of when the send times out.
         deadline = time.monotonic() + self.timeout
         while not s.poll(50, zmq.POLLOUT):
             for mon, p in self._monitors.items():
@@ -286,31 +275,72 @@ class ZmqCommunicator(BufferedCommunicator):
         if self._pull_mon in events and self._pull not in events:  # a cut connection's frames are read first
             self._pull_event()
         if self._pull in events:
-            try:
-                first = self._pull.recv(zmq.NOBLOCK, copy=False)
-            except zmq.Again:  # a message whose connection was cut on the way (see _rest_of_message)
-                self._pull_event()
-                self._raise_lost()
-                return None
-            auth = None
-            if self._curve is not None:
-                uid = first.get("User-Id")
-                auth = self._key_rank.get(uid.encode("ascii")) if uid else None
-                if auth is None:
-                    raise SecurityError(f"{self.name(self.rank)} received a frame without an authenticated cluster key")
-                fd = first.get(zmq.SRCFD)
-                self._fd_peer[fd] = auth
-                when = self._cut_fds.pop(fd, None)
-                if when is not None and auth not in self._bye:
-                    self._fd_peer.pop(fd, None)
-                    self._cut.setdefault(auth, when)
-            frames = [first, *self._rest_of_message(first, auth)]
-            if len(frames) != 2:
-                who = self.name(auth) if auth is not None else f"a peer of {self.name(self.rank)}"
-                raise WireError(f"{who} sent a message of {len(frames)} frames, expected 2", auth)
-            return frames[0].bytes, frames[1].buffer, auth
+            # A hello (or a frame dropped by the seal) passes nothing up: read on while frames are there.
+            while True:
+                try:
+                    first = self._pull.recv(zmq.NOBLOCK, copy=False)
+                except zmq.Again:  # none left, or one whose connection was cut on the way (see _rest_of_message)
+                    self._pull_event()
+                    break
+                got = self._take(first)
+                if got is not None:
+                    return got
         self._raise_lost()
         return None
+
+    def _take(self, first: zmq.Frame) -> Frames | None:
+        """A received message, checked (and opened, on sealed links); None if it passes nothing up."""
+        sealer = self._seal
+        if sealer is None:
+            frames = [first, *self._rest_of_message(first, None)]
+            if len(frames) != 2:
+                raise WireError(f"a peer of {self.name(self.rank)} sent a message of {len(frames)} frames, expected 2")
+            head = frames[0].bytes
+            if head[: len(seal.MAGIC)] == seal.MAGIC:
+                raise WireError(
+                    f"a peer sent {self.name(self.rank)} a sealed frame: it runs without --insecure and this node "
+                    "with it; start every node with the same setting"
+                )
+            return head, frames[1].buffer, None
+        claimed = sealer.claimed(first.buffer)
+        claimed = claimed if claimed in self._push else None
+        frames = [first, *self._rest_of_message(first, claimed)]
+        if len(frames) != 2:
+            who = self.name(claimed) if claimed is not None else f"a peer of {self.name(self.rank)}"
+            raise WireError(f"{who} sent a message of {len(frames)} frames, expected 2", claimed)
+        fd = first.get(zmq.SRCFD)
+        try:
+            opened = self._open_sealed(frames, fd)
+        except SecurityError as exc:
+            self._refused = self._refused or exc
+            raise
+        if opened is None:  # from a peer whose hello has not come: dropped (see parties.seal)
+            return None
+        auth, header, payload = opened
+        self._fd_peer[fd] = auth
+        when = self._cut_fds.pop(fd, None)
+        if when is not None and auth not in self._bye:
+            self._fd_peer.pop(fd, None)
+            self._cut.setdefault(auth, when)
+        if header is None:  # a hello: the peer's keys are there now, and what waited for them goes
+            waiting = self._unready.pop(auth, None) if sealer.ready(auth) else None
+            for h, p, final in waiting or ():
+                self._post(auth, h, p, final)
+            return None
+        return header, payload, auth
+
+    def _open_sealed(self, frames: list[zmq.Frame], fd: int) -> tuple[int, bytes | None, object] | None:
+        assert self._seal is not None
+        head, body = frames[0].buffer, frames[1].buffer
+        try:
+            return self._seal.open(head, body, fd)
+        except seal.LateFrame as exc:
+            # A dropped connection's last frames may come after the first ones of the connection that replaced
+            # it, on the same file descriptor number: its disconnect waits on the monitor, look there.
+            self._pull_event()
+            if fd in self._cut_fds:
+                self._seal.connection_ended(exc.peer)
+            return self._seal.open(head, body, fd)
 
     def _monitor_event(self, mon: zmq.Socket, peer: int) -> None:
         while mon.poll(0):
@@ -320,8 +350,8 @@ class ZmqCommunicator(BufferedCommunicator):
                 if ev == zmq.EVENT_HANDSHAKE_SUCCEEDED and self._down.pop(peer, None) is not None:
                     self._lost.pop(peer, None)  # it was only the link: back, and what it lost goes again
                     self._link_restored(peer)
-                    if self._curve is not None:
-                        self._hello(peer)
+                    if self._seal is not None:
+                        self._send_hello(peer)
             elif ev == zmq.EVENT_DISCONNECTED and peer not in self._bye:
                 now = time.monotonic()
                 self._down.setdefault(peer, now)
@@ -329,8 +359,6 @@ class ZmqCommunicator(BufferedCommunicator):
                 self._lossy.add(peer)
             elif ev == zmq.EVENT_CLOSED and peer in self._down and peer not in self._bye:
                 self._lost.setdefault(peer, time.monotonic())  # a reconnection attempt failed at once
-            elif ev in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
-                self._refused_by.add(peer)
 
     def _peer_gone(self, peer: int) -> bool:
         return super()._peer_gone(peer) or peer in self._lost
@@ -371,17 +399,15 @@ class ZmqCommunicator(BufferedCommunicator):
                 continue
             if peer is None:
                 self._cut_fds[fd] = time.monotonic()
-            elif peer not in self._bye:
+                continue
+            if self._seal is not None:
+                self._seal.connection_ended(peer)
+            if peer not in self._bye:
                 self._cut.setdefault(peer, time.monotonic())
 
     def _raise_lost(self) -> None:
-        if self._refused_by:
-            peer = min(self._refused_by)
-            raise SecurityError(
-                f"{self.name(peer)} refused the CURVE handshake of {self.name(self.rank)}: the key this party "
-                f"uses is not the one {self.name(peer)}'s cluster file lists for it (check the key files and "
-                "the cluster file), or the peer runs with a different --insecure setting"
-            )
+        if self._refused is not None:  # a sealed link refused a frame or a hello: nothing goes on
+            raise self._refused
         now = time.monotonic()
         for fd, since in list(self._cut_fds.items()):
             if now - since > LOST_GRACE:  # no frame of it came: a connection that never named its peer
@@ -418,6 +444,8 @@ class ZmqCommunicator(BufferedCommunicator):
             return
         self._closed_sockets = True
         ms = CLOSE_LINGER_MS if linger is None else linger
+        if ms and any(getattr(self, "_unready", {}).values()):
+            self._await_hellos(time.monotonic() + min(HELLO_GRACE, self.timeout))
         # Stop every monitor before closing the monitor sockets: closing a PAIR
         # socket whose monitor is still attached can hang libzmq's shutdown.
         pushes = list(getattr(self, "_push", {}).values())
@@ -443,11 +471,17 @@ class ZmqCommunicator(BufferedCommunicator):
         if getattr(self, "_listen_fd", None) is not None:  # never handed to ZeroMQ: close it here
             os.close(self._listen_fd)
             self._listen_fd = None
-        stuck = self._auth is not None and not _stop_authenticator(self._auth)
-        if stuck:  # its sockets stay open, so term() would wait for ever: leave the context to the exit
-            log.warning("the ZAP authenticator thread did not stop within %gs; not terminating its context", AUTH_STOP)
-        elif self._own_context:
+        if self._own_context:
             self._zctx.term()  # bounded: every socket is closed, with a linger of at most CLOSE_LINGER_MS
+
+    def _await_hellos(self, until: float) -> None:
+        """Closing with frames (an abort notice, a bye) still waiting for a peer's hello: wait a moment for it."""
+        while any(self._unready.values()) and time.monotonic() < until:
+            try:
+                if self._pull.poll(50):
+                    self._take(self._pull.recv(zmq.NOBLOCK, copy=False))  # what it passes up is not needed now
+            except (zmq.ZMQError, MPCError):  # closing anyway: the notice stays undelivered
+                return
 
     def terminate_context(self) -> None:
         """Terminate a shared context (inproc simulator) after every node closed."""

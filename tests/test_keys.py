@@ -118,9 +118,9 @@ def test_public_keys_must_be_z85_of_32_bytes():
     good = [zmq.curve_keypair()[0].decode() for _ in range(2)]
     parse_cluster(_cluster(["tcp://h:1", "tcp://h:2"], good))
     bad = '"' * 40  # 40 characters, none of them z85
-    with pytest.raises(ConfigError, match="party 1 public_key .* is not a CURVE public key.*`mpc keygen`"):
+    with pytest.raises(ConfigError, match="party 1 public_key .* is not a Curve25519 public key.*`mpc keygen`"):
         parse_cluster(_cluster(["tcp://h:1", "tcp://h:2"], [good[0], bad]))
-    with pytest.raises(ConfigError, match="not a CURVE public key"):
+    with pytest.raises(ConfigError, match="not a Curve25519 public key"):
         parse_cluster(_cluster(["tcp://h:1", "tcp://h:2"], [good[0], good[1][:39] + "é"]))
 
 

@@ -1,8 +1,10 @@
 """Memory bounded against an authenticated peer (issue 11, item 2), measured as the receiver's RSS.
 
-The receiver is a real CURVE communicator over tcp:// in this process; the
-hostile peer runs in another process with party 1's real key, so that what it
-holds (a 256 MiB frame, a flood of frames) is not counted here.  Memory is the
+The receiver is a real communicator over tcp:// in this process, on sealed
+links (``parties.seal``); the hostile peer runs in another process with party
+1's real keys (it does the handshake and seals every frame, so each one
+authenticates), so that what it holds (a 256 MiB frame, a flood of frames) is
+not counted here.  Memory is the
 process's peak resident set (``VmHWM``, reset through ``/proc/self/clear_refs``):
 libzmq's buffers are invisible to ``tracemalloc``, and a peak cannot be missed
 by sampling.  Each case first checks that the attack carries far more than the
@@ -16,7 +18,7 @@ import time
 
 import pytest
 import torch
-import zmq
+from raw_peer import RawPeer
 
 from mpc.config import MPCConfig
 from mpc.context import Expect
@@ -24,7 +26,7 @@ from mpc.errors import DesyncError, WireError
 from parties import wire, zmq_comm
 from parties.keys import ephemeral_keys
 from parties.ports import Listeners
-from parties.zmq_comm import CurveKeys, ZmqCommunicator
+from parties.zmq_comm import NodeKeys, ZmqCommunicator
 
 MiB = 1 << 20
 CHUNK = 1 * MiB
@@ -51,52 +53,57 @@ def _status(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def _attacker(keys, server_public: bytes, address: str, frames: list[tuple[bytes, int]], ready) -> None:
-    """Party 1 (its real key) sending ``frames``: (header, payload size) pairs, payload bytes made here."""
-    zctx = zmq.Context()
-    s = zctx.socket(zmq.PUSH)
-    s.setsockopt(zmq.LINGER, 0)
-    s.curve_publickey, s.curve_secretkey = keys
-    s.curve_serverkey = server_public
-    s.connect(address)
-    # A node built on this toolkit names its connection first (wire.KIND_HELLO), as this one does.
-    s.send_multipart([wire.encode_header(wire.KIND_HELLO, 1, 0, "hello", torch.uint8, (0,), 0), b""])
-    buffers: dict[int, bytes] = {}
+def _attacker(keys, target_address: str, frames: list[tuple[bytes, int]], published, ready) -> None:
+    """Party 1 (its real keys) sending ``frames``: (header, payload size) pairs, payload bytes made here.
+
+    It listens on a port of its own (bound first, then published: the receiver's hello comes there).
+    """
+    peer = RawPeer(1, keys, "tcp://127.0.0.1:*", 0, target_address)
+    published.put(peer.address)
+    peer.handshake(timeout=30)
     for header, size in frames:
-        payload = buffers.setdefault(size, bytes(size))
-        s.send_multipart([header, payload], copy=False)
+        peer.send(header, bytes(size))
     ready.set()
     time.sleep(30)  # keep the connection (and the queued frames) alive; the test kills this process
 
 
 @pytest.fixture
 def receiver(monkeypatch):
+    """``attack(frames)``: starts the attacker, then party 0's communicator (which it returns)."""
     monkeypatch.setattr(zmq_comm, "CLOSE_LINGER_MS", 0)
     if not _clear_peak():
         pytest.skip("this kernel does not let a process reset its peak RSS (/proc/self/clear_refs)")
     keys = ephemeral_keys(3)
-    with Listeners(3) as ls:
-        addrs, fd0 = ls.addresses, ls.take(0)
+    listeners = Listeners(3)  # party 0 adopts its port; nobody listens at the dealer's
     cfg = MPCConfig(timeout=8.0, chunk_bytes=CHUNK, max_buffered_bytes=HELD)
-    curve = CurveKeys(keys[0][0], keys[0][1], tuple(k[0] for k in keys))
-    c0 = ZmqCommunicator(0, 2, addrs, cfg, curve=curve, listen_fd=fd0)
     procs: list = []
+    comms: list = []
 
-    def attack(frames: list[tuple[bytes, int]]) -> None:
+    def attack(frames: list[tuple[bytes, int]]) -> ZmqCommunicator:
         ctx = mp.get_context("spawn")
-        ready = ctx.Event()
-        p = ctx.Process(target=_attacker, args=(keys[1], keys[0][0], addrs[0], frames, ready), daemon=True)
+        published, ready = ctx.Queue(), ctx.Event()
+        args = (keys, listeners.addresses[0], frames, published, ready)
+        p = ctx.Process(target=_attacker, args=args, daemon=True)
         p.start()
         procs.append(p)
-        assert ready.wait(30), "the attacking process did not start"
+        addrs = [listeners.addresses[0], published.get(timeout=30), listeners.addresses[2]]
+        c0 = ZmqCommunicator(
+            0, 2, addrs, cfg, keys=NodeKeys(*keys[0], tuple(k[0] for k in keys)), listen_fd=listeners.take(0)
+        )
+        comms.append(c0)
+        listeners.close()
+        assert ready.wait(60), "the attacking process did not start"
+        return c0
 
     try:
-        yield c0, attack
+        yield attack
     finally:
         for p in procs:
             p.kill()
             p.join(5)
-        c0.abort("test over")
+        for c in comms:
+            c.abort("test over")
+        listeners.close()
 
 
 def _data(seq: int, shape: tuple[int, ...], op: str = "flood", part: int = 0) -> bytes:
@@ -123,10 +130,10 @@ def _peak_while(fn) -> tuple[BaseException, int]:
 
 @pytest.mark.timeout(90)
 def test_a_flood_of_valid_frames_is_refused_within_the_buffer_limit(receiver):
-    c0, attack = receiver
+    attack = receiver
     frames = [f for seq in range(32) for f in _chunked(seq, 8 * MiB, "flood")]  # 256 MiB of well-formed data
     assert sum(size for _, size in frames) > 4 * BOUND
-    attack(frames)
+    c0 = attack(frames)
     # Party 0 awaits the dealer meanwhile: party 1's frames are ahead of anything it expects.
     err, grew = _peak_while(lambda: c0.recv(2, "x", Expect((2,))))
     assert isinstance(err, WireError) and err.peer == 1, err
@@ -136,10 +143,10 @@ def test_a_flood_of_valid_frames_is_refused_within_the_buffer_limit(receiver):
 
 @pytest.mark.timeout(90)
 def test_an_oversized_frame_is_cut_before_it_is_held(receiver):
-    c0, attack = receiver
+    attack = receiver
     size = 256 * MiB
     assert size > 4 * BOUND
-    attack([(_data(0, (size // 8,), "x"), size)])  # one frame, 256 times the chunk limit
+    c0 = attack([(_data(0, (size // 8,), "x"), size)])  # one frame, 256 times the chunk limit
     err, grew = _peak_while(lambda: c0.recv(1, "x", Expect((size // 8,))))
     assert isinstance(err, WireError) and err.peer == 1, err
     assert "party 1 sent party 0 a frame over the 1048576-byte chunk limit" in str(err)
@@ -148,9 +155,9 @@ def test_an_oversized_frame_is_cut_before_it_is_held(receiver):
 
 @pytest.mark.timeout(90)
 def test_a_declared_shape_the_operation_does_not_expect_allocates_nothing(receiver):
-    c0, attack = receiver
+    attack = receiver
     size = 1 << 30  # 1 GiB declared (under max_message_bytes), sent in full as valid chunks
-    attack(_chunked(0, size, "x")[:200])  # 200 MiB of its chunks actually sent
+    c0 = attack(_chunked(0, size, "x")[:200])  # 200 MiB of its chunks actually sent
     err, grew = _peak_while(lambda: c0.recv(1, "x", Expect((2,))))
     assert isinstance(err, DesyncError) and err.peer == 1, err
     assert "expected shape (2,)" in str(err)
@@ -159,9 +166,9 @@ def test_a_declared_shape_the_operation_does_not_expect_allocates_nothing(receiv
 
 @pytest.mark.timeout(90)
 def test_an_absurd_declared_shape_is_refused_on_its_header(receiver):
-    c0, attack = receiver
+    attack = receiver
     header = _data(0, (1 << 40,), "x")  # 8 TiB declared
-    attack([(header, CHUNK)] * 64)
+    c0 = attack([(header, CHUNK)] * 64)
     err, grew = _peak_while(lambda: c0.recv(1, "x", Expect((2,))))
     assert isinstance(err, WireError) and err.peer == 1, err
     assert "over the 4294967296-byte message limit" in str(err)
@@ -171,9 +178,9 @@ def test_an_absurd_declared_shape_is_refused_on_its_header(receiver):
 @pytest.mark.timeout(60)
 def test_large_messages_still_travel_in_chunks(receiver):
     """The bound is not bought by refusing honest traffic: a 48 MiB message arrives whole, in 48 chunks."""
-    c0, attack = receiver
+    attack = receiver
     frames = _chunked(0, 48 * MiB, "x")
     assert len(frames) == 48
-    attack(frames)
+    c0 = attack(frames)
     got = c0.recv(1, "x", Expect((6 * MiB,)))
     assert got.shape == (6 * MiB,) and not got.any()

@@ -2,7 +2,7 @@
 
 Each test makes a network namespace of its own, brings up its loopback,
 degrades it, and runs ``mpc launch -n 2`` inside it (``ip netns exec``): two
-parties and the dealer as real processes over ZeroMQ tcp:// with CURVE, a loop
+parties and the dealer as real processes over ZeroMQ tcp:// on sealed links, a loop
 of secret matrix products, ReLUs and reveals of 128 x 128 matrices.  Every
 revealed value is checked against float64 inside the script (relative error
 under ``TOL``) and both parties must print it.

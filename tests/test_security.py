@@ -1,9 +1,11 @@
-"""Secure by default: CURVE refusals, CSPRNG only, what each party receives, the wire, the output policy.
+"""Secure by default: sealed-link refusals, CSPRNG only, what each party receives, the wire, the output policy.
 
-* CURVE over real ZeroMQ tcp://: an unknown key is refused at the handshake
-  (the refused peer learns it at once, the refuser receives nothing); an
-  authenticated peer can neither claim another sender nor slip a hostile frame
-  through: every such frame is an error naming the key's owner.
+* Sealed links over real ZeroMQ tcp:// (``parties.seal``): a key that does not
+  match is refused at the first hello, at once and at both ends (nothing gets
+  through); a forged, a replayed and a reordered frame are each refused with
+  an error that says which; an authenticated peer can neither claim another
+  sender nor slip a hostile frame through: every such frame is an error naming
+  the key's owner.
 * Randomness: with every non-cryptographic generator of torch, numpy and
   ``random`` made to raise, the protocols still run (they draw from
   ``os.urandom`` and AES-CTR only).
@@ -11,8 +13,8 @@
   the dealer) receives the encoding of a value it does not learn; the frames it
   receives have the same metadata whatever the inputs, are statistically
   indistinguishable between two input sets, and change from run to run.
-* A wire tap between two parties: with CURVE the bytes on the link hold no
-  header and no payload; without it they hold both (control).
+* A wire tap between two parties: on sealed links the bytes on the link hold
+  no header and no payload; with ``--insecure`` they hold both (control).
 * Output policy: every reveal is logged with its recipient and shape, never
   with a value or a share.
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import re
 import select
 import socket
 import struct
@@ -37,18 +40,18 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-import zmq
+from raw_peer import RawPeer
 
 import mpc
 from mpc.config import MPCConfig
 from mpc.context import Expect
-from mpc.errors import DesyncError, PeerTimeout, SecurityError, WireError
+from mpc.errors import DesyncError, SecurityError, WireError
 from mpc.fixedpoint import FixedPoint
 from parties import wire, zmq_comm
 from parties.keys import ephemeral_keys
 from parties.ports import Listeners
 from parties.simulator import run_threads
-from parties.zmq_comm import CurveKeys, ZmqCommunicator
+from parties.zmq_comm import NodeKeys, ZmqCommunicator
 
 ENC = FixedPoint(16)
 _FMT = struct.Struct("<4sBBBBIQQ32s16qQ8s8sIQ")  # the header layout parties/wire.py documents
@@ -65,23 +68,13 @@ def _header(sender=1, seq=0, op="x", shape=(2,), **fields: Any) -> bytes:
     return _FMT.pack(*f)
 
 
-# ----- 1. CURVE refusals over tcp:// ------------------------------------------------------------------
+# ----- 1. sealed links over tcp:// ------------------------------------------------------------------
 
 
-def _curve(keys: list[tuple[bytes, bytes]], node: int, own: tuple[bytes, bytes] | None = None) -> CurveKeys:
-    """Node ``node``'s CURVE setup for the cluster ``keys``; ``own`` replaces the key pair it really uses."""
+def _keys(keys: list[tuple[bytes, bytes]], node: int, own: tuple[bytes, bytes] | None = None) -> NodeKeys:
+    """Node ``node``'s keys for the cluster ``keys``; ``own`` replaces the key pair it really uses."""
     public, secret = own or keys[node]
-    return CurveKeys(public, secret, tuple(k[0] for k in keys))
-
-
-def _client(zctx: zmq.Context, keys: tuple[bytes, bytes], server_public: bytes, address: str) -> zmq.Socket:
-    """A raw PUSH socket that authenticates with ``keys`` (a peer speaking the wire format by hand)."""
-    s = zctx.socket(zmq.PUSH)
-    s.setsockopt(zmq.LINGER, 0)
-    s.curve_publickey, s.curve_secretkey = keys
-    s.curve_serverkey = server_public
-    s.connect(address)
-    return s
+    return NodeKeys(public, secret, tuple(k[0] for k in keys))
 
 
 @pytest.fixture
@@ -93,40 +86,36 @@ def no_linger(monkeypatch):
 
 @pytest.fixture
 def authenticated_link(no_linger):
-    """Party 0's CURVE communicator and a raw socket that speaks to it with party 1's real key."""
+    """Party 0's communicator and a raw peer that speaks to it with party 1's real keys, handshake done."""
     keys = ephemeral_keys(3)
-    with Listeners(3) as ls:  # party 0 adopts the port bound here; the others close before anyone connects
-        addrs, fd0 = ls.addresses, ls.take(0)
-    c0 = ZmqCommunicator(0, 2, addrs, MPCConfig(timeout=5.0), curve=_curve(keys, 0), listen_fd=fd0)
-    zctx = zmq.Context()
+    with Listeners(3) as ls:  # party 0 and the raw peer adopt the ports bound here; nobody listens for the dealer
+        addrs, fd0, fd1 = ls.addresses, ls.take(0), ls.take(1)
+    c0 = ZmqCommunicator(0, 2, addrs, MPCConfig(timeout=5.0), keys=_keys(keys, 0), listen_fd=fd0)
     raw = None
     try:
-        raw = _client(zctx, keys[1], keys[0][0], addrs[0])
+        raw = RawPeer(1, keys, addrs[1], 0, addrs[0], fd1)
+        raw.handshake()
         yield c0, raw
     finally:
         if raw is not None:
-            raw.close(0)
-        zctx.term()
+            raw.close()
         c0.abort("test over")
 
 
 @pytest.mark.timeout(30)
-def test_unknown_key_is_refused_and_nothing_gets_through(no_linger):
+def test_wrong_keys_are_refused_at_the_first_hello_and_nothing_gets_through(no_linger):
     keys = ephemeral_keys(3)  # party 0, party 1, dealer
     (intruder_keys,) = ephemeral_keys(1)
-    # Party 0 and the intruder adopt the ports bound here; nobody listens at party 1's or the dealer's
-    # address (closed before anyone connects, so a connection there is refused, never accepted and dropped).
-    listeners = Listeners(4)
-    addrs, own = listeners.addresses[:3], listeners.addresses[3]
-    fd0, fd_intruder = listeners.take(0), listeners.take(3)
-    listeners.close()
+    # Party 0 and the intruder adopt the ports bound here; nobody listens at the dealer's address.
+    with Listeners(3) as ls:
+        addrs, fd0, fd1 = ls.addresses, ls.take(0), ls.take(1)
     got: list = []
     c0 = ZmqCommunicator(
         0,
         2,
         addrs,
-        MPCConfig(timeout=2.0),
-        curve=_curve(keys, 0),
+        MPCConfig(timeout=10.0),
+        keys=_keys(keys, 0),
         recorder=lambda *f: got.append(f),
         listen_fd=fd0,
     )
@@ -134,28 +123,20 @@ def test_unknown_key_is_refused_and_nothing_gets_through(no_linger):
     try:
         # The intruder poses as party 1 (it knows the cluster's public keys) with a key pair of its own.
         intruder = ZmqCommunicator(
-            1,
-            2,
-            [addrs[0], own, addrs[2]],
-            MPCConfig(timeout=10.0),
-            curve=_curve(keys, 1, own=intruder_keys),
-            listen_fd=fd_intruder,
+            1, 2, addrs, MPCConfig(timeout=10.0), keys=_keys(keys, 1, own=intruder_keys), listen_fd=fd1
         )
-        # Its first receive (as in setup) polls its links' monitors: party 0 refused the handshake.
+        # Each side checks the other's hello at its first receive: both refuse at once, naming the other.
         start = time.monotonic()
-        with pytest.raises(SecurityError, match="party 0 refused the CURVE handshake of party 1"):
+        with pytest.raises(SecurityError, match="the hello of party 1 does not verify at party 0: the keys do not"):
+            c0.recv(1, "x", Expect((2,)))
+        with pytest.raises(SecurityError, match="the hello of party 0 does not verify at party 1: the keys do not"):
             intruder.recv(0, "x", Expect((2,)))
-        assert time.monotonic() - start < 5.0, "a refused handshake must be reported at once, not at the timeout"
+        assert time.monotonic() - start < 5.0, "a refused hello must be reported at once, not at the timeout"
         # Sending on the refused link fails the same way, at once, instead of blocking until the timeout.
-        start = time.monotonic()
-        with pytest.raises(SecurityError, match="party 0 refused the CURVE handshake of party 1"):
+        with pytest.raises(SecurityError, match="the hello of party 0 does not verify at party 1"):
             intruder.send(0, "y", torch.zeros(2, dtype=torch.int64))
         assert time.monotonic() - start < 5.0
-        assert set(c0._allow.refused) == {intruder_keys[0]}
-        # Party 0 received nothing: its receive from party 1 runs into the timeout, naming party 1.
-        with pytest.raises(PeerTimeout, match="waited 2s for 'x' from party 1") as err:
-            c0.recv(1, "x", Expect((2,)))
-        assert err.value.peer == 1 and got == []
+        assert got == [] and not c0._seal.ready(1) and not intruder._seal.ready(0)
     finally:
         if intruder is not None:
             intruder.abort("test over")
@@ -165,13 +146,13 @@ def test_unknown_key_is_refused_and_nothing_gets_through(no_linger):
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("claimed,name", [(2, "the dealer"), (0, "party 0")])
 def test_authenticated_peer_cannot_claim_another_sender(authenticated_link, claimed, name):
-    c0, raw = authenticated_link  # raw holds party 1's real key
-    raw.send_multipart([_header(sender=claimed), struct.pack("<2q", 5, 6)])
+    c0, raw = authenticated_link  # raw holds party 1's real keys
+    raw.send(_header(sender=claimed), struct.pack("<2q", 5, 6))
     with pytest.raises(SecurityError) as err:
         c0.recv(1, "x", Expect((2,)))
     assert str(err.value) == f"a frame claims to come from {name} but was sent with the key of party 1"
     # Control: the same authenticated peer, naming itself, is accepted.
-    raw.send_multipart([_header(sender=1), struct.pack("<2q", 7, -8)])
+    raw.send(_header(sender=1), struct.pack("<2q", 7, -8))
     assert c0.recv(1, "x", Expect((2,))).tolist() == [7, -8]
 
 
@@ -197,11 +178,54 @@ def test_hostile_frames_from_an_authenticated_peer(authenticated_link, case):
     c0, raw = authenticated_link
     # Each refusal names the peer.  What a refusal costs in memory (RSS, under floods and oversized frames)
     # is measured in tests/test_memory_bounds.py.
-    raw.send_multipart([wire.encode_header(wire.KIND_HELLO, 1, 0, "hello", torch.uint8, (0,), 0), b""])
-    raw.send_multipart(frames)
+    raw.send(*frames)
     with pytest.raises(error, match=match) as err:
         c0.recv(1, "x", Expect((2,)))
     assert err.value.peer == 1
+
+
+def _sealed_refusal(c0, raw, attack: str) -> SecurityError:
+    """Party 1 sends frames 'a' and 'b', then a 'c' that is ``attack``ed; party 0's receive of 'c' refuses it."""
+    frames = [raw.seal(_header(seq=i, op=op), struct.pack("<2q", i, -i)) for i, op in enumerate("abc")]
+    raw.send_raw(*frames[0])
+    raw.send_raw(*frames[1])
+    assert c0.recv(1, "a", Expect((2,))).tolist() == [0, 0]
+    assert c0.recv(1, "b", Expect((2,))).tolist() == [1, -1]
+    if attack == "replayed":
+        raw.send_raw(*frames[0])
+    else:
+        head, body = frames[2]
+        raw.send_raw(head, body[:5] + bytes([body[5] ^ 1]) + body[6:])  # one bit of the payload changed
+    with pytest.raises(SecurityError) as err:
+        c0.recv(1, "c", Expect((2,)))
+    return err.value
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    "attack,match",
+    [
+        ("forged", r"^a frame that claims to come from party 1 does not authenticate at party 0 \(forged"),
+        ("replayed", r"^party 1 sent frame #1 after frame #2, and #1 was accepted before .*\(replayed\)"),
+        ("reordered", r"^party 1 sent frame #2 after frame #3, and #2 was skipped \(reordered\)"),
+    ],
+)
+def test_forged_replayed_and_reordered_frames_are_refused_on_a_real_link(authenticated_link, attack, match):
+    c0, raw = authenticated_link
+    if attack == "reordered":
+        raw.send_raw(*raw.seal(_header(seq=0, op="a"), struct.pack("<2q", 0, 0)))
+        skipped = raw.seal(_header(seq=1, op="b"), struct.pack("<2q", 1, -1))
+        raw.send_raw(*raw.seal(_header(seq=2, op="c"), struct.pack("<2q", 2, -2)))
+        raw.send_raw(*skipped)
+        assert c0.recv(1, "a", Expect((2,))).tolist() == [0, 0]
+        with pytest.raises(SecurityError, match=match):
+            c0.recv(1, "b", Expect((2,)))  # frame #3 ('c') is held for later; #2 is refused when it comes
+        return
+    err = _sealed_refusal(c0, raw, attack)
+    assert re.match(match, str(err)), str(err)
+    # Every later call fails the same way: nothing goes on over a link that was attacked.
+    with pytest.raises(SecurityError, match=match):
+        c0.send(1, "d", torch.zeros(2, dtype=torch.int64))
 
 
 # ----- 2. only cryptographic randomness --------------------------------------------------------------
@@ -719,12 +743,12 @@ def _tap_program(ctx):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("curve", [True, False], ids=["curve", "insecure-control"])
-def test_wire_tap_sees_no_header_and_no_payload(curve):
+@pytest.mark.parametrize("sealed", [True, False], ids=["sealed", "insecure-control"])
+def test_wire_tap_sees_no_header_and_no_payload(sealed):
     n = 2
     listeners = Listeners(n + 1)
     real = listeners.addresses
-    keys = ephemeral_keys(n + 1) if curve else None
+    keys = ephemeral_keys(n + 1) if sealed else None
     relay = _TapRelay(real[1])
     got: list = []  # what party 1 received: (sender, header, payload)
     comms: list[ZmqCommunicator] = []
@@ -737,7 +761,7 @@ def test_wire_tap_sees_no_header_and_no_payload(curve):
                     n,
                     addrs,
                     MPCConfig(timeout=20.0),
-                    curve=_curve(keys, r) if keys else None,
+                    keys=_keys(keys, r) if keys else None,
                     recorder=(lambda *f: got.append(f)) if r == 1 else None,
                     listen_fd=listeners.take(r),
                 )
@@ -755,18 +779,23 @@ def test_wire_tap_sees_no_header_and_no_payload(curve):
     tapped = bytes(relay.upstream) + bytes(relay.downstream)
     payloads = [p for s, _, p in got if s == 0]
     # 16-byte chunks of what party 0 sent party 1; low-entropy chunks (runs of zeros, metadata) are skipped,
-    # since CURVE's handshake has zero padding of its own.
+    # since ZeroMQ's greeting has zero padding of its own.
     chunks = {p[i : i + 16] for p in payloads for i in range(0, len(p) - 15, 16)}
     chunks = {c for c in chunks if len(set(c)) >= 10}
     assert len(chunks) >= 50
     assert len(relay.upstream) > sum(map(len, payloads)), "party 0's traffic did not go through the tap"
     seen = [c for c in chunks if c in tapped]
-    if curve:
+    # Operation names (headers are secret too: a tap must not learn which operations run).
+    ops = {wire.decode_header(h, 1 << 40).op.encode() for s, h, _ in got if s == 0}
+    ops = {op for op in ops if len(op) >= 4}
+    assert len(ops) >= 3
+    named = [op for op in ops if op in tapped]
+    if sealed:
         assert wire.MAGIC not in tapped
-        assert seen == []
+        assert seen == [] and named == []
     else:
         assert tapped.count(wire.MAGIC) >= len(payloads)
-        assert len(seen) == len(chunks)
+        assert len(seen) == len(chunks) and len(named) == len(ops)
 
 
 # ----- 5. output policy --------------------------------------------------------------------------------

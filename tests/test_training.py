@@ -287,7 +287,7 @@ def _agreement(pred: torch.Tensor, model: nn.Module, x: torch.Tensor) -> float:
 
 @pytest.mark.timeout(180)
 def test_mlp_inference_in_processes_agrees_with_torch():
-    # Real processes over ZeroMQ (CURVE): 2 parties and the dealer. Measured: 10-19 s, mostly process start-up.
+    # Real processes over ZeroMQ (sealed links): 2 parties and the dealer. Measured: 10-19 s, mostly process start-up.
     _, _, xte, yte = digits()
     net = trained_in_plaintext(lambda: nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)), 3, False, 5)
     out = mpc.run(functools.partial(_infer, net=net, x=xte), parties=2, timeout=TIMEOUT, run_timeout=150)

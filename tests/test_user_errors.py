@@ -409,7 +409,7 @@ def test_bad_arguments_of_the_commands(run_cli, tmp_path):
     binary.write_bytes(bytes(range(200, 240)))
     binary.chmod(0o600)
     code, err = run_cli("dealer", "--cluster", str(cluster), "--key", str(binary))
-    assert code == 1 and "does not hold a z85 CURVE secret key" in err
+    assert code == 1 and "does not hold a z85 Curve25519 secret key" in err
 
 
 @pytest.mark.timeout(30)
