@@ -294,13 +294,6 @@ class BufferedCommunicator(ReliableLinks, Communicator):
             self._drain()
         return n
 
-    def _hello(self, peer: int) -> None:
-        """Name this node's connection to ``peer`` (outside the link's sequence numbers): lets the peer's
-        transport say who sent a frame it had to cut (``parties.zmq_comm``)."""
-        mark = (0, ZERO_DIGEST, ZERO_RUN)
-        header = wire.encode_header(wire.KIND_HELLO, self.rank, 0, "hello", torch.uint8, (0,), 0, *mark)
-        self._post(peer, header, b"", True)
-
     def exchange(
         self, op: str, sends: Mapping[int, torch.Tensor], recvs: Mapping[int, Expect]
     ) -> dict[int, torch.Tensor]:

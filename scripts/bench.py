@@ -1,7 +1,7 @@
 """Benchmarks in real party processes over ZeroMQ on localhost: seconds, rounds, bytes.
 
     python scripts/bench.py                 # the foundation set: mul 1e6, matmul 512, with 2 and 3 parties
-    python scripts/bench.py --curve         # + CURVE on/off ratio for the 512 matmul and an MLP forward pass
+    python scripts/bench.py --curve         # + encryption on/off ratio (sealed links against --insecure) for the 512 matmul and an MLP forward pass
     python scripts/bench.py --nonlinear     # + ReLU, comparisons, sigmoid, exp, ... (scripts/bench_nonlinear.py)
     python scripts/bench.py --nn            # only the mpc.nn set: MLP and LeNet-5 inference, an MLP training step
     python scripts/bench.py --memory        # peak RSS of a 2-party multiply at 1e6, 1e7, 1e8 elements
@@ -392,7 +392,7 @@ def measure(op: str, size: int, parties: int, repeat: int, insecure: bool = Fals
 
 
 def table(rows: list[dict]) -> str:
-    head = f"{'op':<12}{'size':>8}{'n':>3}{'curve':>7}{'seconds':>10}{'rounds':>8}{'MB/party':>10}{'ideal MB':>10}{'dealer MB':>11}"
+    head = f"{'op':<12}{'size':>8}{'n':>3}{'sealed':>7}{'seconds':>10}{'rounds':>8}{'MB/party':>10}{'ideal MB':>10}{'dealer MB':>11}"
     lines = [head, "-" * len(head)]
     for r in rows:
         ideal = f"{r['ideal_open_bytes'] / 1e6:.2f}" if "ideal_open_bytes" in r else "-"
@@ -404,7 +404,7 @@ def table(rows: list[dict]) -> str:
 
 
 def foundation(args: argparse.Namespace) -> tuple[list[dict], dict[str, float]]:
-    """The foundation set (mul, matmul) and the extras its flags ask for: rows, CURVE overhead per op."""
+    """The foundation set (mul, matmul) and the extras its flags ask for: rows, encryption overhead per op."""
     rows: list[dict] = []
     overhead: dict[str, float] = {}
     for n in args.parties:
@@ -484,7 +484,7 @@ VS_NOTES = """\
 s: median of the timed runs after one warm-up, timed in party 0, each run started right after a synchronising
 exchange (CrypTen: a barrier); one process per party and for the dealer / TTP, one torch thread each.
 TTP/ours: CrypTen-TTP's seconds over ours (above 1: ours is faster).
-MB/party: the most any party sent (ours: payload, links encrypted with CURVE; CrypTen: bytes written to its gloo
+MB/party: the most any party sent (ours: payload, links sealed with AES-256-GCM; CrypTen: bytes written to its gloo
 sockets, unencrypted). Dealer MB: what our dealer sent to all parties / what CrypTen's TTP sent (to party 0).
 Rounds: ours are exchanges among parties; CrypTen's are its own count of communicator calls at the last party.
 Max error: the largest |got - want| / max(1, |want|) against float64 (absolute below 1, relative above) over the
@@ -756,10 +756,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--parties", type=int, nargs="+", default=[2, 3])
-    ap.add_argument("--curve", action="store_true", help="measure the cost of CURVE encryption")
-    ap.add_argument("--curve-pairs", type=int, default=3, help="alternating CURVE on/off runs to compare")
+    ap.add_argument(
+        "--curve", action="store_true", help="measure the cost of link encryption (sealed links against --insecure)"
+    )
+    ap.add_argument("--curve-pairs", type=int, default=3, help="alternating encrypted / --insecure runs to compare")
     ap.add_argument("--nonlinear", action="store_true", help="also run the nonlinear benchmarks")
-    ap.add_argument("--insecure", action="store_true", help="run the base set without CURVE")
+    ap.add_argument("--insecure", action="store_true", help="run the base set without link encryption")
     ap.add_argument(
         "--nn",
         action="store_true",
@@ -853,12 +855,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.nn:
         rows = [measure(op, b, n, args.repeat, args.insecure) for n in args.parties for op, b in NN_OPS.items()]
-        overhead: dict[str, float] = {}  # CURVE's cost is the foundation set's question
+        overhead: dict[str, float] = {}  # encryption's cost is the foundation set's question
     else:
         rows, overhead = foundation(args)
     print(table([r for r in rows if "op" in r and "size" in r]))
     for op, ratio in overhead.items():
-        print(f"CURVE overhead, {op} with 2 parties: {ratio:+.1%} in seconds (payload bytes unchanged)")
+        print(f"encryption overhead, {op} with 2 parties: {ratio:+.1%} in seconds (payload bytes unchanged)")
     out = {"rows": rows, "curve_overhead": overhead, "bandwidth": args.under_rate}
     print(json.dumps(out, indent=1))
     if args.json:

@@ -5,7 +5,7 @@
     python scripts/bench_nonlinear.py --json rows.json  # also write the rows
 
 ``run_bench(parties)`` measures, with ``mpc.run`` (one process per party and
-one for the dealer, ZeroMQ with CURVE on localhost): ReLU and a comparison of
+one for the dealer, ZeroMQ with sealed links on localhost): ReLU and a comparison of
 10^6 elements, sigmoid, exp and reciprocal of 10^5, softmax over (1000, 10) and
 max_pool2d over (32, 6, 24, 24).  Every figure comes from the parties' own
 counters: rounds among parties, payload bytes one party sent to the others
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--table", action="store_true", help="only print the table of rounds and bytes")
     ap.add_argument("--only", nargs="+", choices=list(BENCHES), help="run only these benchmarks")
-    ap.add_argument("--insecure", action="store_true", help="benchmark without CURVE")
+    ap.add_argument("--insecure", action="store_true", help="benchmark without link encryption")
     ap.add_argument("--json", help="write the rows to this file")
     ap.add_argument("--readme", action="store_true", help="also write the table into README.md between its markers")
     args = ap.parse_args(argv)
