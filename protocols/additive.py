@@ -18,7 +18,7 @@ import torch
 from mpc.context import Communicator, CorrelationSource, PartyContext
 from mpc.shares import AdditiveShare, BinaryShare, Share, holds_public
 
-from . import beaver, binary, comparison, conversions, sharing, truncation
+from . import beaver, binary, comparison, conversions, ring_family, sharing, truncation
 from .correlated import DealerSource
 from .family import CmpResult
 from .ring_family import RingFamily
@@ -68,6 +68,9 @@ class AdditiveDealerFamily(RingFamily):
     # ----- products and truncation -----------------------------------------------------------------
     def product(self, ctx, kind, x, y, extra=(), op="mul"):
         return _a(ctx, beaver.beaver_product(ctx, kind, x.data, y.data, extra, name=op))
+
+    def mul_blocks(self, ctx, x, y, op="mul"):
+        return _a(ctx, beaver.mul_blocks(ctx, x.data, y.data, ctx.config.frac_bits, ring_family.MUL_BLOCK, op))
 
     def product_many(self, ctx, items, op="mul"):
         zs = beaver.beaver_products(ctx, [(k, x.data, y.data, e) for k, x, y, e in items], name=op)

@@ -29,7 +29,7 @@ from mpc.shares import holds_public
 
 from .correlated import OP_CONV2D, OP_MATMUL, OP_MUL, _bilinear, pack_shapes
 from .sharing import open_all
-from .truncation import truncate, truncate_many
+from .truncation import divide_finish, divide_start, truncate, truncate_many
 
 __all__ = ["beaver_product", "mul", "matmul", "conv2d", "square", "square_raw", "powers"]
 
@@ -71,6 +71,51 @@ def beaver_products(
             z += _bilinear(op, e, f, extra)
         out.append(z)
     return out
+
+
+def mul_blocks(
+    ctx: PartyContext, x: torch.Tensor, y: torch.Tensor, f: int, block: int, name: str = "mul"
+) -> torch.Tensor:
+    """``x * y`` truncated by ``f`` bits, block by block with bounded memory, pipelined.
+
+    Round ``k`` opens block ``k``'s Beaver differences together with block
+    ``k - 1``'s masked truncation (independent values), so ``B`` blocks cost
+    ``B + 1`` rounds (not ``2 B``) and at most two blocks' working sets are alive
+    at once; only the result grows with the size.  Bytes as ``mul``'s.
+    """
+    n = x.numel()
+    xf, yf = x.reshape(-1), y.reshape(-1)
+    out = torch.empty(n, dtype=torch.int64)
+    party0 = holds_public(ctx.rank)
+    starts = list(range(0, n, block))
+    prev = None  # (start, stop, the previous block's division, begun)
+    for k in range(len(starts) + 1):
+        sends: list[torch.Tensor] = []
+        cur = None
+        if k < len(starts):
+            s0, s1 = starts[k], min(n, starts[k] + block)
+            h = ctx.correlations.request("triple", (OP_MUL, *pack_shapes((s1 - s0,), (s1 - s0,))))
+            a, b = h.randoms
+            sends += [xf[s0:s1] - a, yf[s0:s1] - b]
+            cur = (s0, s1, h, a, b)
+        if prev is not None:
+            sends += prev[2].masked
+        opened = open_all(ctx, sends, name if cur is not None else f"{name}:trunc")
+        del sends
+        if prev is not None:
+            (res,) = divide_finish(ctx, prev[2], opened[len(opened) - len(prev[2].masked) :])
+            out[prev[0] : prev[1]] = res
+            prev = None
+        if cur is not None:
+            s0, s1, h, a, b = cur
+            e, g = opened[0], opened[1]
+            (c,) = h.derived()
+            z = c + e * b + a * g
+            if party0:
+                z += e * g
+            del opened, e, g, a, b, c, cur
+            prev = (s0, s1, divide_start(ctx, [(z, 1 << f)]))
+    return out.reshape(x.shape)
 
 
 def mul(ctx: PartyContext, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

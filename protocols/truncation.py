@@ -63,6 +63,13 @@ __all__ = ["truncate", "truncate_many", "divide_many", "exact_rshift", "OFFSET_B
 OFFSET_BITS = 62
 
 
+class Division:
+    """A division begun (``divide_start``): the masked values to open, and what ``divide_finish`` needs."""
+
+    def __init__(self, todo, out, pow2, handles, masked, exact) -> None:
+        self.todo, self.out, self.pow2, self.handles, self.masked, self.exact = todo, out, pow2, handles, masked, exact
+
+
 def divide_many(
     ctx: PartyContext, items: Sequence[tuple[torch.Tensor, int]], op: str, exact: bool = False
 ) -> list[torch.Tensor]:
@@ -71,11 +78,18 @@ def divide_many(
     The toolkit's one truncation: ``truncate_many`` is the case ``d = 2^f``.
     ``exact``: every ``x`` is a multiple of its ``d`` in [0, 2^63) (no offset, no carry).
     """
+    st = divide_start(ctx, items, exact)
+    return divide_finish(ctx, st, open_all(ctx, st.masked, op) if st.masked else [])
+
+
+def divide_start(ctx: PartyContext, items: Sequence[tuple[torch.Tensor, int]], exact: bool = False) -> Division:
+    """``divide_many`` up to its opening: the masked values go into a round of the caller's choosing (a
+    pipelined product opens them with the next block's Beaver openings), then ``divide_finish``."""
     holder = holds_public(ctx.rank)
     todo = [(i, x, int(d)) for i, (x, d) in enumerate(items) if d != 1 and x.numel() > 0]
     out = [x.clone() if d == 1 or x.numel() == 0 else None for x, d in items]
     if not todo:
-        return out  # type: ignore[return-value]
+        return Division(todo, out, [], [], [], exact)
     pow2 = [d & (d - 1) == 0 for _, _, d in todo]
     handles = [
         ctx.correlations.request("trunc", (d.bit_length() - 1, *x.shape))
@@ -87,8 +101,14 @@ def divide_many(
     for (_, x, d), h in zip(todo, handles, strict=True):
         (r,) = h.randoms
         masked.append((x + wrap_int(_offset(d)) if holder and not exact else x) + r)
-    opened = open_all(ctx, masked, op)
-    for (i, _x, d), p, h, c in zip(todo, pow2, handles, opened, strict=True):
+    return Division(todo, out, pow2, handles, masked, exact)
+
+
+def divide_finish(ctx: PartyContext, st: Division, opened: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The shares of ``divide_start``'s quotients, from the opened masked values."""
+    holder = holds_public(ctx.rank)
+    todo, out, exact = st.todo, st.out, st.exact
+    for (i, _x, d), p, h, c in zip(todo, st.pow2, st.handles, opened, strict=True):
         r_q, r_msb = h.derived()
         w = r_msb * (1 - msb(c))
         if p:
