@@ -111,7 +111,7 @@ def mul(input: SecretTensor | Public, other: SecretTensor | Public) -> SecretTen
     return x._new(fam.mul_public(x.ctx, x.share, other), dtype)
 
 
-@register("div", cost="public: as mul by a public real; secret: reciprocal (9 rounds) and mul",
+@register("div", cost="public: as mul by a public real; secret: reciprocal (21 rounds) and mul",
           torch=(torch.div, torch.true_divide, torch.divide))  # fmt: skip
 def div(input: SecretTensor | Public, other: SecretTensor | Public) -> SecretTensor:
     if not isinstance(input, SecretTensor):
@@ -450,14 +450,14 @@ def _unary(name: str, method: str, cost: str, aliases=()):
     return register(name, cost=cost, torch=aliases)(forward)
 
 
-exp = _unary("exp", "exp", "8 rounds; domain [-12, 10]", (torch.exp,))
-exp_nonpositive = _unary("exp_nonpositive", "exp_nonpositive", "8 rounds; x <= 0 (0 below -11)")
-log = _unary("log", "log", "9 rounds; domain [1e-3, 1e4]", (torch.log,))
-reciprocal = _unary("reciprocal", "reciprocal", "9 rounds; domain 1e-2 <= |x| <= 1e4", (torch.reciprocal,))
-sqrt = _unary("sqrt", "sqrt", "9 rounds; domain [1e-3, 1e4]", (torch.sqrt,))
-rsqrt = _unary("rsqrt", "rsqrt", "9 rounds; domain [1e-3, 1e4]", (torch.rsqrt,))
-sigmoid = _unary("sigmoid", "sigmoid", "8 rounds; all reals", (torch.sigmoid, torch.nn.functional.sigmoid))
-tanh = _unary("tanh", "tanh", "8 rounds; all reals", (torch.tanh, torch.nn.functional.tanh))
+exp = _unary("exp", "exp", "6 rounds; domain [-12, 10]", (torch.exp,))
+exp_nonpositive = _unary("exp_nonpositive", "exp_nonpositive", "6 rounds; x <= 0 (0 below -11)")
+log = _unary("log", "log", "21 rounds; domain [1e-3, 1e4]", (torch.log,))
+reciprocal = _unary("reciprocal", "reciprocal", "21 rounds; domain 1e-2 <= |x| <= 1e4", (torch.reciprocal,))
+sqrt = _unary("sqrt", "sqrt", "21 rounds; domain [1e-3, 1e4]", (torch.sqrt,))
+rsqrt = _unary("rsqrt", "rsqrt", "21 rounds; domain [1e-3, 1e4]", (torch.rsqrt,))
+sigmoid = _unary("sigmoid", "sigmoid", "6 rounds; all reals", (torch.sigmoid, torch.nn.functional.sigmoid))
+tanh = _unary("tanh", "tanh", "6 rounds; all reals", (torch.tanh, torch.nn.functional.tanh))
 
 
 def _along(x: SecretTensor, dim: int, method: str) -> SecretTensor:
@@ -472,13 +472,13 @@ def _softmax_dim(x: SecretTensor, dim, what: str) -> int:
     return dim
 
 
-@register("softmax", cost="19 + 4 ceil(log2 n) rounds; logits in [-30, 30]",
+@register("softmax", cost="17 + 4 ceil(log2 n) rounds; logits in [-30, 30]",
           torch=(torch.softmax, torch.nn.functional.softmax))  # fmt: skip
 def softmax(input: SecretTensor, dim: int | None = None, _stacklevel: int = 3, dtype=None) -> SecretTensor:
     return _along(input, _softmax_dim(input, dim, "softmax"), "softmax")
 
 
-@register("log_softmax", cost="17 + 4 ceil(log2 n) rounds",
+@register("log_softmax", cost="15 + 4 ceil(log2 n) rounds",
           torch=(torch.log_softmax, torch.nn.functional.log_softmax))  # fmt: skip
 def log_softmax(input: SecretTensor, dim: int | None = None, _stacklevel: int = 3, dtype=None) -> SecretTensor:
     dim = _softmax_dim(input, dim, "log_softmax")
@@ -492,7 +492,7 @@ def log_softmax(input: SecretTensor, dim: int | None = None, _stacklevel: int = 
     return res
 
 
-@register("norm", cost="2-norm: 2 + 9 rounds; 1-norm: 4; inf-norm: 4 + 4 ceil(log2 n)", torch=(torch.norm,))
+@register("norm", cost="2-norm: 2 + 21 rounds; 1-norm: 4; inf-norm: 4 + 4 ceil(log2 n)", torch=(torch.norm,))
 def norm(input: SecretTensor, p: float | str = 2, dim: int | None = None, keepdim: bool = False) -> SecretTensor:
     """The 1-, 2- (Frobenius) or inf-norm; the 2-norm needs the sum of squares below 2^30."""
     if p in (2, "fro"):

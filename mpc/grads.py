@@ -202,7 +202,7 @@ def _div(n: Node, g: Grad):
     """``x / y``: ``g / y`` and ``-g out / y``.
 
     Public ``y``: a product with the public ``1 / y`` (1 round). Secret ``y``:
-    the reciprocal again (9 rounds; the forward's is not kept), then 2 Beaver
+    the reciprocal again (21 rounds; the forward's is not kept), then 2 Beaver
     products for ``x``'s and 4 for ``y``'s gradient.
     """
     x, y = n.a["input"], n.a["other"]
@@ -512,7 +512,7 @@ def _exp(n: Node, g: Grad):
 
 @rule("log")
 def _log(n: Node, g: Grad):
-    """``g / x``: the reciprocal (9 rounds; x in log's domain [1e-3, 1e4] but 1/x's is |x| >= 1e-2) and
+    """``g / x``: the reciprocal (21 rounds; x in log's domain [1e-3, 1e4] but 1/x's is |x| >= 1e-2) and
     one product."""
     x = n.a["input"]
     return [(x, _times(g, call("reciprocal", x)))]
@@ -526,7 +526,7 @@ def _reciprocal(n: Node, g: Grad):
 
 @rule("sqrt")
 def _sqrt(n: Node, g: Grad):
-    """``g / (2 sqrt x)``: rsqrt of the input (9 rounds) and one product."""
+    """``g / (2 sqrt x)``: rsqrt of the input (21 rounds) and one product."""
     x = n.a["input"]
     return [(x, _times(_scale(g, 0.5), call("rsqrt", x)))]
 
@@ -563,7 +563,7 @@ def _softmax(n: Node, g: Grad):
 def _log_softmax(n: Node, g: Grad):
     """``g - softmax(x) sum(g)``: softmax as the product of what the forward kept, ``exp(x - max)`` and
     ``1 / sum`` (2 rounds; relative error 3.5e-4), and one product (2; 1 for a public ``g``).  Without them,
-    ``exp`` of the output, which is never positive (8 rounds)."""
+    ``exp`` of the output, which is never positive (6 rounds)."""
     x, dim = n.a["input"], n.a["dim"]
     if n.saved is not None:  # softmax = e r from the forward's exp(x - max) and 1 / sum (one product, 2 rounds)
         e, r = n.saved
@@ -575,7 +575,7 @@ def _log_softmax(n: Node, g: Grad):
 
 @rule("norm")
 def _norm(n: Node, g: Grad):
-    """2-norm: ``g x / out`` (the reciprocal of the output, 9 rounds, and 2 products); 1-norm:
+    """2-norm: ``g x / out`` (the reciprocal of the output, 21 rounds, and 2 products); 1-norm:
     ``g sign(x)`` (4 + 2 rounds); inf-norm: ``g sign(x)`` at the largest ``|x|`` (abs, argmax, 2 products)."""
     x, p, dim, keepdim = n.a["input"], n.a["p"], n.a["dim"], n.a["keepdim"]
     if p in (2, "fro"):

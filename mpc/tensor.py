@@ -405,19 +405,19 @@ class SecretTensor(_Autograd):
         return call("exp", self)
 
     def log(self):
-        """Natural log; domain [1e-3, 1e4]. Rounds 9."""
+        """Natural log; domain [1e-3, 1e4]. Rounds 21."""
         return call("log", self)
 
     def reciprocal(self):
-        """``1 / x``; domain 1e-2 <= |x| <= 1e4. Rounds 9."""
+        """``1 / x``; domain 1e-2 <= |x| <= 1e4. Rounds 21."""
         return call("reciprocal", self)
 
     def sqrt(self):
-        """Square root; domain [1e-3, 1e4]. Rounds 9."""
+        """Square root; domain [1e-3, 1e4]. Rounds 21."""
         return call("sqrt", self)
 
     def rsqrt(self):
-        """``1 / sqrt(x)``; domain [1e-3, 1e4]. Rounds 9."""
+        """``1 / sqrt(x)``; domain [1e-3, 1e4]. Rounds 21."""
         return call("rsqrt", self)
 
     def sigmoid(self):
@@ -429,11 +429,11 @@ class SecretTensor(_Autograd):
         return call("tanh", self)
 
     def softmax(self, dim: int):
-        """Softmax along ``dim``; logits in [-30, 30]. Rounds 19 + 4 ceil(log2 n)."""
+        """Softmax along ``dim``; logits in [-30, 30]. Rounds 17 + 4 ceil(log2 n)."""
         return call("softmax", self, dim)
 
     def log_softmax(self, dim: int):
-        """Log-softmax along ``dim``. Rounds 17 + 4 ceil(log2 n)."""
+        """Log-softmax along ``dim``. Rounds 15 + 4 ceil(log2 n)."""
         return call("log_softmax", self, dim)
 
     def norm(self, p=2, dim: int | None = None, keepdim: bool = False):

@@ -18,7 +18,7 @@ import torch
 from mpc.context import Communicator, CorrelationSource, PartyContext
 from mpc.shares import AdditiveShare, BinaryShare, Share, holds_public
 
-from . import beaver, binary, comparison, conversions, ring_family, sharing, truncation
+from . import beaver, binary, comparison, conversions, lookup, ring_family, sharing, truncation
 from .correlated import DealerSource
 from .family import CmpResult
 from .ring_family import RingFamily
@@ -98,6 +98,9 @@ class AdditiveDealerFamily(RingFamily):
     def b2a(self, ctx, bits, op="b2a"):
         return _a(ctx, conversions.b2a(ctx, bits.data, op))
 
+    def b2a_positions(self, ctx, words, positions, flip, op="b2a"):
+        return _a(ctx, conversions.b2a_positions(ctx, words.data, list(positions), list(flip), op))
+
     def a2b(self, ctx, x, op="a2b"):
         return _b(ctx, conversions.a2b(ctx, x.data, op))
 
@@ -111,3 +114,24 @@ class AdditiveDealerFamily(RingFamily):
             xbits=_wrap(ctx, res.xbits),
             ybits=_wrap(ctx, res.ybits),
         )
+
+    # ----- the one-hot table lookup (overrides the thermometer tables where the encoding allows) -------
+    def exp(self, ctx: PartyContext, x: Share) -> Share:
+        if not lookup.supports(ctx.config.frac_bits):
+            return super().exp(ctx, x)
+        return _a(ctx, lookup.exp_lookup(ctx, x.data, lookup.EXP_HI, "exp"))
+
+    def exp_nonpositive(self, ctx: PartyContext, x: Share) -> Share:
+        if not lookup.supports(ctx.config.frac_bits):
+            return super().exp_nonpositive(ctx, x)
+        return _a(ctx, lookup.exp_lookup(ctx, x.data, None, "exp"))
+
+    def sigmoid(self, ctx: PartyContext, x: Share) -> Share:
+        if not lookup.supports(ctx.config.frac_bits):
+            return super().sigmoid(ctx, x)
+        return _a(ctx, lookup.uniform_lookup(ctx, x.data, lookup.SIGMOID, "sigmoid"))
+
+    def tanh(self, ctx: PartyContext, x: Share) -> Share:
+        if not lookup.supports(ctx.config.frac_bits):
+            return super().tanh(ctx, x)
+        return _a(ctx, lookup.uniform_lookup(ctx, x.data, lookup.TANH, "tanh"))

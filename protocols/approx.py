@@ -1,4 +1,4 @@
-"""Piecewise polynomial approximation of a function of a secret tensor, in 8 or 9 rounds.
+"""Piecewise polynomial approximation of a function of a secret tensor, in 8, 9 or 21 rounds.
 
 The idea: the comparisons of ``protocols.comparison`` are cheap per extra
 threshold once ``x`` is opened masked, so a whole *thermometer code*
@@ -27,8 +27,12 @@ coefficients ``A_ik``:
    truncated once by ``f + F``.
 
 Rounds 8 (uniform grids: exp, sigmoid, tanh) or 9 (octave grids: log,
-reciprocal, sqrt, rsqrt).  Bytes per element, per party and per other party:
-8 + 4.4 K (thermometer) [+ 8 normalisation] + 8 + 8 (d - 1) (powers)
+reciprocal, sqrt, rsqrt).  Octave grids of 20 thresholds or more (log,
+reciprocal, sqrt, rsqrt) take the thermometer from the bits of ``x`` instead
+(``protocols.octave``: one a2b, a suffix OR, one conversion; 15 rounds, but
+word operations instead of a carry tree per threshold), and ``v`` from one
+product ``x (sum_i alpha_i h_i)``: rounds 21.  Bytes per element, per party
+and per other party (comparison thermometer): 8 + 4.4 K (thermometer) [+ 8 normalisation] + 8 + 8 (d - 1) (powers)
 + 16 d (products) + 8 (final truncation).
 
 Out-of-range intervals use ``alpha = 0`` (octave grids) or their exact zero
@@ -51,6 +55,7 @@ from mpc.ring import wrap_int
 from mpc.shares import Share
 
 from .correlated import OP_MUL
+from .octave import MIN_THRESHOLDS, octave_bits
 
 __all__ = ["Piecewise", "uniform_table", "octave_table", "piecewise", "select"]
 
@@ -173,15 +178,16 @@ def octave_table(
 def select(bits: Share, table: Sequence[int]) -> Share:
     """``sum_i h_i q_i`` for the one-hot ``h`` of the thermometer ``bits`` (K, ...), ring table q (K+1,)."""
     q = torch.tensor([wrap_int(int(t)) for t in table], dtype=torch.int64)
-    dq = (q[1:] - q[:-1]).reshape(-1, *([1] * (bits.dim() - 1)))
-    return bits.mul_public(dq).sum(0).add_public(q[0])
+    return select_linear(bits, table).add_public(q[0])
 
 
 def select_linear(bits: Share, table: Sequence[int]) -> Share:
-    """``sum_j (q_(j+1) - q_j) bits_j`` without the constant ``q_0``."""
+    """``sum_j (q_(j+1) - q_j) bits_j`` without the constant ``q_0``: one (1, K) x (K, n) product of int64
+    matrices (modulo 2^64, as the ring wants), not K scaled copies of the bits."""
     q = torch.tensor([wrap_int(int(t)) for t in table], dtype=torch.int64)
-    dq = (q[1:] - q[:-1]).reshape(-1, *([1] * (bits.dim() - 1)))
-    return bits.mul_public(dq).sum(0)
+    dq = (q[1:] - q[:-1]).reshape(1, -1)
+    k = bits.shape[0]
+    return bits.reshape(k, -1).matmul_public(dq, left=True).reshape(tuple(bits.shape[1:]))
 
 
 def _ring(v: float, bits: int) -> int:
@@ -204,6 +210,11 @@ def piecewise_many(ctx: PartyContext, x: Share, tables: Sequence[Piecewise], op:
     fam = ctx.family
     f = ctx.config.frac_bits
     d = max(t.degree for t in tables)
+    if (d - 1) * f > 62 or 2 * f > 60:
+        raise ProtocolError(
+            f"{table.name} needs frac_bits <= {min(62 // max(d - 1, 1), 30)} (its powers and products must fit the "
+            f"ring), got {f}"
+        )
     tring = []
     for t in table.thresholds:
         tr = t * 2.0**f
@@ -212,8 +223,12 @@ def piecewise_many(ctx: PartyContext, x: Share, tables: Sequence[Piecewise], op:
         tring.append(int(tr))
     if x.numel() == 0:
         return [x for _ in tables]
-    res = fam.compare(ctx, x, tring, negate=True, mul_input=not table.uniform, op=f"{op}:cmp")
-    bits = res.bits
+    if not table.uniform and len(tring) >= MIN_THRESHOLDS and all(t == 0 or not abs(t) & (abs(t) - 1) for t in tring):
+        # Many octave thresholds: all of them from one bit decomposition (``protocols.octave``).
+        bits, xbits = octave_bits(ctx, x, tring, f"{op}:oct"), None
+    else:
+        res = fam.compare(ctx, x, tring, negate=True, mul_input=not table.uniform, op=f"{op}:cmp")
+        bits, xbits = res.bits, res.xbits
     # The normalised variable v.
     if table.uniform:
         v = x - select(bits, [_ring(-b, f) for b in table.beta])
@@ -222,8 +237,12 @@ def piecewise_many(ctx: PartyContext, x: Share, tables: Sequence[Piecewise], op:
         a_ring = [_ring(a, fn_bits) for a in table.alpha]
         if any(a != 0.0 and abs(a * 2.0**fn_bits - r) > 0 for a, r in zip(table.alpha, a_ring)):
             raise ProtocolError(f"{table.name}: scale factors must be powers of two")
-        # sum_i alpha_i h_i x, with h_i x = xb_i - xb_(i+1), xb_0 = x, xb_(K+1) = 0 (telescoped).
-        vb = select_linear(res.xbits, a_ring) + x.mul_public(a_ring[0])
+        if xbits is not None:
+            # sum_i alpha_i h_i x, with h_i x = xb_i - xb_(i+1), xb_0 = x, xb_(K+1) = 0 (telescoped).
+            vb = select_linear(xbits, a_ring) + x.mul_public(a_ring[0])
+        else:
+            # (sum_i alpha_i h_i) x: one product (the comparison's free products are not there).
+            vb = fam.product(ctx, OP_MUL, x, select(bits, a_ring), op=f"{op}:norm")
         vb = vb + select(bits, [_ring(b, f + fn_bits) for b in table.beta])
         (v,) = fam.truncate_many(ctx, [(vb, fn_bits)], f"{op}:norm")
     pw = fam.powers(ctx, v, d, f, op)

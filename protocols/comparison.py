@@ -88,11 +88,10 @@ from mpc.ring import wrap_int
 from mpc.shares import holds_public
 
 from . import bitforms as bf
-from .binary import open_words
 from .correlated import CMP_B2A, CMP_LANES, CMP_MUL
-from .sharing import open_all
+from .rounds import ADD, XOR, Steps, drive_one
 
-__all__ = ["CmpResult", "compare", "ltz", "relu", "sign_bits"]
+__all__ = ["CmpResult", "compare", "compare_steps", "ltz", "relu", "sign_bits"]
 
 
 @dataclass
@@ -157,6 +156,28 @@ def compare(
     ``extra`` (shape ``(K, *x.shape, m)``) is multiplied by each result.
     Returns tensors of shape ``(K, *x.shape)``.
     """
+    return drive_one(
+        ctx,
+        compare_steps(
+            ctx, x, thresholds, negate=negate, arithmetic=arithmetic, mul_input=mul_input, extra=extra, bit=bit, op=op
+        ),
+    )
+
+
+def compare_steps(
+    ctx: PartyContext,
+    x: torch.Tensor,
+    thresholds: Sequence[int] = (0,),
+    *,
+    negate: bool = False,
+    arithmetic: bool = True,
+    mul_input: bool = False,
+    extra: torch.Tensor | None = None,
+    bit: int = 63,
+    op: str = "cmp",
+) -> Steps:
+    """``compare`` as a step generator (``protocols.rounds``): its four rounds can share exchanges with
+    another protocol's (``drive``)."""
     if not 1 <= bit <= 63:
         raise ProtocolError(f"compare: bit must be in 1..63, got {bit}")
     shape = tuple(x.shape)
@@ -181,11 +202,11 @@ def compare(
     xf = x.reshape(-1)
     # Round 1: open c = x + r (and d = y - a for the extra multiplicand).
     if extra is None:
-        (c,) = open_all(ctx, [xf + r_a], f"{op}:open")
+        (c,) = yield f"{op}:open", [(xf + r_a, ADD)]
         d = None
     else:
         ay = handle.randoms[3]
-        c, d = open_all(ctx, [xf + r_a, extra.reshape(kk, n, m) - ay], f"{op}:open")
+        c, d = yield f"{op}:open", [(xf + r_a, ADD), (extra.reshape(kk, n, m) - ay, ADD)]
     derived = handle.derived()
     r_b, leaf_p, l1_p, l2_p = derived[:4]
     rest = derived[4:]
@@ -207,7 +228,7 @@ def compare(
         return sl[kind, :, i::4]  # (K, 4 groups, W): blocks 4g + i
 
     x1 = torch.stack([blocks(0, i) for i in range(4)] + [blocks(1, i) for i in range(3)], 1)
-    (m1,) = open_words(ctx, [x1 ^ a1], f"{op}:l1")
+    (m1,) = yield f"{op}:l1", [(x1 ^ a1, XOR)]
     v1 = {v: i for i, v in enumerate(bf.L1_VARS)}
     gout, pout = bf.tree_forms(lambda v: m1[:, v1[v]], True)
     mono1 = {mo: l1_p[:, i] for i, mo in enumerate(bf.L1_MONOS)}
@@ -215,7 +236,7 @@ def compare(
     p1 = bf.evaluate(pout, lambda v: a1[:, v1[v]], mono1, party0)  # type: ignore[arg-type]
     # Level 2 (one round, 6 bits): lanes = elements.
     x2 = torch.stack([p1[:, g] for g in (1, 2, 3)] + [g1[:, g] for g in (0, 1, 2)], 1)
-    (m2,) = open_words(ctx, [x2 ^ a2[:, : bf.T_INDEX]], f"{op}:l2")
+    (m2,) = yield f"{op}:l2", [(x2 ^ a2[:, : bf.T_INDEX], XOR)]
     v2 = {v: i for i, v in enumerate(bf.L2_VARS)}
     gout, _ = bf.tree_forms(lambda v: m2[:, v2[v]], False)
     mono2 = {mo: l2_p[:, i] for i, mo in enumerate(bf.L2_MONOS)}
@@ -229,7 +250,7 @@ def compare(
         return CmpResult(binary=bf.unslice_bits(out, n).reshape(kk, *shape))
     # Conversion to arithmetic, and the products (one round, 1 bit).
     t_a = rest[0]
-    (e,) = open_words(ctx, [out ^ a2[:, bf.T_INDEX]], f"{op}:b2a")
+    (e,) = yield f"{op}:b2a", [(out ^ a2[:, bf.T_INDEX], XOR)]
     e = bf.unslice_bits(e, n)
     s = 1 - 2 * e  # (K, n) public +-1
     bits = s * t_a

@@ -29,6 +29,7 @@ from __future__ import annotations
 import torch
 
 from mpc.context import PartyContext
+from mpc.ring import wrap_int
 from mpc.shares import holds_public
 
 from . import bitforms as bf
@@ -37,7 +38,7 @@ from .comparison import compare
 from .sharing import open_all
 from .truncation import exact_rshift
 
-__all__ = ["b2a", "a2b", "bit_extract", "exact_rshift"]
+__all__ = ["b2a", "b2a_positions", "a2b", "bit_extract", "exact_rshift"]
 
 
 def b2a(ctx: PartyContext, bits: torch.Tensor, op: str = "b2a") -> torch.Tensor:
@@ -56,6 +57,40 @@ def b2a(ctx: PartyContext, bits: torch.Tensor, op: str = "b2a") -> torch.Tensor:
     if holds_public(ctx.rank):
         out += e
     return out.reshape(shape)
+
+
+def b2a_positions(
+    ctx: PartyContext, words: torch.Tensor, positions: list[int], flip: list[bool], op: str = "b2a"
+) -> torch.Tensor:
+    """Arithmetic shares of bit ``positions[k]`` of each XOR-shared word (negated where ``flip[k]``):
+    ``(K, *shape)``.  One random word per element masks them all (dealer ``b2aw``): open only the ``K``
+    live bits of ``w ^ t`` (packed), then ``bit = e + (1 - 2 e) t_k``. Rounds 1; bytes ``K / 8`` per
+    element; dealer 8 K per element."""
+    shape = tuple(words.shape)
+    kk = len(positions)
+    if words.numel() == 0:
+        return torch.zeros((kk, *shape), dtype=torch.int64)
+    order = sorted(range(kk), key=lambda k: positions[k])
+    mask = 0
+    for p in positions:
+        mask |= 1 << p
+    handle = ctx.correlations.request("b2aw", (wrap_int(mask), *shape))
+    (t,) = handle.randoms
+    live = sorted(set(positions))
+    (e,) = open_words(ctx, [words ^ t], op, positions=live)
+    (t_a,) = handle.derived()  # (len(live), *shape), ascending positions
+    row = {p: i for i, p in enumerate(live)}
+    party0 = holds_public(ctx.rank)
+    out = torch.empty((kk, *shape), dtype=torch.int64)
+    for k in order:
+        ek = (e >> positions[k]) & 1
+        if flip[k]:
+            ek ^= 1
+        tk = t_a[row[positions[k]]]
+        torch.where(ek.bool(), -tk, tk, out=out[k])
+        if party0:
+            out[k] += ek
+    return out
 
 
 def a2b(ctx: PartyContext, x: torch.Tensor, op: str = "a2b") -> torch.Tensor:

@@ -291,6 +291,42 @@ def _pow_derive(r, p):
     return [torch.stack(powers)]
 
 
+def _b2aw_positions(p) -> list[int]:
+    if len(p) < 1 or int(p[0]) == 0:
+        raise ValueError("b2aw takes a nonzero mask of bit positions and a shape")
+    mask = int(p[0]) & ((1 << 64) - 1)
+    return [i for i in range(64) if mask >> i & 1]
+
+
+def _b2aw_derived(p):
+    return [(len(_b2aw_positions(p)), *p[1:])]
+
+
+def _b2aw_derive(r, p):
+    pos = torch.tensor(_b2aw_positions(p), dtype=torch.int64).reshape(-1, *([1] * r[0].dim()))
+    return [(r[0].unsqueeze(0) >> pos) & 1]
+
+
+MAX_ONEHOT = 256
+
+
+def _onehot_check(p):
+    if len(p) < 1 or not 2 <= int(p[0]) <= MAX_ONEHOT or int(p[0]) & (int(p[0]) - 1):
+        raise ValueError(f"onehot takes a table size, a power of two in [2, {MAX_ONEHOT}], and a shape")
+    return int(p[0])
+
+
+def _onehot_derived(p):
+    return [(*p[1:], _onehot_check(p))]
+
+
+def _onehot_derive(r, p):
+    size = _onehot_check(p)
+    idx = (r[0] & (size - 1)).reshape(-1, 1)
+    out = torch.zeros((idx.shape[0], size), dtype=torch.int64).scatter_(1, idx, 1)
+    return [out.reshape(*r[0].shape, size)]
+
+
 @dataclass(frozen=True)
 class Correlation:
     """A kind of correlated randomness: its random parts and how derived parts follow."""
@@ -348,6 +384,12 @@ CORRELATIONS: dict[str, Correlation] = {
     # Everything one batch of comparisons needs; params = (elements, thresholds, flags, extra width);
     # flags: CMP_LANES (required) | CMP_B2A (arithmetic result) | CMP_MUL (its product with the input).
     "cmp": Correlation("cmp", _cmp_random, _cmp_derived, _cmp_derive, _cmp_xor),
+    # A random XOR-shared word and the arithmetic shares of its bits at the positions of a mask: binary to
+    # arithmetic of several bits of one word at once; params = (mask, *shape).
+    "b2aw": Correlation("b2aw", lambda p: [tuple(p[1:])], _b2aw_derived, _b2aw_derive, lambda p: ([True], [False])),
+    # A random index rho = r mod N (r additively shared) and the one-hot vector of rho, additively shared
+    # (last dimension N): table lookups (``protocols.lookup``); params = (N, *shape), N a power of two.
+    "onehot": Correlation("onehot", lambda p: [tuple(p[1:])], _onehot_derived, _onehot_derive),
     # (a, a^2, ..., a^d): all powers of a secret from one opening; params = (d, *shape).
     "pow": Correlation("pow", _pow_shapes, _pow_derived, _pow_derive),
 }
@@ -397,6 +439,8 @@ def pack_correction(parts: Sequence[torch.Tensor], widths: Sequence[int]) -> tor
     for part, w in zip(parts, widths, strict=True):
         raw = part.reshape(-1).contiguous().numpy().astype("<i8", copy=False).view(np.uint8)
         out.append(raw if w == 8 else raw.reshape(-1, 8)[:, :w].reshape(-1))
+    if len(out) == 1:  # one part: its bytes as they are, no copy
+        return torch.from_numpy(out[0])
     return torch.from_numpy(np.concatenate(out)) if out else torch.empty(0, dtype=torch.uint8)
 
 
@@ -469,8 +513,13 @@ class DealerGenerator:
                 )
         assert totals is not None
         wanted = corr.derive(totals, params)
-        if derived_sum is not None:
-            wanted = [w ^ d if x else w - d for w, d, x in zip(wanted, derived_sum, dxor, strict=True)]
+        if derived_sum is not None:  # in place where the derivation made a fresh tensor (no extra copy)
+            wanted = [
+                (w.bitwise_xor_(d) if x else w.sub_(d))
+                if w.is_contiguous() and w.shape == d.shape
+                else (w ^ d if x else w - d)
+                for w, d, x in zip(wanted, derived_sum, dxor, strict=True)
+            ]
         return pack_correction(wanted, corr.widths(params, len(dshapes)))
 
 

@@ -155,6 +155,17 @@ class ProtocolFamily(ABC):
     def b2a(self, ctx: PartyContext, bits: BinaryShare, op: str = "b2a") -> Share:
         """Arithmetic 0/1 shares of bit 0 of each XOR-shared word."""
 
+    def b2a_positions(
+        self, ctx: PartyContext, words: BinaryShare, positions: Sequence[int], flip: Sequence[bool], op: str = "b2a"
+    ) -> Share:
+        """Arithmetic 0/1 shares of bit ``positions[k]`` of each word, negated where ``flip[k]``: ``(K, *shape)``
+        (a family with a dedicated conversion converts them all from one mask word)."""
+        rows = []
+        for p, fl in zip(positions, flip, strict=True):
+            row = (words >> p).and_public(1)
+            rows.append(row.xor_public(1) if fl else row)
+        return self.b2a(ctx, type(words).stack(rows), op)
+
     @abstractmethod
     def a2b(self, ctx: PartyContext, x: Share, op: str = "a2b") -> BinaryShare:
         """XOR shares of the 64 bits of an arithmetically shared word."""

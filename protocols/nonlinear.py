@@ -3,7 +3,16 @@
 Every function is a piecewise polynomial table evaluated by
 ``protocols.approx.piecewise`` (a thermometer of comparisons selects the
 interval and its coefficients, then one polynomial of degree 3 or 4 in a
-normalised variable): 8 rounds on uniform grids, 9 on octave grids.  The
+normalised variable): 8 rounds on uniform grids, 9 on octave grids, 21 on
+octave grids with 20 or more thresholds (log, reciprocal, sqrt, rsqrt: the
+thermometer from one bit decomposition, ``protocols.octave``).  The
+dealer family computes ``exp`` (and softmax's ``e^(x - max)``) by a one-hot
+table lookup instead (``protocols.lookup``: ``e^x = 2^k 2^v``, 6 rounds and two
+comparisons, for saturation, instead of 24), and sigmoid and tanh by one-hot
+rows of a uniform table (6 rounds, two comparisons instead of 12 and 10; rows
+of 0.75 and 0.5, fits of degree 3 and 4 over two rows' width; max error 2.0e-4
+and 2.3e-4); the table below gives the lookup's exp, and the thermometer tables
+(``EXP``, ``SIGMOID``, ``TANH``) stay the generic families'.  The
 tables, their domains and what happens outside (f = 16 fractional bits;
 errors measured against float64 torch over 2 x 10^4 grid points spread over
 the domain, see ``tests/test_nonlinear.py``; tolerance = target):
@@ -11,8 +20,8 @@ the domain, see ``tests/test_nonlinear.py``; tolerance = target):
 =============  ==========================  ============================  =============================  ==========
 function       documented domain           grid                          outside the domain             max error
 =============  ==========================  ============================  =============================  ==========
-exp            [-12, 10] (exact to 12)     unit steps on [-11, 12), d 4  0 below -11 (true < 1.7e-5),    0.37 tol
-                                                                         e^12 above 12 (saturates)
+exp            [-12, 10]                   lookup: 2^k, k in [-16, 15],  0 below -11 (true < 1.7e-5),    0.34 tol
+                                           2^v on [-1, 1], d 4           e^10 from 10 on (saturates)
 sigmoid        [-30, 30] (all reals)       steps 1.5 on [-9, 9), d 3     0 below -9, 1 above 9           2.2e-4
 tanh           [-30, 30] (all reals)       unit steps on [-5, 5), d 4    -1 below -5, 1 above 5          1.0e-4
 log            [1e-3, 1e4] (exact on       octaves 2^-16 .. 2^16, d 3    log 2^-17 for x <= 0,           5.3e-4
@@ -31,12 +40,12 @@ sqrt, rsqrt; abs 1e-3 for sigmoid and tanh; abs 2e-3 for log.)
 Composite functions:
 
 * ``softmax(x)`` along the last dimension: ``m = max(x)`` (exact tournament,
-  ``4 ceil(log2 C)`` rounds), ``e = exp(x - m)`` with a table for non-positive
-  arguments (8 rounds; the maximum gives exactly 1), ``s = sum e`` in
+  ``4 ceil(log2 C)`` rounds), ``e = exp(x - m)`` for non-positive
+  arguments (6 rounds; the maximum gives 1 within 5e-4), ``s = sum e`` in
   ``[1, C]``, ``1 / s`` by an octave table on ``[2^-1, 2 C)`` (9 rounds), and
-  ``e (1/s)`` (2 rounds).  Rounds ``19 + 4 ceil(log2 C)``.  Logits in
+  ``e (1/s)`` (2 rounds).  Rounds ``17 + 4 ceil(log2 C)``.  Logits in
   [-30, 30] (any range that keeps ``x - m`` in the fixed-point range works).
-* ``log_softmax(x) = x - m - log(s)``: rounds ``17 + 4 ceil(log2 C)``.
+* ``log_softmax(x) = x - m - log(s)``: rounds ``15 + 4 ceil(log2 C)``.
 * ``pow(x, k)`` for a public integer ``k``: square-and-multiply, the products
   of one step in one batch: rounds ``2 floor(log2 |k|)`` (+2 when ``k`` is not a
   power of two, + reciprocal's 9 when ``k < 0``); every intermediate power
@@ -145,27 +154,27 @@ def tanh(ctx: PartyContext, x: Share) -> Share:
 
 
 def log(ctx: PartyContext, x: Share) -> Share:
-    """Natural log; domain [1e-3, 1e4], exact on [2^-16, 2^16); ``log 2^-17`` for x <= 0. Rounds 9."""
+    """Natural log; domain [1e-3, 1e4], exact on [2^-16, 2^16); ``log 2^-17`` for x <= 0. Rounds 21."""
     return piecewise(ctx, x, LOG, "log")
 
 
 def reciprocal(ctx: PartyContext, x: Share) -> Share:
-    """``1 / x``; domain 1e-2 <= |x| <= 1e4 (and beyond 1e4); ``+-128`` for 0 < |x| < 2^-7, 128 at 0. Rounds 9."""
+    """``1 / x``; domain 1e-2 <= |x| <= 1e4 (and beyond 1e4); ``+-128`` for 0 < |x| < 2^-7, 128 at 0. Rounds 21."""
     return piecewise(ctx, x, RECIPROCAL, "reciprocal")
 
 
 def sqrt(ctx: PartyContext, x: Share) -> Share:
-    """Square root; domain [1e-3, 1e4], exact on [0, 2^16); 0 for x <= 0, 256 above 2^16. Rounds 9."""
+    """Square root; domain [1e-3, 1e4], exact on [0, 2^16); 0 for x <= 0, 256 above 2^16. Rounds 21."""
     return piecewise(ctx, x, SQRT, "sqrt")
 
 
 def rsqrt(ctx: PartyContext, x: Share) -> Share:
-    """``1 / sqrt(x)``; domain [1e-3, 1e4], exact on [2^-16, 2^16); 256 for x <= 0. Rounds 9."""
+    """``1 / sqrt(x)``; domain [1e-3, 1e4], exact on [2^-16, 2^16); 256 for x <= 0. Rounds 21."""
     return piecewise(ctx, x, RSQRT, "rsqrt")
 
 
 def sqrt_wide(ctx: PartyContext, x: Share) -> Share:
-    """Square root on [2^-16, 2^30) (the whole positive range: norms). Rounds 9."""
+    """Square root on [2^-16, 2^30) (the whole positive range: norms). Rounds 21."""
     return piecewise(ctx, x, SQRT_WIDE, "sqrt")
 
 
@@ -181,21 +190,21 @@ def _octaves_for(count: int) -> int:
 
 
 def softmax(ctx: PartyContext, x: Share) -> Share:
-    """Softmax over the last dimension (see the module docstring). Rounds 19 + 4 ceil(log2 C)."""
+    """Softmax over the last dimension (see the module docstring). Rounds 17 + 4 ceil(log2 C)."""
     c = x.shape[-1]
     if x.numel() == 0:
         return x
     if c == 1:
         return ones_like(ctx, x)
     m, _, _ = ctx.family.max_reduce(ctx, x, op="softmax:max")
-    e = piecewise(ctx, x - m.unsqueeze(-1), EXP_NONPOSITIVE, "softmax:exp")
+    e = ctx.family.exp_nonpositive(ctx, x - m.unsqueeze(-1))
     s = e.sum(-1, keepdim=True)
     inv = piecewise(ctx, s, reciprocal_table(-1, _octaves_for(c), negative=False), "softmax:inv")
     return mul(ctx, e, inv, "softmax:mul")
 
 
 def log_softmax(ctx: PartyContext, x: Share) -> Share:
-    """``x - max - log(sum exp(x - max))`` over the last dimension. Rounds 17 + 4 ceil(log2 C)."""
+    """``x - max - log(sum exp(x - max))`` over the last dimension. Rounds 15 + 4 ceil(log2 C)."""
     return log_softmax_keep(ctx, x, keep=False)[0]
 
 
@@ -213,7 +222,7 @@ def log_softmax_keep(ctx: PartyContext, x: Share, keep: bool = True) -> tuple[Sh
     """``log_softmax`` and, with ``keep``, ``(e, r)``: ``e = exp(x - max)`` and ``r = 1 / sum(e)`` (last
     dimension kept, size 1), so that ``softmax = e r`` (what its backward needs) costs one product instead of
     an exponential.  ``r`` comes in the rounds of the log (the same thermometer, ``piecewise_many``).
-    Rounds 17 + 4 ceil(log2 C) either way."""
+    Rounds 15 + 4 ceil(log2 C) either way."""
     c = x.shape[-1]
     if x.numel() == 0 or c == 1:
         zero = type(x).public(torch.zeros(x.shape, dtype=torch.int64), ctx.rank)
@@ -221,7 +230,7 @@ def log_softmax_keep(ctx: PartyContext, x: Share, keep: bool = True) -> tuple[Sh
         return (x if x.numel() == 0 else zero), ((one, one) if keep else None)
     m, _, _ = ctx.family.max_reduce(ctx, x, op="logsoftmax:max")
     z = x - m.unsqueeze(-1)
-    e = piecewise(ctx, z, EXP_NONPOSITIVE, "logsoftmax:exp")
+    e = ctx.family.exp_nonpositive(ctx, z)
     s = e.sum(-1, keepdim=True)
     octaves = _octaves_for(c)
     if not keep:

@@ -234,6 +234,9 @@ class PlaintextFamily(ProtocolFamily):
     def b2a(self, ctx, bits, op="b2a"):
         self._no_words("b2a")
 
+    def b2a_positions(self, ctx, words, positions, flip, op="b2a"):
+        self._no_words("b2a")
+
     def a2b(self, ctx, x, op="a2b"):
         self._no_words("a2b")
 

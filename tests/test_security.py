@@ -412,6 +412,22 @@ def _logreg(ctx, inp):
     return g.reveal(to=1), {**shares, "g": g.share.data}
 
 
+def _softmax_inputs(seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"Z": _signed(g, (8, 6), 0.25, 2.5), "B": _signed(g, (8, 6), 0.25, 2.5)}
+
+
+def _softmax(ctx, inp):
+    """exp (the one-hot table lookup: its index opening too) and softmax of a sum of two owners' inputs."""
+    z = mpc.share(inp["Z"] if ctx.rank == 0 else None, owner=0)
+    b = mpc.share(inp["B"] if ctx.rank == 1 else None, owner=1)
+    s = z + b
+    e = (s - 5.0).exp()
+    p = s.softmax(-1) + e
+    shares = {"Z": z.share.data, "B": b.share.data, "Z+B": s.share.data, "exp": e.share.data}
+    return p.reveal(to=0), {**shares, "p": p.share.data}
+
+
 WORKLOADS = {
     "inference": _Workload(
         _inference_inputs,
@@ -419,6 +435,13 @@ WORKLOADS = {
         {"X": 0, "W": 1},
         {"y": 0},
         lambda i: (i["X"] @ i["W"]).clamp(min=0),
+    ),
+    "softmax": _Workload(
+        _softmax_inputs,
+        _softmax,
+        {"Z": 0, "B": 1},
+        {"p": 0},
+        lambda i: torch.softmax(i["Z"] + i["B"], -1) + torch.exp(i["Z"] + i["B"] - 5.0),
     ),
     "logreg": _Workload(
         _logreg_inputs,

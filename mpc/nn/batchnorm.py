@@ -3,7 +3,7 @@
 Training (or ``track_running_stats=False``): the batch mean and the biased
 batch variance are secret (local sums, one truncation each for the public
 ``1/count``, one Beaver square), and ``y = (x - mean) * rsqrt(var + eps)``
-(rsqrt: 9 rounds, relative error 1e-3 on [1e-3, 1e4], exact to that on
+(rsqrt: 21 rounds, relative error 1e-3 on [1e-3, 1e4], exact to that on
 [2^-16, 2^16); a variance below 2^-16 saturates at 256, so keep inputs of a
 channel from being all but constant).  The running mean and the unbiased
 running variance are updated with the public ``momentum`` (or the cumulative

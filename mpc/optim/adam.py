@@ -14,7 +14,7 @@ torch's ``sqrt(v) + eps`` (the same up to a factor in [1, sqrt 2], and only
 where ``sqrt(v)`` is near ``eps``; ``eps^2`` is rounded to the grid and drops
 out at torch's default 1e-8).  Gradients are scaled by the public power of two
 ``grad_scale`` (S, default 64) before squaring, which is exact and cancels in
-``m_hat / sqrt(v_hat)``: the secret ``rsqrt`` (9 rounds, relative error 1e-3,
+``m_hat / sqrt(v_hat)``: the secret ``rsqrt`` (21 rounds, relative error 1e-3,
 exact to that on [2^-16, 2^16)) then sees ``S^2 v_hat``, accurate for gradient
 RMS in [2^-8 / S, 2^8 / S] = [6e-5, 4] at S = 64.  Below, rsqrt saturates at 256
 and the step shrinks smoothly (|step| <= lr); above, the step grows like
