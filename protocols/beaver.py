@@ -90,18 +90,28 @@ def mul_blocks(
     starts = list(range(0, n, block))
     prev = None  # (start, stop, the previous block's division, begun)
     for k in range(len(starts) + 1):
-        sends: list[torch.Tensor] = []
         cur = None
+        m = 0
         if k < len(starts):
             s0, s1 = starts[k], min(n, starts[k] + block)
-            h = ctx.correlations.request("triple", (OP_MUL, *pack_shapes((s1 - s0,), (s1 - s0,))))
+            m = s1 - s0
+            h = ctx.correlations.request("triple", (OP_MUL, *pack_shapes((m,), (m,))))
             a, b = h.randoms
-            sends += [xf[s0:s1] - a, yf[s0:s1] - b]
             cur = (s0, s1, h, a, b)
-        if prev is not None:
-            sends += prev[2].masked
-        opened = open_all(ctx, sends, name if cur is not None else f"{name}:trunc")
-        del sends
+        tail = prev[2].masked if prev is not None else []
+        # Everything this round opens, written straight into one buffer (no per-part copies to concatenate).
+        flat = torch.empty(2 * m + sum(t.numel() for t in tail), dtype=torch.int64)
+        if cur is not None:
+            torch.sub(xf[s0:s1], a, out=flat[:m])
+            torch.sub(yf[s0:s1], b, out=flat[m : 2 * m])
+        at = 2 * m
+        for t in tail:
+            flat[at : at + t.numel()] = t.reshape(-1)
+            at += t.numel()
+        sizes = ([m, m] if cur is not None else []) + [t.numel() for t in tail]
+        (total,) = open_all(ctx, [flat], name if cur is not None else f"{name}:trunc")
+        del flat, tail
+        opened = list(torch.split(total, sizes)) if sizes else []
         if prev is not None:
             (res,) = divide_finish(ctx, prev[2], opened[len(opened) - len(prev[2].masked) :])
             out[prev[0] : prev[1]] = res
@@ -110,10 +120,11 @@ def mul_blocks(
             s0, s1, h, a, b = cur
             e, g = opened[0], opened[1]
             (c,) = h.derived()
-            z = c + e * b + a * g
+            # z = c + e b + a g (+ e g at party 0), in place: b, a, c and the opened e are this party's own
+            z = c.add_(b.mul_(e)).add_(a.mul_(g))
             if party0:
-                z += e * g
-            del opened, e, g, a, b, c, cur
+                z += e.mul_(g)
+            del opened, total, e, g, a, b, c, cur
             prev = (s0, s1, divide_start(ctx, [(z, 1 << f)]))
     return out.reshape(x.shape)
 

@@ -98,10 +98,12 @@ def powers_generic(ctx: PartyContext, v: Share, degree: int, f: int, op: str) ->
 BLOCK_ELEMENTS = 1 << 20
 # Elementwise products over this many elements run block by block, pipelined (``beaver.mul_blocks``: block
 # k's truncation opens in the round of block k + 1's Beaver openings, so B blocks take B + 1 rounds and two
-# blocks' working sets are alive at once).  Measured (``scripts/bench.py --memory``, 2 parties): at 2^20,
-# 10^7 elements take 11 rounds and 47 bytes per element beyond the inputs, 10^8 97 rounds and 11.7; at 2^16
-# even 10^6 stays at 35, but takes 17 rounds and twice the time: the default favours rounds.
-MUL_BLOCK = 1 << 20
+# blocks' working sets are alive at once).  Measured (``scripts/bench.py --memory``, 2 parties, with the
+# openings built in one buffer and the products finished in place): at 2^17, 10^6 elements take 9 rounds
+# and 37 / 7 bytes per element beyond the inputs (issue 11 asks at most 48); at 2^18, 5 rounds and 80 / 57;
+# at 2^20, 2 rounds and 130 / 100.  The 2^17 blocks cost time on a bare 10^6 multiply (0.17 s against
+# 0.12 s at 2^20, 2 parties): memory first; products of networks' layers are far below a block.
+MUL_BLOCK = 1 << 17
 
 
 def _blockwise(x: Share, y: Share, fn: Callable[[Share, Share], Share], block: int | None = None) -> Share:

@@ -34,8 +34,10 @@ Steps = Generator[tuple[str, list[Opening]], list[torch.Tensor], Any]
 
 
 def _combine(mine: torch.Tensor, got: list[torch.Tensor], mode: int) -> torch.Tensor:
-    total = mine.clone()
-    for g in got:
+    """The opened value, accumulated into what came from the first peer (this party's own buffer; ``mine``
+    stays as sent: the link keeps a view of it until the peer acknowledges it, in case it must go again)."""
+    total = got[0]
+    for g in [*got[1:], mine]:
         if mode == XOR:
             total ^= g
         else:

@@ -97,9 +97,12 @@ def open_all(ctx: PartyContext, shares: Sequence[torch.Tensor], op: str) -> list
     flat = torch.cat([s.reshape(-1) for s in shares]) if len(shares) > 1 else shares[0]
     peers = [j for j in range(ctx.world_size) if j != ctx.rank]
     got = ctx.comm.exchange(op, {j: flat for j in peers}, {j: Expect(tuple(flat.shape)) for j in peers})
-    total = flat.clone()
-    for j in peers:
+    # Sum into a received tensor (this party's own buffer), not into ``flat``: the link keeps a view of what
+    # was sent until the peer acknowledges it, in case it must be sent again.
+    total = got[peers[0]]
+    for j in peers[1:]:
         total += got[j]
+    total += flat
     if len(shares) == 1:
         return [total]
     out, start = [], 0

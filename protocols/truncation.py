@@ -99,8 +99,11 @@ def divide_start(ctx: PartyContext, items: Sequence[tuple[torch.Tensor, int]], e
     ]
     masked = []
     for (_, x, d), h in zip(todo, handles, strict=True):
-        (r,) = h.randoms
-        masked.append((x + wrap_int(_offset(d)) if holder and not exact else x) + r)
+        (r,) = h.randoms  # this request's own draw, not needed after: the masked value is built in it
+        m = r.add_(x)
+        if holder and not exact:
+            m += wrap_int(_offset(d))
+        masked.append(m)
     return Division(todo, out, pow2, handles, masked, exact)
 
 
