@@ -18,6 +18,10 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 __all__ = ["Prg", "SEED_BYTES", "new_seed"]
 
 SEED_BYTES = 32
+# The keystream is AES-CTR over zeros, enciphered a chunk at a time from one shared zero buffer (no zeros as
+# large as the request, no copy of the output).
+_CHUNK = 1 << 20
+_ZEROS = memoryview(np.zeros(_CHUNK, dtype=np.uint8))
 
 
 def new_seed() -> bytes:
@@ -33,7 +37,6 @@ class Prg:
             raise ValueError(f"a Prg seed must be {SEED_BYTES} bytes")
         cipher = Cipher(algorithms.AES(bytes(seed)), modes.CTR(b"\x00" * 16))
         self._enc = cipher.encryptor()
-        self._zeros = np.zeros(0, dtype=np.uint8)
 
     def __repr__(self) -> str:  # never show the key
         return "Prg(<secret seed>)"
@@ -42,10 +45,11 @@ class Prg:
         """``n`` pseudo-random bytes as a uint8 array."""
         if n <= 0:
             return np.empty(0, dtype=np.uint8)
-        if self._zeros.size < n:
-            self._zeros = np.zeros(max(n, 1 << 16), dtype=np.uint8)
-        out = np.empty(n + 15, dtype=np.uint8)
-        self._enc.update_into(memoryview(self._zeros[:n]), out)
+        out = np.empty(n + 15, dtype=np.uint8)  # update_into wants 15 spare bytes after each piece
+        view = memoryview(out)
+        for start in range(0, n, _CHUNK):
+            size = min(_CHUNK, n - start)
+            self._enc.update_into(_ZEROS[:size], view[start : start + size + 15])
         return out[:n]
 
     def int64(self, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
@@ -54,8 +58,8 @@ class Prg:
         n = 1
         for s in shape:
             n *= s
-        raw = self.bytes(8 * n)
-        return torch.from_numpy(raw.view(np.int64).copy()).reshape(shape)
+        raw = self.bytes(8 * n)  # 16-byte aligned (numpy), so it views as int64 in place
+        return torch.from_numpy(raw.view(np.int64)).reshape(shape)
 
     def bits(self, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
         """Uniform 0/1 int64 values with the given shape."""

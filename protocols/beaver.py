@@ -42,10 +42,14 @@ def beaver_product(
     a, b = handle.randoms
     e, f = open_all(ctx, [x - a, y - b], name)
     (c,) = handle.derived()
-    z = c + _bilinear(op, e, b, extra) + _bilinear(op, a, f, extra)
+    return _finish(ctx, op, c, a, b, e, f, extra)
+
+
+def _finish(ctx: PartyContext, op: int, c, a, b, e, f, extra) -> torch.Tensor:
+    """``c + e op b + a op f`` (+ ``e op f`` at party 0, as ``e op (b + f)``: two bilinear maps, not three)."""
     if holds_public(ctx.rank):
-        z += _bilinear(op, e, f, extra)
-    return z
+        return c + _bilinear(op, e, b + f, extra) + _bilinear(op, a, f, extra)
+    return c + _bilinear(op, e, b, extra) + _bilinear(op, a, f, extra)
 
 
 def beaver_products(
@@ -61,15 +65,10 @@ def beaver_products(
         masked += [x - a, y - b]
     opened = open_all(ctx, masked, name)
     out = []
-    party0 = holds_public(ctx.rank)
     for i, ((op, _, _, extra), h) in enumerate(zip(items, handles, strict=True)):
         a, b = h.randoms
-        e, f = opened[2 * i], opened[2 * i + 1]
         (c,) = h.derived()
-        z = c + _bilinear(op, e, b, extra) + _bilinear(op, a, f, extra)
-        if party0:
-            z += _bilinear(op, e, f, extra)
-        out.append(z)
+        out.append(_finish(ctx, op, c, a, b, opened[2 * i], opened[2 * i + 1], extra))
     return out
 
 

@@ -302,6 +302,15 @@ def _b2aw_derived(p):
     return [(len(_b2aw_positions(p)), *p[1:])]
 
 
+def _b2aw_correct(r, others, p):
+    """``bits - others``, a row at a time (no stack of shifted copies)."""
+    (out,) = others
+    out.neg_()
+    for k, pos in enumerate(_b2aw_positions(p)):
+        out[k] += (r[0] >> pos) & 1
+    return [out]
+
+
 def _b2aw_derive(r, p):
     pos = torch.tensor(_b2aw_positions(p), dtype=torch.int64).reshape(-1, *([1] * r[0].dim()))
     return [(r[0].unsqueeze(0) >> pos) & 1]
@@ -318,6 +327,17 @@ def _onehot_check(p):
 
 def _onehot_derived(p):
     return [(*p[1:], _onehot_check(p))]
+
+
+def _onehot_correct(r, others, p):
+    """``onehot(rho) - others``: negate the others' sum in place and add the one 1 per element."""
+    size = _onehot_check(p)
+    (out,) = others
+    out.neg_()
+    idx = (r[0] & (size - 1)).reshape(-1)
+    hot = torch.arange(idx.numel(), dtype=torch.int64).mul_(size).add_(idx)  # flat position of each 1
+    out.view(-1).index_add_(0, hot, torch.ones(idx.numel(), dtype=torch.int64))
+    return [out]
 
 
 def _onehot_derive(r, p):
@@ -340,6 +360,9 @@ class Correlation:
     # Bytes per element of each derived part in the dealer's correction: a part whose shares matter only modulo
     # 2^(8 w) (truncation's msb, used times 2^(64 - f)) travels in its low w bytes; None: 8 for every part.
     derived_widths: Callable[[tuple[int, ...]], Sequence[int]] | None = None
+    # The correction straight from the random totals and the other parties' derived shares (additive parts
+    # only), for kinds whose derived parts are sparse: cheaper than deriving them densely and subtracting.
+    correct: Callable[[list[torch.Tensor], list[torch.Tensor], tuple[int, ...]], list[torch.Tensor]] | None = None
 
     def widths(self, params: tuple[int, ...], n_derived: int) -> list[int]:
         return [8] * n_derived if self.derived_widths is None else [int(w) for w in self.derived_widths(params)]
@@ -386,10 +409,12 @@ CORRELATIONS: dict[str, Correlation] = {
     "cmp": Correlation("cmp", _cmp_random, _cmp_derived, _cmp_derive, _cmp_xor),
     # A random XOR-shared word and the arithmetic shares of its bits at the positions of a mask: binary to
     # arithmetic of several bits of one word at once; params = (mask, *shape).
-    "b2aw": Correlation("b2aw", lambda p: [tuple(p[1:])], _b2aw_derived, _b2aw_derive, lambda p: ([True], [False])),
+    "b2aw": Correlation(
+        "b2aw", lambda p: [tuple(p[1:])], _b2aw_derived, _b2aw_derive, lambda p: ([True], [False]), None, _b2aw_correct
+    ),
     # A random index rho = r mod N (r additively shared) and the one-hot vector of rho, additively shared
     # (last dimension N): table lookups (``protocols.lookup``); params = (N, *shape), N a power of two.
-    "onehot": Correlation("onehot", lambda p: [tuple(p[1:])], _onehot_derived, _onehot_derive),
+    "onehot": Correlation("onehot", lambda p: [tuple(p[1:])], _onehot_derived, _onehot_derive, correct=_onehot_correct),
     # (a, a^2, ..., a^d): all powers of a secret from one opening; params = (d, *shape).
     "pow": Correlation("pow", _pow_shapes, _pow_derived, _pow_derive),
 }
@@ -512,6 +537,8 @@ class DealerGenerator:
                     else [_combine(t, d, x) for t, d, x in zip(derived_sum, ds, dxor, strict=True)]
                 )
         assert totals is not None
+        if corr.correct is not None and derived_sum is not None:
+            return pack_correction(corr.correct(totals, derived_sum, params), corr.widths(params, len(dshapes)))
         wanted = corr.derive(totals, params)
         if derived_sum is not None:  # in place where the derivation made a fresh tensor (no extra copy)
             wanted = [
