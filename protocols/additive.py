@@ -127,11 +127,11 @@ class AdditiveDealerFamily(RingFamily):
         return _a(ctx, lookup.exp_lookup(ctx, x.data, None, "exp"))
 
     def sigmoid(self, ctx: PartyContext, x: Share) -> Share:
-        if not lookup.supports(ctx.config.frac_bits):
+        if not lookup.fits(lookup.SIGMOID, ctx.config.frac_bits):
             return super().sigmoid(ctx, x)
         return _a(ctx, lookup.uniform_lookup(ctx, x.data, lookup.SIGMOID, "sigmoid"))
 
     def tanh(self, ctx: PartyContext, x: Share) -> Share:
-        if not lookup.supports(ctx.config.frac_bits):
+        if not lookup.fits(lookup.TANH, ctx.config.frac_bits):
             return super().tanh(ctx, x)
         return _a(ctx, lookup.uniform_lookup(ctx, x.data, lookup.TANH, "tanh"))

@@ -165,6 +165,26 @@ def square(ctx: PartyContext, x: torch.Tensor) -> torch.Tensor:
     return truncate(ctx, square_raw(ctx, x), op="square:trunc")
 
 
+def raw_powers(ctx: PartyContext, e: torch.Tensor, a: torch.Tensor, ap, degree: int) -> list[torch.Tensor]:
+    """Shares of ``v^1 .. v^degree`` at full scale (``k f`` bits) from the opened ``e = v - a`` and the dealer's
+    ``a`` and ``ap = (a^2, ..., a^degree)``: ``v^k = sum_m C(k, m) e^(k-m) a^m``, the public ``e^k`` at party 0.
+    The first is ``v`` itself (``e + a``, ``e`` at party 0)."""
+    party0 = holds_public(ctx.rank)
+    apow = [None, a, *ap]
+    epow = [None, e]
+    for _ in range(2, degree + 1):
+        epow.append(epow[-1] * e)  # wraps modulo 2^64, as it must
+    out = [a + e if party0 else a.clone()]
+    for k in range(2, degree + 1):
+        acc = k * epow[k - 1] * a
+        for m in range(2, k + 1):
+            acc += math.comb(k, m) * (epow[k - m] * apow[m] if m < k else apow[m])
+        if party0:
+            acc += epow[k]
+        out.append(acc)
+    return out
+
+
 def powers(ctx: PartyContext, v: torch.Tensor, degree: int, f: int, op: str) -> list[torch.Tensor]:
     """``[v, v^2, ..., v^degree]`` with f fractional bits each: one opening, one batched truncation.
 
@@ -180,16 +200,5 @@ def powers(ctx: PartyContext, v: torch.Tensor, degree: int, f: int, op: str) -> 
     (a,) = handle.randoms
     (e,) = open_all(ctx, [v - a], f"{op}:pow")
     (ap,) = handle.derived()
-    apow = [None, a] + [ap[k - 2] for k in range(2, degree + 1)]
-    epow = [torch.ones_like(e), e]
-    for _ in range(2, degree + 1):
-        epow.append(epow[-1] * e)  # wraps modulo 2^64, as it must
-    raw = []
-    for k in range(2, degree + 1):
-        acc = math.comb(k, 1) * epow[k - 1] * a
-        for m in range(2, k + 1):
-            acc = acc + math.comb(k, m) * epow[k - m] * apow[m]
-        if holds_public(ctx.rank):
-            acc = acc + epow[k]
-        raw.append((acc, (k - 1) * f))
+    raw = [(vk, (k - 1) * f) for k, vk in enumerate(raw_powers(ctx, e, a, ap, degree)[1:], start=2)]
     return [v, *truncate_many(ctx, raw, f"{op}:powtr")]

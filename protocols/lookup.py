@@ -59,12 +59,13 @@ from mpc.ring import wrap_int
 from mpc.shares import holds_public
 
 from .approx import _fit
+from .beaver import raw_powers
 from .comparison import compare_steps
 from .correlated import OP_MUL, pack_shapes
 from .rounds import ADD, Steps, drive
 from .truncation import divide_finish, divide_start
 
-__all__ = ["exp_lookup", "supports", "EXP_LO", "EXP_HI", "exp_poly", "uniform_lookup", "SIGMOID", "TANH"]
+__all__ = ["exp_lookup", "supports", "fits", "EXP_LO", "EXP_HI", "exp_poly", "uniform_lookup", "SIGMOID", "TANH"]
 
 LOG2E_BITS = 14  # L = round(log2(e) 2^14) = 23637 is within 6.6e-7 of log2(e) 2^14
 V_BITS = 12  # fractional bits of v (its fourth power takes 48 of the 60 bits of the polynomial's scale)
@@ -134,22 +135,13 @@ def _exp_core(ctx: PartyContext, xf: torch.Tensor, op: str) -> Steps:
     # The polynomial from the untruncated powers v^m = sum_j C(m, j) e^(m-j) a^j (scale 2^(12 m)).
     (ap,) = pw.derived()
     (onehot,) = oh.derived()  # (n, TABLE)
-    apow = [None, a, *ap]
     cm = exp_poly()
-    epow = [None, e]
-    for _ in range(2, DEGREE + 1):
-        epow.append(epow[-1] * e)
     poly = v * cm[1]
-    for m in range(2, DEGREE + 1):
-        vm = m * epow[m - 1] * a
-        for j in range(2, m + 1):
-            vm += math.comb(m, j) * (epow[m - j] * apow[j] if j < m else apow[j])
-        if party0:
-            vm += epow[m]
+    for m, vm in enumerate(raw_powers(ctx, e, a, ap, DEGREE)[1:], start=2):
         poly += vm * cm[m]
     if party0:
         poly += cm[0]
-    del epow, apow, ap
+    del ap
     trunc = divide_start(ctx, [(poly, 1 << (POLY_SCALE - f))])
     (p,) = divide_finish(ctx, trunc, (yield f"{op}:poly", [(trunc.masked[0], ADD)]))
     # A = 2^k: the public table 2^j (j in [-16, 15]) rotated by the opened index, against the shared one-hot.
@@ -240,18 +232,7 @@ def _uniform_core(ctx: PartyContext, xf: torch.Tensor, tab: UniformLookup, extra
     cidx, e = yield f"{op}:index", [(idx, ADD), (v - a, ADD)]
     (ap,) = pw.derived()
     (onehot,) = oh.derived()
-    apow = [None, a, *ap]
-    epow = [None, e]
-    for _ in range(2, d + 1):
-        epow.append(epow[-1] * e)
-    raw = []
-    for m in range(2, d + 1):
-        vm = m * epow[m - 1] * a
-        for j in range(2, m + 1):
-            vm += math.comb(m, j) * (epow[m - j] * apow[j] if j < m else apow[j])
-        if party0:
-            vm += epow[m]
-        raw.append((vm, (1 << ((m - 1) * f))))
+    raw = [(vm, 1 << ((m - 1) * f)) for m, vm in enumerate(raw_powers(ctx, e, a, ap, d)[1:], start=2)]
     tr = divide_start(ctx, raw)
     powers = [v, *divide_finish(ctx, tr, (yield f"{op}:powtr", [(t, ADD) for t in tr.masked]))]
     # Coefficients C_m = sum_i [q == i] A_im, the row table rotated by the opened index against the one-hot.
@@ -268,6 +249,17 @@ def _uniform_core(ctx: PartyContext, xf: torch.Tensor, tab: UniformLookup, extra
     opened = yield f"{op}:poly", [(coef[1:] - ta, ADD), (stacked - tb, ADD)]
     prod = _triple_finish(ctx, tri, opened)
     return prod.sum(0) + coef[0]
+
+
+def fits(tab: UniformLookup, frac_bits: int) -> bool:
+    """Whether ``tab``'s rows and ends lie on the fixed-point grid (a row at least 2 units wide): elsewhere the
+    rows would not line up with the fits, and the thermometer table (which checks its grid) is used."""
+
+    def on_grid(v: float, least: int = 0) -> bool:
+        r = v * 2**frac_bits
+        return r == round(r) and abs(r) >= least
+
+    return supports(frac_bits) and on_grid(tab.step, 2) and on_grid(tab.lo) and on_grid(tab.hi)
 
 
 def uniform_lookup(ctx: PartyContext, x: torch.Tensor, tab: UniformLookup, op: str) -> torch.Tensor:

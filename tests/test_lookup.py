@@ -178,3 +178,23 @@ def test_b2a_positions_matches_the_generic_conversion(sim, n):
     enc = torch.round(v * 2**16).long()
     want = torch.stack([(enc >> p) & 1 ^ int(fl) for p, fl in zip([0, 5, 17, 63, 17], [0, 1, 0, 0, 1])])
     assert torch.equal(fast, want) and torch.equal(generic, want)
+
+
+def _sigmoid(ctx, v):
+    x = mpc.share(v if ctx.rank == 0 else None, owner=0)
+    before = ctx.stats.rounds
+    y = x.sigmoid()
+    rounds = ctx.stats.rounds - before
+    return y.reveal(), rounds
+
+
+@pytest.mark.timeout(60)
+def test_uniform_lookup_only_where_its_rows_lie_on_the_grid(sim):
+    assert lookup.fits(lookup.SIGMOID, 16) and lookup.fits(lookup.TANH, 2)
+    assert not lookup.fits(lookup.SIGMOID, 1) and not lookup.fits(lookup.TANH, 1) and not lookup.fits(lookup.TANH, 24)
+    v = torch.tensor([-12.0, -3.0, -1.0, 0.0, 1.0, 3.0, 12.0], dtype=torch.float64)
+    (fine, r16), _ = sim(lambda ctx: _sigmoid(ctx, v), 2, protocol=SECURE)
+    (coarse, r1), _ = sim(lambda ctx: _sigmoid(ctx, v), 2, protocol=SECURE, frac_bits=1)
+    assert r16 == 6 and r1 == 8  # f = 1: rows of 0.75 are not on the grid, the thermometer table runs
+    assert float((fine - torch.sigmoid(v)).abs().max()) < 1e-3
+    assert float((coarse - torch.sigmoid(v)).abs().max()) <= 0.5  # one fractional bit: coarse, not wrong
