@@ -42,10 +42,10 @@ def beaver_product(
     a, b = handle.randoms
     e, f = open_all(ctx, [x - a, y - b], name)
     (c,) = handle.derived()
-    return _finish(ctx, op, c, a, b, e, f, extra)
+    return finish_product(ctx, op, c, a, b, e, f, extra)
 
 
-def _finish(ctx: PartyContext, op: int, c, a, b, e, f, extra) -> torch.Tensor:
+def finish_product(ctx: PartyContext, op: int, c, a, b, e, f, extra=()) -> torch.Tensor:
     """``c + e op b + a op f`` (+ ``e op f`` at party 0, as ``e op (b + f)``: two bilinear maps, not three)."""
     if holds_public(ctx.rank):
         return c + _bilinear(op, e, b + f, extra) + _bilinear(op, a, f, extra)
@@ -68,7 +68,7 @@ def beaver_products(
     for i, ((op, _, _, extra), h) in enumerate(zip(items, handles, strict=True)):
         a, b = h.randoms
         (c,) = h.derived()
-        out.append(_finish(ctx, op, c, a, b, opened[2 * i], opened[2 * i + 1], extra))
+        out.append(finish_product(ctx, op, c, a, b, opened[2 * i], opened[2 * i + 1], extra))
     return out
 
 
