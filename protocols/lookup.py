@@ -1,4 +1,4 @@
-"""Table lookup by a shared one-hot index: ``exp`` in 6 rounds and 2 comparisons (the thermometer needs 24).
+"""Table lookup by a shared one-hot index: ``exp``, ``sigmoid``, ``tanh`` in 6 rounds and 2 comparisons each.
 
 The piecewise tables of ``protocols.approx`` find the interval of ``x`` with a
 thermometer of comparisons, one per threshold: ``exp`` on [-11, 12) costs 24
@@ -43,6 +43,18 @@ absolute; ``0`` below ``lo = -11`` (true value < 1.7e-5) and ``e^10`` from
 softmax's ``e^(x - max)``) has no upper comparison.
 
 Needs ``frac_bits <= 20`` (so do the thermometer tables of degree 4: wider encodings get an error).
+
+Uniform tables (``UniformLookup``: sigmoid on [-9, 9) in rows of 0.75, degree 3;
+tanh on [-5, 5) in rows of 0.5, degree 4) follow the same pattern with the row
+index ``q = (x - lo) / step`` (one exact division, stochastically rounded, so
+``q`` is the row of ``x`` or the next one and ``v = x - lo - q step`` lies in
+``[-step, step]``: each row's polynomial is fitted over two rows' width), the
+one-hot selecting each power's coefficient (a ``(rows, 32)`` table rotated by
+the opened index), the powers of ``v`` truncated in one round and one batched
+product for ``sum_m C_m v^m``; saturation as for exp (``below`` under ``lo``,
+``above`` from ``hi`` on).  Only where the rows and ends lie on the
+fixed-point grid (``fits``); elsewhere the thermometer tables run.  Max error
+(f = 16): sigmoid 2.0e-4, tanh 2.3e-4 (the issue's target: 1e-3).
 """
 
 from __future__ import annotations
