@@ -58,8 +58,11 @@ class Prg:
         n = 1
         for s in shape:
             n *= s
-        raw = self.bytes(8 * n)  # 16-byte aligned (numpy), so it views as int64 in place
-        return torch.from_numpy(raw.view(np.int64)).reshape(shape)
+        raw = self.bytes(8 * n)
+        words = raw.view(np.int64)
+        if raw.ctypes.data % 8:  # numpy's buffers are 16-byte aligned in practice; never view unaligned words
+            words = words.copy()
+        return torch.from_numpy(words).reshape(shape)
 
     def bits(self, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
         """Uniform 0/1 int64 values with the given shape."""

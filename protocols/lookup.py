@@ -175,14 +175,20 @@ def exp_lookup(ctx: PartyContext, x: torch.Tensor, hi: float | None = EXP_HI, op
         [compare_steps(ctx, xf, thresholds, negate=True, op=f"{op}:cmp"), _exp_core(ctx, xf, op)],
     )
     bits = cmp.bits
-    h = bits[0] if hi is None else bits[0] - bits[1]
-    tri, sends = _triple(ctx, h, s)
-    hs = _triple_finish(ctx, tri, drive(ctx, [_one(f"{op}:sat", sends)])[0])
-    fin = divide_start(ctx, [(hs, 1 << f)])
-    (out,) = divide_finish(ctx, fin, drive(ctx, [_one(f"{op}:out", [(fin.masked[0], ADD)])])[0])
+    out = _saturate(ctx, bits[0] if hi is None else bits[0] - bits[1], s, f, op)
     if hi is not None:
         out += bits[1] * round(math.exp(hi) * 2**f)
     return out.reshape(shape)
+
+
+def _saturate(ctx: PartyContext, h: torch.Tensor, s: torch.Tensor, shift: int, op: str) -> torch.Tensor:
+    """``h s / 2^shift`` for the 0/1 interval indicator ``h``: one Beaver round (``h`` is an integer, the
+    product keeps ``s``'s scale), then one truncation round.  Outside the interval ``h s`` is an exact 0."""
+    tri, sends = _triple(ctx, h, s)
+    hs = _triple_finish(ctx, tri, drive(ctx, [_one(f"{op}:sat", sends)])[0])
+    fin = divide_start(ctx, [(hs, 1 << shift)])
+    (out,) = divide_finish(ctx, fin, drive(ctx, [_one(f"{op}:out", [(fin.masked[0], ADD)])])[0])
+    return out
 
 
 def _one(name: str, items):
@@ -284,11 +290,7 @@ def uniform_lookup(ctx: PartyContext, x: torch.Tensor, tab: UniformLookup, op: s
         ctx, [compare_steps(ctx, xf, thresholds, negate=True, op=f"{op}:cmp"), _uniform_core(ctx, xf, tab, extra, op)]
     )
     bits = cmp.bits
-    h = bits[0] - bits[1]
-    tri, sends = _triple(ctx, h, s)
-    hs = _triple_finish(ctx, tri, drive(ctx, [_one(f"{op}:sat", sends)])[0])
-    fin = divide_start(ctx, [(hs, 1 << (f + extra))])
-    (out,) = divide_finish(ctx, fin, drive(ctx, [_one(f"{op}:out", [(fin.masked[0], ADD)])])[0])
+    out = _saturate(ctx, bits[0] - bits[1], s, f + extra, op)
     out += bits[1] * round(tab.above * 2**f)
     if tab.below:
         out += (1 - bits[0]) * round(tab.below * 2**f) if holds_public(ctx.rank) else -bits[0] * round(tab.below * 2**f)

@@ -83,10 +83,11 @@ def test_drive_runs_independent_protocols_in_the_same_rounds(sim, n):
         assert torch.equal(b[0], (v >= 0.5).long()) and torch.equal(b[1], (v >= 2.0).long())
 
 
-def _exp(ctx, v):
+def _unary(ctx, v, method="exp"):
+    """``method`` of the shared ``v``, revealed, and the rounds it took (the reveal not counted)."""
     x = mpc.share(v if ctx.rank == 0 else None, owner=0)
     before = ctx.stats.rounds
-    y = x.exp()
+    y = getattr(x, method)()
     rounds = ctx.stats.rounds - before
     return y.reveal(), rounds
 
@@ -96,7 +97,7 @@ def _exp(ctx, v):
 def test_exp_by_lookup_rounds_and_accuracy(sim, n):
     v = torch.cat([torch.linspace(-12, 10, 2001, dtype=torch.float64), torch.tensor([-11.0, 0.0, 9.99, 10.0, 50.0])])
     v = torch.round(v * 2**16) / 2**16
-    for got, rounds in sim(lambda ctx: _exp(ctx, v), n, protocol=SECURE):
+    for got, rounds in sim(lambda ctx: _unary(ctx, v), n, protocol=SECURE):
         want = torch.where(v >= lookup.EXP_HI, math.exp(lookup.EXP_HI), torch.exp(v))
         assert rounds == 6
         assert float(((got - want).abs() / (1e-3 * want.abs() + 2**-14)).max()) <= 1.0
@@ -107,14 +108,14 @@ def test_exp_wider_than_the_ring_allows_is_refused_by_name(sim):
     assert not lookup.supports(24) and lookup.supports(16) and lookup.supports(8)
     v = torch.linspace(-10, 9, 31, dtype=torch.float64)
     with pytest.raises(ProtocolError, match="exp needs frac_bits <= 20"):
-        sim(lambda ctx: _exp(ctx, v), 2, protocol=SECURE, frac_bits=24)
+        sim(lambda ctx: _unary(ctx, v), 2, protocol=SECURE, frac_bits=24)
 
 
 @pytest.mark.timeout(60)
 def test_exp_at_a_narrow_encoding(sim):
     v = torch.linspace(-6, 6, 301, dtype=torch.float64)
     v = torch.round(v * 2**10) / 2**10
-    (got, rounds), _ = sim(lambda ctx: _exp(ctx, v), 2, protocol=SECURE, frac_bits=10)
+    (got, rounds), _ = sim(lambda ctx: _unary(ctx, v), 2, protocol=SECURE, frac_bits=10)
     assert rounds == 6
     assert float(((got - torch.exp(v)).abs() / (4e-3 * torch.exp(v) + 2**-9)).max()) <= 1.0
 
@@ -180,21 +181,13 @@ def test_b2a_positions_matches_the_generic_conversion(sim, n):
     assert torch.equal(fast, want) and torch.equal(generic, want)
 
 
-def _sigmoid(ctx, v):
-    x = mpc.share(v if ctx.rank == 0 else None, owner=0)
-    before = ctx.stats.rounds
-    y = x.sigmoid()
-    rounds = ctx.stats.rounds - before
-    return y.reveal(), rounds
-
-
 @pytest.mark.timeout(60)
 def test_uniform_lookup_only_where_its_rows_lie_on_the_grid(sim):
     assert lookup.fits(lookup.SIGMOID, 16) and lookup.fits(lookup.TANH, 2)
     assert not lookup.fits(lookup.SIGMOID, 1) and not lookup.fits(lookup.TANH, 1) and not lookup.fits(lookup.TANH, 24)
     v = torch.tensor([-12.0, -3.0, -1.0, 0.0, 1.0, 3.0, 12.0], dtype=torch.float64)
-    (fine, r16), _ = sim(lambda ctx: _sigmoid(ctx, v), 2, protocol=SECURE)
-    (coarse, r1), _ = sim(lambda ctx: _sigmoid(ctx, v), 2, protocol=SECURE, frac_bits=1)
+    (fine, r16), _ = sim(lambda ctx: _unary(ctx, v, "sigmoid"), 2, protocol=SECURE)
+    (coarse, r1), _ = sim(lambda ctx: _unary(ctx, v, "sigmoid"), 2, protocol=SECURE, frac_bits=1)
     assert r16 == 6 and r1 == 8  # f = 1: rows of 0.75 are not on the grid, the thermometer table runs
     assert float((fine - torch.sigmoid(v)).abs().max()) < 1e-3
     assert float((coarse - torch.sigmoid(v)).abs().max()) <= 0.5  # one fractional bit: coarse, not wrong
