@@ -70,10 +70,19 @@ class AdditiveDealerFamily(RingFamily):
         return _a(ctx, beaver.beaver_product(ctx, kind, x.data, y.data, extra, name=op))
 
     def mul_blocks(self, ctx, x, y, op="mul"):
+        if ctx.config.frac_bits == 0:
+            return super().mul_blocks(ctx, x, y, op)
         return _a(ctx, beaver.mul_blocks(ctx, x.data, y.data, ctx.config.frac_bits, ring_family.MUL_BLOCK, op))
 
     def product_many(self, ctx, items, op="mul"):
         zs = beaver.beaver_products(ctx, [(k, x.data, y.data, e) for k, x, y, e in items], name=op)
+        return [_a(ctx, z) for z in zs]
+
+    def product_truncated_many(self, ctx, items, op="mul"):
+        f = ctx.config.frac_bits
+        if f == 0:
+            return super().product_truncated_many(ctx, items, op)
+        zs = beaver.product_truncated_many(ctx, [(k, x.data, y.data, e) for k, x, y, e in items], f, name=op)
         return [_a(ctx, z) for z in zs]
 
     def square_raw(self, ctx, x, op="square"):

@@ -13,7 +13,15 @@ triple ``(a, b, c = a op b)``:
 
 Rounds 2 (1 for the untruncated product); bytes per party
 8 (n-1) (|x| + |y|) for the openings, plus 8 (n-1) |z| for the truncation.  The
-dealer sends |c| ring elements to the last party (and 2 |z| for truncation).
+dealer sends |c| ring elements to the last party for an untruncated product.
+
+A truncated product (``product_truncated``) takes the triple and the
+truncation mask from one fused request (``ptrunc``): the dealer's derived part
+is ``c + r`` instead of ``c``, so step 3 yields the masked value the truncation
+opens, and the mask ``r = rotl(s, f)`` is a rotation of a seeded ``s``, so
+``r >> f`` needs no correction of its own: the dealer sends 8 + 2 ceil(f / 8)
+bytes per output element (12 at f = 16) where a triple and a truncation pair
+take 16 + ceil(f / 8) (``truncation.finish_rotated`` has the algebra).
 
 Squaring uses a pair ``(a, a^2)``: open ``e = x - a``; ``x^2 = a^2 + 2 e a + e^2``.
 """
@@ -25,13 +33,25 @@ import math
 import torch
 
 from mpc.context import PartyContext
+from mpc.ring import wrap_int
 from mpc.shares import holds_public
 
 from .correlated import OP_CONV2D, OP_MATMUL, OP_MUL, _bilinear, pack_shapes
 from .sharing import open_all
-from .truncation import divide_finish, divide_start, truncate, truncate_many
+from .truncation import OFFSET_BITS, finish_rotated, truncate, truncate_many
 
-__all__ = ["beaver_product", "mul", "matmul", "conv2d", "square", "square_raw", "powers"]
+__all__ = [
+    "beaver_product",
+    "product_truncated",
+    "product_truncated_many",
+    "mul_blocks",
+    "mul",
+    "matmul",
+    "conv2d",
+    "square",
+    "square_raw",
+    "powers",
+]
 
 
 def beaver_product(
@@ -72,68 +92,113 @@ def beaver_products(
     return out
 
 
+def _ptrunc_request(ctx: PartyContext, op: int, xs, ys, f: int, extra: tuple[int, ...] = ()):
+    return ctx.correlations.request("ptrunc", (f, op, *pack_shapes(xs, ys), *extra))
+
+
+def _masked_product(ctx: PartyContext, op: int, h, e, g, extra=()) -> torch.Tensor:
+    """``x op y + r`` (+ ``K`` at party 0) from the opened ``e``, ``g`` and a ``ptrunc`` handle: the value the
+    truncation opens, straight out of the Beaver finish."""
+    a, b, _ = h.randoms
+    cr, _, _ = h.derived()
+    z = finish_product(ctx, op, cr, a, b, e, g, extra)
+    if holds_public(ctx.rank):
+        z += wrap_int(1 << OFFSET_BITS)
+    return z
+
+
+def product_truncated_many(
+    ctx: PartyContext, items: list[tuple[int, torch.Tensor, torch.Tensor, tuple[int, ...]]], f: int, name: str = "mul"
+) -> list[torch.Tensor]:
+    """``(x op y) / 2^f`` for every ``(op, x, y, extra)``: 2 rounds for all, the Beaver triple and the
+    truncation mask from one dealer request each (``ptrunc``: the dealer sends 8 + 2 ceil(f / 8) bytes per
+    output element, not 16 + ceil(f / 8)); the product's shares plus the mask come out of the Beaver finish,
+    so the truncation opens them as they are.  Bytes per party as a product and a truncation."""
+    hs = [_ptrunc_request(ctx, op, x.shape, y.shape, f, extra) for op, x, y, extra in items]
+    masked = []
+    for (_, x, y, _), h in zip(items, hs, strict=True):
+        a, b, _ = h.randoms
+        masked += [x - a, y - b]
+    opened = open_all(ctx, masked, name)
+    zs = [
+        _masked_product(ctx, op, h, opened[2 * i], opened[2 * i + 1], extra)
+        for i, ((op, _, _, extra), h) in enumerate(zip(items, hs, strict=True))
+    ]
+    cs = open_all(ctx, zs, f"{name}:trunc")
+    out = []
+    for h, c in zip(hs, cs, strict=True):
+        _, t, m = h.derived()
+        out.append(finish_rotated(ctx, c, h.randoms[2], t, m, f))
+    return out
+
+
+def product_truncated(
+    ctx: PartyContext, op: int, x: torch.Tensor, y: torch.Tensor, f: int, extra: tuple[int, ...] = (), name="mul"
+) -> torch.Tensor:
+    """``(x op y) / 2^f``: ``product_truncated_many`` of one."""
+    return product_truncated_many(ctx, [(op, x, y, extra)], f, name)[0]
+
+
 def mul_blocks(
     ctx: PartyContext, x: torch.Tensor, y: torch.Tensor, f: int, block: int, name: str = "mul"
 ) -> torch.Tensor:
     """``x * y`` truncated by ``f`` bits, block by block with bounded memory, pipelined.
 
     Round ``k`` opens block ``k``'s Beaver differences together with block
-    ``k - 1``'s masked truncation (independent values), so ``B`` blocks cost
+    ``k - 1``'s masked product (independent values), so ``B`` blocks cost
     ``B + 1`` rounds (not ``2 B``) and at most two blocks' working sets are alive
-    at once; only the result grows with the size.  Bytes as ``mul``'s.
+    at once; only the result grows with the size.  Each block's triple and
+    truncation mask are one ``ptrunc`` request.  Bytes as ``mul``'s.
     """
     n = x.numel()
     xf, yf = x.reshape(-1), y.reshape(-1)
     out = torch.empty(n, dtype=torch.int64)
     party0 = holds_public(ctx.rank)
     starts = list(range(0, n, block))
-    prev = None  # (start, stop, the previous block's division, begun)
+    prev = None  # (start, stop, the previous block's masked product, and its s, t, m for the truncation)
     for k in range(len(starts) + 1):
         cur = None
         m = 0
         if k < len(starts):
             s0, s1 = starts[k], min(n, starts[k] + block)
             m = s1 - s0
-            h = ctx.correlations.request("triple", (OP_MUL, *pack_shapes((m,), (m,))))
-            a, b = h.randoms
+            h = _ptrunc_request(ctx, OP_MUL, (m,), (m,), f)
+            a, b, _ = h.randoms
             cur = (s0, s1, h, a, b)
-        tail = prev[2].masked if prev is not None else []
+        tail = prev[2].numel() if prev is not None else 0
         # Everything this round opens, written straight into one buffer (no per-part copies to concatenate).
-        flat = torch.empty(2 * m + sum(t.numel() for t in tail), dtype=torch.int64)
+        flat = torch.empty(2 * m + tail, dtype=torch.int64)
         if cur is not None:
             torch.sub(xf[s0:s1], a, out=flat[:m])
             torch.sub(yf[s0:s1], b, out=flat[m : 2 * m])
-        at = 2 * m
-        for t in tail:
-            flat[at : at + t.numel()] = t.reshape(-1)
-            at += t.numel()
-        sizes = ([m, m] if cur is not None else []) + [t.numel() for t in tail]
-        (total,) = open_all(ctx, [flat], name if cur is not None else f"{name}:trunc")
-        del flat, tail
-        opened = list(torch.split(total, sizes)) if sizes else []
         if prev is not None:
-            (res,) = divide_finish(ctx, prev[2], opened[len(opened) - len(prev[2].masked) :])
-            out[prev[0] : prev[1]] = res
+            flat[2 * m :] = prev[2]
+        (total,) = open_all(ctx, [flat], name if cur is not None else f"{name}:trunc")
+        del flat
+        if prev is not None:
+            out[prev[0] : prev[1]] = finish_rotated(ctx, total[2 * m :], *prev[3:], f)
             prev = None
         if cur is not None:
             s0, s1, h, a, b = cur
-            e, g = opened[0], opened[1]
-            (c,) = h.derived()
-            # z = c + e b + a g (+ e g at party 0), in place: b, a, c and the opened e are this party's own
-            z = c.add_(b.mul_(e)).add_(a.mul_(g))
+            e, g = total[:m], total[m : 2 * m]
+            cr, t, mm = h.derived()
+            # z + r = c' + e b + a g (+ e g + K at party 0), in place: b, a, c' and the opened e are this party's
+            z = cr.add_(b.mul_(e)).add_(a.mul_(g))
             if party0:
                 z += e.mul_(g)
-            del opened, total, e, g, a, b, c, cur
-            prev = (s0, s1, divide_start(ctx, [(z, 1 << f)]))
+                z += wrap_int(1 << OFFSET_BITS)
+            prev = (s0, s1, z, h.randoms[2], t, mm)
+            del e, g, a, b, cr, cur, h
+        del total
     return out.reshape(x.shape)
 
 
 def mul(ctx: PartyContext, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return truncate(ctx, beaver_product(ctx, OP_MUL, x, y, name="mul"), op="mul:trunc")
+    return product_truncated(ctx, OP_MUL, x, y, ctx.config.frac_bits, name="mul")
 
 
 def matmul(ctx: PartyContext, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return truncate(ctx, beaver_product(ctx, OP_MATMUL, x, y, name="matmul"), op="matmul:trunc")
+    return product_truncated(ctx, OP_MATMUL, x, y, ctx.config.frac_bits, name="matmul")
 
 
 def conv2d(
@@ -146,7 +211,7 @@ def conv2d(
     groups: int = 1,
 ) -> torch.Tensor:
     extra = (*stride, *padding, *dilation, groups)
-    return truncate(ctx, beaver_product(ctx, OP_CONV2D, x, w, extra, name="conv2d"), op="conv2d:trunc")
+    return product_truncated(ctx, OP_CONV2D, x, w, ctx.config.frac_bits, extra, name="conv2d")
 
 
 def square_raw(ctx: PartyContext, x: torch.Tensor, op: str = "square") -> torch.Tensor:

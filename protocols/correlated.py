@@ -156,6 +156,38 @@ def _trunc_derive(r, params):
     return [logical_rshift(r[0], f), msb(r[0])]
 
 
+def _ptr_split(p):
+    """``(f, triple params)`` of a ``ptrunc`` request."""
+    if len(p) < 2 or not 1 <= int(p[0]) <= 62:
+        raise ValueError(f"ptrunc takes a shift in [1, 62] and a triple's parameters, got {tuple(p[:1])}")
+    return int(p[0]), tuple(p[1:])
+
+
+def _ptr_random(p):
+    _, tp = _ptr_split(p)
+    return [*_triple_shapes(tp), *_triple_out(tp)]
+
+
+def _ptr_derived(p):
+    _, tp = _ptr_split(p)
+    return _triple_out(tp) * 3
+
+
+def _ptr_widths(p):
+    f, _ = _ptr_split(p)
+    return [8, -(-f // 8), -(-f // 8)]
+
+
+def _ptr_derive(r, p):
+    """``(a op b + r, t, msb(r))`` with ``r = rotl(s, f)``: see ``truncation.finish_rotated``."""
+    f, tp = _ptr_split(p)
+    a, b, s = r
+    (c,) = _triple_derive([a, b], tp)
+    t = logical_rshift(s, 64 - f)  # the top f bits of s, which the rotation brings to the bottom of r
+    c += (s << f) | t
+    return [c, t, (s >> (63 - f)) & 1]
+
+
 MAX_DIVISOR = 1 << 62
 
 
@@ -390,6 +422,11 @@ CORRELATIONS: dict[str, Correlation] = {
     "trunc": Correlation(
         "trunc", _trunc_shapes, lambda p: _trunc_shapes(p) * 2, _trunc_derive, None, lambda p: [8, -(-int(p[0]) // 8)]
     ),
+    # A triple fused with a truncation mask, for a product truncated by f bits (``beaver.product_truncated``):
+    # random a, b and s; derived a op b + r with r = rotl(s, f) (uniform), and the top f bits t of s and
+    # msb(r), both counting only modulo 2^f: the dealer sends 8 + 2 ceil(f / 8) bytes per output element
+    # where a triple and a truncation pair take 16 + ceil(f / 8); params = (f, *triple's params).
+    "ptrunc": Correlation("ptrunc", _ptr_random, _ptr_derived, _ptr_derive, None, _ptr_widths),
     # (r, floor(r / d), msb(r)) for exact division by a public integer d (unsigned r); params = (d, *shape).
     "div": Correlation("div", _div_shapes, lambda p: _div_shapes(p) * 2, _div_derive),
     # XOR-shared (a, b_1..b_m, a & b_i): AND gates, one input fanned out to m others; params = (m, *shape).

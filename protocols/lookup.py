@@ -71,7 +71,7 @@ from mpc.ring import wrap_int
 from mpc.shares import holds_public
 
 from .approx import _fit
-from .beaver import finish_product, raw_powers
+from .beaver import finish_product, product_truncated, raw_powers
 from .comparison import compare_steps
 from .correlated import OP_MUL, pack_shapes
 from .rounds import ADD, Steps, drive
@@ -183,17 +183,9 @@ def exp_lookup(ctx: PartyContext, x: torch.Tensor, hi: float | None = EXP_HI, op
 
 def _saturate(ctx: PartyContext, h: torch.Tensor, s: torch.Tensor, shift: int, op: str) -> torch.Tensor:
     """``h s / 2^shift`` for the 0/1 interval indicator ``h``: one Beaver round (``h`` is an integer, the
-    product keeps ``s``'s scale), then one truncation round.  Outside the interval ``h s`` is an exact 0."""
-    tri, sends = _triple(ctx, h, s)
-    hs = _triple_finish(ctx, tri, drive(ctx, [_one(f"{op}:sat", sends)])[0])
-    fin = divide_start(ctx, [(hs, 1 << shift)])
-    (out,) = divide_finish(ctx, fin, drive(ctx, [_one(f"{op}:out", [(fin.masked[0], ADD)])])[0])
-    return out
-
-
-def _one(name: str, items):
-    opened = yield name, items
-    return opened
+    product keeps ``s``'s scale), then one truncation round, from one fused dealer request
+    (``beaver.product_truncated``).  Outside the interval ``h s`` is an exact 0."""
+    return product_truncated(ctx, OP_MUL, h, s, shift, name=f"{op}:sat")
 
 
 # ----- uniform tables: sigmoid, tanh --------------------------------------------------------------------

@@ -197,13 +197,22 @@ class RingFamily(ProtocolFamily):
     def truncate(self, ctx: PartyContext, x: Share, bits: int | None = None, op: str = "trunc") -> Share:
         return self.truncate_many(ctx, [(x, ctx.config.frac_bits if bits is None else bits)], op)[0]
 
+    def product_truncated_many(
+        self, ctx: PartyContext, items: Sequence[tuple[int, Share, Share, tuple[int, ...]]], op: str = "mul"
+    ) -> list[Share]:
+        """``(x kind y) / 2^f`` for each ``(kind, x, y, extra)``: the fixed-point products, 2 rounds for all (a
+        family may fuse the product's and the truncation's material: ``AdditiveDealerFamily``)."""
+        prods = self.product_many(ctx, items, op=op)
+        f = ctx.config.frac_bits
+        return self.truncate_many(ctx, [(p, f) for p in prods], op=f"{op}:trunc")
+
     def mul(self, ctx: PartyContext, x: Share, y: Share, op: str = "mul") -> Share:
         if x.shape == y.shape and x.numel() > MUL_BLOCK:
             return self.mul_blocks(ctx, x, y, op)
-        return self.truncate(ctx, self.product(ctx, OP_MUL, x, y, op=op), op=f"{op}:trunc")
+        return self.product_truncated_many(ctx, [(OP_MUL, x, y, ())], op)[0]
 
     def matmul(self, ctx: PartyContext, x: Share, y: Share, op: str = "matmul") -> Share:
-        return self.truncate(ctx, self.product(ctx, OP_MATMUL, x, y, op=op), op=f"{op}:trunc")
+        return self.product_truncated_many(ctx, [(OP_MATMUL, x, y, ())], op)[0]
 
     def mul_blocks(self, ctx: PartyContext, x: Share, y: Share, op: str = "mul") -> Share:
         """An elementwise product over ``MUL_BLOCK`` elements, block by block (a family that can pipelines
@@ -214,13 +223,11 @@ class RingFamily(ProtocolFamily):
 
     def matmul_many(self, ctx: PartyContext, pairs: Sequence[tuple[Share, Share]], op: str = "matmul") -> list[Share]:
         """``x @ y`` for every pair, opened together and truncated together. Rounds 2 for all."""
-        prods = self.product_many(ctx, [(OP_MATMUL, x, y, ()) for x, y in pairs], op=op)
-        f = ctx.config.frac_bits
-        return self.truncate_many(ctx, [(p, f) for p in prods], op=f"{op}:trunc")
+        return self.product_truncated_many(ctx, [(OP_MATMUL, x, y, ()) for x, y in pairs], op)
 
     def conv2d(self, ctx: PartyContext, x: Share, w: Share, stride, padding, dilation, groups: int) -> Share:
         extra = (*stride, *padding, *dilation, groups)
-        return self.truncate(ctx, self.product(ctx, OP_CONV2D, x, w, extra, op="conv2d"), op="conv2d:trunc")
+        return self.product_truncated_many(ctx, [(OP_CONV2D, x, w, extra)], "conv2d")[0]
 
     def square(self, ctx: PartyContext, x: Share) -> Share:
         if x.numel() > BLOCK_ELEMENTS:

@@ -42,7 +42,9 @@ again, unbiased, under one unit, exact on multiples of ``d``.  Truncation is
 the case ``d = 2^f`` (``R = 0``).
 
 Rounds 1 for any number of tensors; bytes per party 8 (n-1) per element;
-the dealer sends 16 bytes per element to the last party.
+the dealer sends 8 + ceil(f / 8) bytes per element to the last party (the msb's
+correction counts only modulo 2^f), and for a truncated product fused with its
+triple only 2 ceil(f / 8) beyond the triple's 8 (``finish_rotated``).
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ from mpc.shares import holds_public
 from .correlated import udiv
 from .sharing import open_all
 
-__all__ = ["truncate", "truncate_many", "divide_many", "exact_rshift", "OFFSET_BITS"]
+__all__ = ["truncate", "truncate_many", "divide_many", "exact_rshift", "finish_rotated", "OFFSET_BITS"]
 
 OFFSET_BITS = 62
 
@@ -130,6 +132,21 @@ def divide_finish(ctx: PartyContext, st: Division, opened: Sequence[torch.Tensor
             y -= _offset(d) // d
         out[i] = y
     return out  # type: ignore[return-value]
+
+
+def finish_rotated(ctx: PartyContext, c: torch.Tensor, s: torch.Tensor, t: torch.Tensor, m: torch.Tensor, f: int):
+    """Shares of ``x / 2^f`` from the opened ``c = x + K + r`` when the mask is ``r = rotl(s, f)`` (a fused
+    product's ``ptrunc`` material: ``s`` random, ``t`` = the top f bits of ``s`` and ``m = msb(r)`` derived).
+
+    ``r >> f = s - t 2^(64-f)``, so step 4 above becomes
+    ``(c >> f) - s + (t + m (1 - msb(c))) 2^(64-f) - K / 2^f``: the same result as
+    ``divide_finish``'s, with ``t`` and ``m`` counting only modulo 2^f.  ``t``, ``m`` and ``s`` are consumed.
+    """
+    y = m.mul_(1 - msb(c)).add_(t).mul_(wrap_int(1 << (64 - f))).sub_(s)
+    if holds_public(ctx.rank):
+        y += logical_rshift(c, f)
+        y -= (1 << OFFSET_BITS) >> f
+    return y
 
 
 def _offset(d: int) -> int:

@@ -119,6 +119,29 @@ def test_truncation_msb_travels_narrow(n, f):
     assert torch.equal((rmsb - ((r >> 63) & 1)) * (1 << (64 - f)), torch.zeros_like(r))  # equal modulo 2^f
 
 
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("f", [1, 8, 16, 40])
+def test_fused_product_truncation_material(n, f):
+    """``ptrunc``: a b + r with r = rotl(s, f), the top f bits of s and msb(r) (both right modulo 2^f, sent in
+    ceil(f / 8) bytes each); r is a bijection of the uniform s."""
+    from protocols.correlated import OP_MUL, pack_shapes
+
+    params = (f, OP_MUL, *pack_shapes((1000,), (1000,)))
+    (a, b, s), (c, t, m), _, _ = _materialize("ptrunc", params, n)
+    width = -(-f // 8)
+    assert CORRELATIONS["ptrunc"].widths(params, 3) == [8, width, width]
+    assert DealerGenerator([os.urandom(32)] * n).correction("ptrunc", params).numel() == 1000 * (8 + 2 * width)
+    top = (s >> (64 - f)) & ((1 << f) - 1)
+    r = (s << f) | top
+    assert torch.equal(c - a * b, r)
+    low = wrap_int(1 << (64 - f))
+    assert torch.equal((t - top) * low, torch.zeros_like(s))
+    assert torch.equal((m - ((r >> 63) & 1)) * low, torch.zeros_like(s))
+    # r >> f (logical) = s - t 2^(64 - f): what the truncation's finish relies on
+    assert torch.equal((r >> f) & ((1 << (64 - f)) - 1), s - t * low)
+
+
 def _bits(words: torch.Tensor) -> torch.Tensor:
     """``(..., n)`` words -> ``(..., n, 64)`` 0/1: bit p of each word."""
     return (words.unsqueeze(-1) >> torch.arange(64)) & 1

@@ -194,3 +194,43 @@ def test_division_by_a_public_integer(sim, n, d):
     multiples = torch.div(x[:1000], d, rounding_mode="floor") * d
     res = sim(functools.partial(_divide_program, shares=_shares(multiples, n, 3), d=d), n)
     assert torch.equal(sum(r[0] for r in res), torch.div(multiples, d, rounding_mode="floor"))
+
+
+# ----- products fused with their truncation (the dealer's ``ptrunc`` kind) -------------------------------
+
+
+def _fused_program(ctx, xs, ys, f):
+    from protocols.beaver import product_truncated
+    from protocols.correlated import OP_MATMUL, OP_MUL
+
+    before = ctx.stats.snapshot()
+    z = product_truncated(ctx, OP_MUL, xs[ctx.rank], ys[ctx.rank], f)
+    zm = product_truncated(ctx, OP_MATMUL, xs[ctx.rank].reshape(-1, 1), ys[ctx.rank][:1].reshape(1, 1), f)
+    after = ctx.stats.snapshot()
+    return z, zm, after["rounds"] - before["rounds"], after["bytes_sent"] - before["bytes_sent"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("f", [1, 13, 16, 28])
+def test_fused_product_truncation_is_floor_or_floor_plus_one(sim, n, f):
+    """``beaver.product_truncated``: the product of raw integers x * 1, truncated with the fused material, is
+    floor(x / 2^f) or one more, at the range's edges and on random values, for mul and matmul; the dealer
+    sends 8 + 2 ceil(f / 8) bytes per element (a triple and a truncation pair would take 16 + ceil(f / 8))."""
+    g = torch.Generator().manual_seed(f * 10 + n)
+    lim = 1 << 62
+    x = torch.randint(-lim + 1, lim - 1, (4000,), generator=g, dtype=torch.int64)
+    x[:8] = torch.tensor([0, 1, -1, lim - 1, -lim + 1, (1 << f) - 1, -(1 << f), 1 << f], dtype=torch.int64)
+    y = torch.ones_like(x)
+    received: dict = {}
+    out = sim(functools.partial(_fused_program, xs=_shares(x, n, 1), ys=_shares(y, n, 2), f=f), n, received=received)
+    z = sum(o[0] for o in out)
+    zm = sum(o[1] for o in out).reshape(-1)
+    for got in (z, zm):
+        err = errors_in_ulps(x, got, f)
+        assert ((err == 0) | (err == 1)).all(), err[(err != 0) & (err != 1)][:5]
+    assert all(o[2] == 4 for o in out)  # two products, two rounds each
+    assert all(o[3] == 8 * (n - 1) * (3 * x.numel() + 2 * x.numel() + 1) for o in out)  # x, y, z; x, y, z
+    dealer_bytes = sum(len(p) for s, h, p in received[n - 1] if s == n and b"corr:ptrunc" in bytes(h))
+    w = -(-f // 8)
+    assert dealer_bytes == (8 + 2 * w) * 2 * x.numel()
