@@ -5,7 +5,7 @@
     mpc launch -n N [--protocol P] [--resume DIR] [--stats] [--timeout S] [--insecure] [--debug] script.py [args...]
     mpc party  --cluster cluster.toml --id I (--key FILE | --insecure) [--resume DIR] [--stats] [--debug]
                script.py [args...]
-    mpc dealer --cluster cluster.toml (--key FILE | --insecure) [--idle-timeout S] [--debug]
+    mpc dealer --cluster cluster.toml (--key FILE | --insecure) [--idle-timeout S] [--nice N] [--debug]
     mpc keygen --out DIR --id NAME
 
 The protocol family of ``mpc party`` and ``mpc dealer`` is the cluster file's
@@ -139,6 +139,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="S",
         help=f"give up after S seconds without a request from the last party (default: {IDLE_FACTOR} x the "
         f"cluster's receive timeout, i.e. {IDLE_FACTOR * 60} s with the default timeout of 60 s)",
+    )
+    de.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        metavar="N",
+        help="lower the dealer's priority by N (os.nice) so that its work ahead of the requests yields the "
+        "cores to parties on the same machine (mpc launch passes 10)",
     )
     de.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     de.add_argument("--listen-fd", type=int, default=None, help=argparse.SUPPRESS)  # set by mpc launch
@@ -276,6 +284,10 @@ def _dealer(args) -> int:
     cluster = load_cluster(args.cluster)
     config = cluster.config()
     idle_limit(config, args.idle_timeout)  # a bad value is named before anything is opened
+    if args.nice:
+        if not 0 < args.nice <= 19:
+            raise ConfigError(f"--nice takes a niceness increment in [1, 19], got {args.nice}")
+        os.nice(args.nice)
     run_dealer(open_dealer(cluster, config, _secret(args), args.insecure, args.listen_fd), config, args.idle_timeout)
     return 0
 

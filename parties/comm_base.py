@@ -359,6 +359,14 @@ class BufferedCommunicator(ReliableLinks, Communicator):
         self.stats.dealer_bytes_recv += h.nbytes
         return h.op, t
 
+    def has_message(self, peer: int) -> bool:
+        """Whether a message (or the bye) from ``peer`` is waiting, after taking in what has arrived; never
+        waits (the dealer asks it between two pieces of work made ahead of the requests)."""
+        self._check_open()
+        now = time.monotonic()
+        self._pump(now, peer, now)
+        return bool(self._buf[peer]) or peer in self._bye
+
     # ----- receiving ------------------------------------------------------------------
     def _next(
         self, peer: int, op: str, deadline: float, waited: float | None = None

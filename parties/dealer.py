@@ -6,6 +6,13 @@ timeout, 600 s with the default 60 s, unless ``--idle-timeout`` says otherwise)
 with a ``PeerTimeout`` that names the party it waited for and how long: a dealer
 whose parties died without a word never lingers.
 
+Between two requests the dealer works ahead (``Ahead``): once the request
+stream repeats (``protocols.correlated.Speculator`` finds its period: a
+training loop, batched inference, the blocks of a large product), it makes the
+material of the next requests, up to one whole period (the next iteration)
+and ``AHEAD_BYTES``, one request at a time and only while no request waits, so
+a request is answered from material already made.
+
 The dealer never receives a share of any input or intermediate value: the only
 messages it receives are the public requests (correlation kind and shapes) of
 party n-1, byes and abort notices.  It is trusted not to collude with any
@@ -15,6 +22,8 @@ party (see the README's security model).
 from __future__ import annotations
 
 import logging
+from collections import deque
+from collections.abc import Callable
 
 import torch
 
@@ -22,12 +31,12 @@ from mpc.config import MPCConfig
 from mpc.context import Expect
 from mpc.errors import ConfigError, PeerTimeout, ProtocolError
 from mpc.prg import new_seed
-from protocols.correlated import CORRELATIONS, MAX_PARAMS, DealerGenerator, Speculator, _numel
+from protocols.correlated import CORRELATIONS, MAX_PARAMS, DealerGenerator, Speculator, _numel, correction_bytes
 
 from .comm_base import BufferedCommunicator
 from .party import NONCE_BYTES, bytes_tensor, run_id
 
-__all__ = ["serve_dealer", "idle_limit", "IDLE_FACTOR"]
+__all__ = ["serve_dealer", "idle_limit", "IDLE_FACTOR", "Ahead", "AHEAD_BYTES"]
 
 log = logging.getLogger("mpc.dealer")
 
@@ -63,13 +72,62 @@ def _check_request(op: str, params: tuple[int, ...], max_bytes: int) -> str:
     return kind
 
 
-def _make_ahead(gen: DealerGenerator, spec: Speculator):
-    """Draw the next request's sub-seeds and, if the speculator has a guess, its material now."""
-    seeds = gen.next_seeds()
-    guess = spec.guess()
-    if guess is None:
-        return seeds, None, None
-    return seeds, guess, gen.correction(*guess, seeds)
+# The most correction bytes the dealer makes ahead of the requests and holds (the whole next iteration of a
+# loop whose material fits; a bare product's blocks repeat with period 1 and are made one ahead).
+AHEAD_BYTES = 64 << 20
+
+
+class Ahead:
+    """The material made for the next requests, in request order: ``[seeds, guess, made]`` per request.
+
+    Every request's sub-seeds are drawn in order whatever it turns out to be
+    (``DealerGenerator.next_seeds``), so material made from a guess is right
+    exactly when the guess is: the dealer compares the real request with the
+    guess and makes it afresh from the same seeds when they differ.
+    """
+
+    def __init__(self, gen: DealerGenerator, spec: Speculator, budget: int = AHEAD_BYTES) -> None:
+        self.gen, self.spec, self.budget = gen, spec, budget
+        self.items: deque[list] = deque()
+        self.held = 0  # bytes of material held
+        self.most = 0  # the most requests ever held made ahead at once (for tests and the debug log)
+
+    def take(self) -> tuple[list[bytes], tuple[str, tuple[int, ...]] | None, torch.Tensor | None]:
+        """The next request's seeds, guess and material (the latter two None where nothing was made)."""
+        if not self.items:
+            return self.gen.next_seeds(), None, None
+        seeds, guess, made = self.items.popleft()
+        if made is not None:
+            self.held -= made.numel()
+        return seeds, guess, made
+
+    def drop_guesses(self) -> None:
+        """After a miss: what was made from the broken pattern goes (the seeds stay, in order)."""
+        for item in self.items:
+            item[1] = item[2] = None
+        self.held = 0
+
+    def fill(self, busy: Callable[[], bool]) -> None:
+        """Make the next requests' material, one at a time while ``busy()`` says no request waits: up to one
+        period of the request stream ahead (the whole next iteration) and ``budget`` bytes."""
+        period = self.spec.period
+        for j in range(max(1, period)):
+            if busy():
+                return
+            if j == len(self.items):
+                self.items.append([self.gen.next_seeds(), None, None])
+            item = self.items[j]
+            if item[2] is not None:
+                continue
+            guess = self.spec.guess(j)
+            if guess is None:
+                return
+            size = correction_bytes(CORRELATIONS[guess[0]], guess[1])
+            if self.held and self.held + size > self.budget:
+                return
+            item[1], item[2] = guess, self.gen.correction(*guess, item[0])
+            self.held += size
+            self.most = max(self.most, sum(it[2] is not None for it in self.items))
 
 
 def serve_dealer(comm: BufferedCommunicator, config: MPCConfig, idle_timeout: float | None = None) -> int:
@@ -91,10 +149,11 @@ def serve_dealer(comm: BufferedCommunicator, config: MPCConfig, idle_timeout: fl
     last = n - 1
     served = 0
     spec = Speculator()
-    # The next request's sub-seeds, drawn ahead; with a guess of the request and its material, made while
-    # the parties computed (protocols.correlated: a wrong guess is dropped, the seeds serve the real one).
-    ahead: tuple[list[bytes], tuple[str, tuple[int, ...]] | None, torch.Tensor | None] | None = None
+    # The next requests' sub-seeds, drawn ahead; with guesses of the requests, their material, made while the
+    # parties computed (protocols.correlated: a wrong guess is dropped, the seeds serve the real request).
+    ahead = Ahead(gen, spec)
     while True:
+        ahead.fill(lambda: comm.has_message(last))
         try:
             msg = comm.recv_any(last, timeout=wait)
         except PeerTimeout as exc:
@@ -114,12 +173,16 @@ def serve_dealer(comm: BufferedCommunicator, config: MPCConfig, idle_timeout: fl
         op, params_t = msg
         params = tuple(int(p) for p in params_t.reshape(-1).tolist())
         kind = _check_request(op, params, comm.max_message_bytes)
-        seeds, guessed, made = ahead if ahead is not None else (gen.next_seeds(), None, None)
+        seeds, guessed, made = ahead.take()
         ready = made is not None and guessed == (kind, params)
         comm.send(last, op, made if ready else gen.correction(kind, params, seeds))
         spec.observe(kind, params, guessed)
+        if guessed is not None and not ready:
+            ahead.drop_guesses()
         served += 1
-        ahead = _make_ahead(gen, spec)
     comm.close()
-    log.debug("dealer served %d requests (%d guessed ahead, %d guesses missed)", served, spec.hits, spec.misses)
+    log.debug(
+        "dealer served %d requests (%d guessed ahead, %d guesses missed, at most %d made ahead at once)",
+        served, spec.hits, spec.misses, ahead.most,
+    )  # fmt: skip
     return served

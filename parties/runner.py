@@ -39,7 +39,7 @@ from .cluster import Cluster, load_cluster
 from .env import ENV_CLUSTER, ENV_RANK, PartyEnv
 from .keys import load_secret_key
 from .lifecycle import run_dealer, run_party
-from .local import local_cluster
+from .local import LOCAL_DEALER_NICE, local_cluster
 from .node import open_dealer, open_party, open_party_comm
 from .ports import adopt_listener
 from .stopping import die_with_parent
@@ -105,6 +105,7 @@ def _dealer_main(
         _report_error(conn, exc)
 
     try:
+        os.nice(LOCAL_DEALER_NICE)
         config = cluster.config()
         comm = open_dealer(cluster, config, secret, insecure, adopt_listener(listener))
         conn.send_bytes(pickle.dumps(("ok", run_dealer(comm, config, report=report), None)))

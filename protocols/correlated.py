@@ -643,7 +643,12 @@ class Speculator:
                 return p
         return 0
 
-    def guess(self) -> tuple[str, tuple[int, ...]] | None:
-        """The likely next request, or None."""
+    @property
+    def period(self) -> int:
+        """The period of the request stream found so far (0: none)."""
+        return self._period
+
+    def guess(self, ahead: int = 0) -> tuple[str, tuple[int, ...]] | None:
+        """The likely request ``ahead`` requests after the next one (0: the next), or None."""
         p = self._period
-        return self._hist[-p] if p else None
+        return self._hist[-p + ahead % p] if p else None
