@@ -15,13 +15,30 @@ import numpy as np
 import torch
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-__all__ = ["Prg", "SEED_BYTES", "new_seed"]
+__all__ = ["Prg", "SEED_BYTES", "new_seed", "widen"]
 
 SEED_BYTES = 32
 # The keystream is AES-CTR over zeros, enciphered a chunk at a time from one shared zero buffer (no zeros as
 # large as the request, no copy of the output).
 _CHUNK = 1 << 20
 _ZEROS = memoryview(np.zeros(_CHUNK, dtype=np.uint8))
+
+
+_UNSIGNED = {1: np.dtype(np.uint8), 2: np.dtype("<u2"), 4: np.dtype("<u4")}
+
+
+def widen(raw: np.ndarray, width: int) -> np.ndarray:
+    """The little-endian ``width``-byte unsigned numbers in the uint8 array ``raw``, as int64 (1 <= width <= 8;
+    width 8: the words themselves, two's complement)."""
+    if width == 8:
+        words = raw.view("<i8")
+        return words.copy() if raw.ctypes.data % 8 else words
+    if width in _UNSIGNED:
+        return raw.view(_UNSIGNED[width]).astype(np.int64)
+    n = raw.size // width
+    wide = np.zeros((n, 8), dtype=np.uint8)
+    wide[:, :width] = raw.reshape(n, width)
+    return wide.reshape(-1).view("<i8")
 
 
 def new_seed() -> bytes:
@@ -63,6 +80,17 @@ class Prg:
         if raw.ctypes.data % 8:  # numpy's buffers are 16-byte aligned in practice; never view unaligned words
             words = words.copy()
         return torch.from_numpy(words).reshape(shape)
+
+    def narrow(self, shape: tuple[int, ...] | torch.Size, width: int) -> torch.Tensor:
+        """Uniform integers in [0, 2^(8 width)) with the given shape, as int64, from ``width`` bytes each (a
+        share that counts only modulo 2^(8 width)); ``width`` 8 is ``int64``."""
+        if width == 8:
+            return self.int64(shape)
+        shape = tuple(int(s) for s in shape)
+        n = 1
+        for s in shape:
+            n *= s
+        return torch.from_numpy(widen(self.bytes(width * n), width)).reshape(shape)
 
     def bits(self, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
         """Uniform 0/1 int64 values with the given shape."""

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from mpc.context import Communicator, CorrelationSource, Expect, Handle
 from mpc.errors import ProtocolError
-from mpc.prg import Prg
+from mpc.prg import Prg, widen
 from mpc.ring import logical_rshift, msb
 
 from . import bitforms as bf
@@ -480,12 +480,12 @@ class DealerSource(CorrelationSource):
         sub = Prg(self._prg.seed())  # this request's sub-stream (the dealer draws the same one)
         randoms = [sub.int64(s) for s in corr.random_shapes(params)]
         shapes = corr.derived_shapes(params)
+        widths = corr.widths(params, len(shapes))
         if not self._last:
-            derived = [sub.int64(s) for s in shapes]
+            derived = [sub.narrow(s, w) for s, w in zip(shapes, widths, strict=True)]
             return Handle(randoms, lambda: derived)
         dealer = self._comm.dealer_id
         self._comm.send(dealer, f"corr:{kind}", torch.tensor(params, dtype=torch.int64))
-        widths = corr.widths(params, len(shapes))
         size = correction_bytes(corr, params)
 
         def fetch() -> list[torch.Tensor]:
@@ -499,7 +499,11 @@ def pack_correction(parts: Sequence[torch.Tensor], widths: Sequence[int]) -> tor
     """The dealer's correction on the wire: each part's elements in their low ``width`` bytes, little-endian."""
     out = []
     for part, w in zip(parts, widths, strict=True):
-        raw = part.reshape(-1).contiguous().numpy().astype("<i8", copy=False).view(np.uint8)
+        words = part.reshape(-1).contiguous().numpy()
+        if w in (1, 2, 4):
+            out.append(words.astype(f"<u{w}").view(np.uint8))  # the low w bytes: a cast wraps modulo 2^(8 w)
+            continue
+        raw = words.astype("<i8", copy=False).view(np.uint8)
         out.append(raw if w == 8 else raw.reshape(-1, 8)[:, :w].reshape(-1))
     if len(out) == 1:  # one part: its bytes as they are, no copy
         return torch.from_numpy(out[0])
@@ -516,11 +520,7 @@ def unpack_correction(
         n = _numel(shape)
         chunk = raw[at : at + n * w]
         at += n * w
-        if w != 8:
-            wide = np.zeros((n, 8), dtype=np.uint8)
-            wide[:, :w] = chunk.reshape(n, w)
-            chunk = wide.reshape(-1)
-        parts.append(torch.from_numpy(chunk.view("<i8").astype(np.int64, copy=False)).reshape(shape))
+        parts.append(torch.from_numpy(widen(chunk, w).astype(np.int64, copy=False)).reshape(shape))
     return parts
 
 
@@ -537,7 +537,10 @@ def _numel(shape: Sequence[int]) -> int:
 
 
 def _combine(a: torch.Tensor, b: torch.Tensor, xor: bool) -> torch.Tensor:
-    return a ^ b if xor else a + b
+    """``a ^ b`` or ``a + b``, into ``a`` (a sum the dealer owns) where the shapes allow."""
+    if a.shape != b.shape:
+        return a ^ b if xor else a + b
+    return a.bitwise_xor_(b) if xor else a.add_(b)
 
 
 class DealerGenerator:
@@ -560,6 +563,7 @@ class DealerGenerator:
         rshapes = corr.random_shapes(params)
         dshapes = corr.derived_shapes(params)
         rxor, dxor = corr.part_kinds(params, len(rshapes), len(dshapes))
+        widths = corr.widths(params, len(dshapes))
         n = len(self._prgs)
         totals: list[torch.Tensor] | None = None
         derived_sum: list[torch.Tensor] | None = None
@@ -567,7 +571,7 @@ class DealerGenerator:
             rs = [prg.int64(s) for s in rshapes]
             totals = rs if totals is None else [_combine(t, r, x) for t, r, x in zip(totals, rs, rxor, strict=True)]
             if i < n - 1:
-                ds = [prg.int64(s) for s in dshapes]
+                ds = [prg.narrow(s, w) for s, w in zip(dshapes, widths, strict=True)]
                 derived_sum = (
                     ds
                     if derived_sum is None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -76,7 +77,7 @@ def _materialize(kind: str, params: tuple[int, ...], n: int) -> tuple[list, list
         prg = Prg(Prg(s).seed())  # the request's sub-stream, as DealerSource draws it
         rand.append([prg.int64(sh) for sh in rs])
         if i < n - 1:
-            der.append([prg.int64(sh) for sh in ds])
+            der.append([prg.narrow(sh, w) for sh, w in zip(ds, corr.widths(params, len(ds)), strict=True)])
     der.append(unpack_correction(flat, ds, corr.widths(params, len(ds))))
 
     def total(parts, xors):
@@ -117,6 +118,30 @@ def test_truncation_msb_travels_narrow(n, f):
     assert DealerGenerator([os.urandom(32)] * n).correction("trunc", (f, 1000)).numel() == 1000 * (8 + width)
     assert torch.equal(rq, (r.view(torch.int64) >> f) & ((1 << (64 - f)) - 1))
     assert torch.equal((rmsb - ((r >> 63) & 1)) * (1 << (64 - f)), torch.zeros_like(r))  # equal modulo 2^f
+
+
+@pytest.mark.parametrize("width", range(1, 9))
+def test_narrow_parts_travel_and_are_drawn_in_their_low_bytes(width):
+    """A part that counts modulo 2^(8 w): packed in its low w bytes and read back right modulo 2^(8 w) (every
+    width, fast casts for 1, 2, 4); drawn from w bytes of the stream (``Prg.narrow``), little-endian."""
+    from mpc.prg import widen
+    from protocols.correlated import pack_correction
+
+    vals = _words(1000, width)
+    mod = 1 << (8 * width)
+    buf = pack_correction([vals], [width])
+    assert buf.numel() == 1000 * width
+    (back,) = unpack_correction(buf, [(1000,)], [width])
+    if width == 8:
+        assert torch.equal(back, vals)
+    else:
+        assert torch.equal(back, vals & (mod - 1))
+    seed = os.urandom(32)
+    drawn = Prg(seed).narrow((10, 100), width)
+    raw = Prg(seed).bytes(1000 * width).tobytes()
+    want = [int.from_bytes(raw[i * width : (i + 1) * width], "little", signed=width == 8) for i in range(1000)]
+    assert drawn.reshape(-1).tolist() == want
+    assert widen(np.frombuffer(raw, dtype=np.uint8).copy(), width).tolist() == want
 
 
 @pytest.mark.timeout(30)
