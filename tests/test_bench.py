@@ -281,3 +281,31 @@ def test_a_namespace_that_cannot_be_made_is_reported(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "making the network namespace failed" in err and "make-shared" in err
     assert not any(c[:3] == ["ip", "netns", "del"] for c in ran)  # nothing was made: nothing to delete
+
+
+# ----- scripts/profile_workload.py --------------------------------------------------------------------------
+
+
+def test_profile_kinds_sort_the_functions():
+    import profile_workload as pw
+
+    assert pw.kind_of(("/x/site-packages/zmq/sugar/poll.py", 80, "poll")) == "waiting"
+    assert pw.kind_of(("~", 0, "<method 'encrypt_into' of 'cryptography...AESGCM' objects>")) == "link cipher"
+    assert pw.kind_of(("~", 0, "<method 'update_into' of '...CipherContext' objects>")) == "randomness"
+    assert pw.kind_of(("~", 0, "<method 'gather' of 'torch._C.TensorBase' objects>")) == "torch"
+    assert pw.kind_of(("~", 0, "<built-in method torch.cat>")) == "torch"
+    assert pw.kind_of(("~", 0, "<method 'astype' of 'numpy.ndarray' objects>")) == "numpy / copies"
+    assert pw.kind_of(("/x/site-packages/zmq/sugar/socket.py", 638, "send")) == "zmq"
+    assert pw.kind_of(("/work/protocols/lookup.py", 103, "_select_rows")) == "python"
+
+
+@pytest.mark.timeout(180)
+def test_profile_of_a_workload_reports_both_parties_and_the_dealer(capsys):
+    """A real (small) run: party 0's and the last party's kinds of work, and the dealer's replayed requests."""
+    import profile_workload as pw
+
+    assert pw.main(["matmul", "--repeat", "1", "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "party 0: wall" in out and "party 1: wall" in out
+    assert "dealer (replayed): " in out and "for 1 requests, 3.15 MB of corrections" in out  # one fused ptrunc
+    assert out.count("seconds by kind") == 3 and "waiting" in out and "randomness" in out
