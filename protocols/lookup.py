@@ -100,14 +100,23 @@ def exp_poly() -> tuple[int, ...]:
     return tuple(round(c * 2.0 ** (POLY_SCALE - m * V_BITS)) for m, c in enumerate(coeffs))
 
 
+@functools.lru_cache(maxsize=1)
+def _rotations() -> torch.Tensor:
+    """``ROT[c, j] = (c - j) mod TABLE``: row ``c`` rotates the one-hot by an opened index ``c`` (read only)."""
+    j = torch.arange(TABLE, dtype=torch.int64)
+    return (j.unsqueeze(1) - j) & (TABLE - 1)
+
+
 def _select_rows(onehot: torch.Tensor, c: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """``table[:, k]`` (rows, n) for the secret index ``k = c - rho`` (mod TABLE) of each element: the dealer's
-    one-hot of ``rho`` (n, TABLE), turned into the one-hot of ``k`` by a public per-element rotation (one
-    gather: ``[k == j] = [rho == c - j]``), then a product with the table (mod 2^64)."""
-    j = torch.arange(TABLE, dtype=torch.int64)
-    hot = onehot.gather(1, (c.unsqueeze(1) - j) & (TABLE - 1))
-    if table.shape[0] == 1:  # one row: a multiply-and-sum beats an int64 matrix-vector product
-        return (hot * table[0]).sum(1).unsqueeze(0)
+    one-hot of ``rho`` (n, TABLE), turned into the one-hot of ``k`` by a public per-element rotation
+    (``[k == j] = [rho == c - j]``), then a product with the table (mod 2^64).  ``c`` is in [0, TABLE)."""
+    rot = _rotations()
+    if table.shape[0] == 1:
+        # One row: rotate the table rather than the one-hot, sum_m [rho == m] T[c - m], picking each element's
+        # row of the 32 x 32 rotated table (10^5 elements: 4 ms against 15 for the gather and its index).
+        return table[0][rot].index_select(0, c).mul_(onehot).sum(1).unsqueeze(0)
+    hot = onehot.gather(1, rot.index_select(0, c))
     return (hot @ table.t()).t()
 
 
