@@ -90,6 +90,7 @@ class Ahead:
         self.gen, self.spec, self.budget = gen, spec, budget
         self.items: deque[list] = deque()
         self.held = 0  # bytes of material held
+        self.made = 0  # requests held made ahead
         self.most = 0  # the most requests ever held made ahead at once (for tests and the debug log)
 
     def take(self) -> tuple[list[bytes], tuple[str, tuple[int, ...]] | None, torch.Tensor | None]:
@@ -99,26 +100,27 @@ class Ahead:
         seeds, guess, made = self.items.popleft()
         if made is not None:
             self.held -= made.numel()
+            self.made -= 1
         return seeds, guess, made
 
     def drop_guesses(self) -> None:
         """After a miss: what was made from the broken pattern goes (the seeds stay, in order)."""
         for item in self.items:
             item[1] = item[2] = None
-        self.held = 0
+        self.held = self.made = 0
 
     def fill(self, busy: Callable[[], bool]) -> None:
         """Make the next requests' material, one at a time while ``busy()`` says no request waits: up to one
         period of the request stream ahead (the whole next iteration) and ``budget`` bytes."""
         period = self.spec.period
         for j in range(max(1, period)):
-            if busy():
-                return
             if j == len(self.items):
                 self.items.append([self.gen.next_seeds(), None, None])
             item = self.items[j]
             if item[2] is not None:
                 continue
+            if busy():  # asked only before making something (over ZeroMQ it may wait a millisecond)
+                return
             guess = self.spec.guess(j)
             if guess is None:
                 return
@@ -127,7 +129,8 @@ class Ahead:
                 return
             item[1], item[2] = guess, self.gen.correction(*guess, item[0])
             self.held += size
-            self.most = max(self.most, sum(it[2] is not None for it in self.items))
+            self.made += 1
+            self.most = max(self.most, self.made)
 
 
 def serve_dealer(comm: BufferedCommunicator, config: MPCConfig, idle_timeout: float | None = None) -> int:
