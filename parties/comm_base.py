@@ -360,8 +360,9 @@ class BufferedCommunicator(ReliableLinks, Communicator):
         return h.op, t
 
     def has_message(self, peer: int) -> bool:
-        """Whether a message (or the bye) from ``peer`` is waiting, after taking in what has arrived; never
-        waits (the dealer asks it between two pieces of work made ahead of the requests)."""
+        """Whether a message (or the bye) from ``peer`` is waiting, after taking in what has arrived; does not
+        wait for one (a ZeroMQ poll may take a millisecond): the dealer asks it between two pieces of work made
+        ahead of the requests."""
         self._check_open()
         now = time.monotonic()
         self._pump(now, peer, now)

@@ -126,12 +126,12 @@ class AdditiveDealerFamily(RingFamily):
 
     # ----- the one-hot table lookup (overrides the thermometer tables where the encoding allows) -------
     def exp(self, ctx: PartyContext, x: Share) -> Share:
-        if not lookup.supports(ctx.config.frac_bits):
+        if not lookup.exp_supports(ctx.config.frac_bits):
             return super().exp(ctx, x)
         return _a(ctx, lookup.exp_lookup(ctx, x.data, lookup.EXP_HI, "exp"))
 
     def exp_nonpositive(self, ctx: PartyContext, x: Share) -> Share:
-        if not lookup.supports(ctx.config.frac_bits):
+        if not lookup.exp_supports(ctx.config.frac_bits):
             return super().exp_nonpositive(ctx, x)
         return _a(ctx, lookup.exp_lookup(ctx, x.data, None, "exp"))
 

@@ -92,6 +92,16 @@ def supports(frac_bits: int) -> bool:
     return frac_bits <= 20
 
 
+# Below this many fractional bits exp's polynomial value (in [1, 2)) keeps too few bits: at f = 4 exp(5) came
+# out 152 (2.4% off), at f = 0 exp(1) came out 4; the thermometer table runs there instead (148.375 at f = 4).
+EXP_MIN_FRAC_BITS = 8
+
+
+def exp_supports(frac_bits: int) -> bool:
+    """Whether exp's lookup is accurate (``EXP_MIN_FRAC_BITS`` or more) and fits the ring at this encoding."""
+    return EXP_MIN_FRAC_BITS <= frac_bits and supports(frac_bits)
+
+
 @functools.cache
 def exp_poly() -> tuple[int, ...]:
     """The ring coefficients of ``p(v) ~ 2^v`` on |v| <= 1 + 2^-12: ``c_m`` at scale ``2^(60 - 12 m)``."""
