@@ -141,12 +141,13 @@ class Handle:
     are still on their way.
     """
 
-    __slots__ = ("randoms", "_fetch", "_derived")
+    __slots__ = ("randoms", "_fetch", "_derived", "serial")
 
-    def __init__(self, randoms: list[torch.Tensor], fetch: Callable[[], list[torch.Tensor]]) -> None:
+    def __init__(self, randoms: list[torch.Tensor], fetch: Callable[[], list[torch.Tensor]], serial: int = -1) -> None:
         self.randoms = randoms
         self._fetch = fetch
         self._derived: list[torch.Tensor] | None = None
+        self.serial = serial  # the request's number in the source's stream (-1: a source that counts none)
 
     def derived(self) -> list[torch.Tensor]:
         if self._derived is None:

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Share", "AdditiveShare", "BinaryShare", "PlainShare", "PUBLIC_HOLDER", "holds_public"]
+__all__ = ["Share", "Memo", "AdditiveShare", "BinaryShare", "PlainShare", "PUBLIC_HOLDER", "holds_public"]
 
 # The party whose share carries public constants in the additive and binary families.
 PUBLIC_HOLDER = 0
@@ -189,14 +189,65 @@ class Share:
         raise NotImplementedError
 
 
+class Memo:
+    """What a protocol remembers about one shared value, kept with the value and its transposes.
+
+    The additive family keeps here the Beaver mask it opened for the value (its
+    public difference and this party's share of the mask), so that a later
+    product with the same value opens nothing for it (``protocols.beaver``).
+    Shares are values (never changed in place), so a memo stays true for as
+    long as the share lives; a share made by any other operation starts
+    without one.  The decision to use a memo must come out the same at every
+    party, so no share method returns ``self`` at some parties and a new
+    share at others.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value: Any = None
+
+
 class _RingShare(Share):
-    """One int64 tensor per party (additive or XOR); party ``PUBLIC_HOLDER`` holds public parts."""
+    """One int64 tensor per party (additive or XOR); party ``PUBLIC_HOLDER`` holds public parts.
 
-    __slots__ = ("data", "holder")
+    ``memo()`` gives the value's ``Memo`` and whether this share is its transpose
+    (the last two dimensions swapped): ``transpose`` and ``permute`` that swap
+    the last two dimensions share the memo, so a weight opened as ``W^T`` in a
+    forward pass is known as ``W`` in the backward one.
+    """
 
-    def __init__(self, data: torch.Tensor, holder: bool) -> None:
+    __slots__ = ("data", "holder", "_memo", "_flip")
+
+    def __init__(self, data: torch.Tensor, holder: bool, memo: Memo | None = None, flip: bool = False) -> None:
         self.data = data
         self.holder = holder
+        self._memo = memo
+        self._flip = flip
+
+    def memo(self) -> tuple[Memo, bool]:
+        """This value's memo (made on first use) and whether this share holds it transposed."""
+        if self._memo is None:
+            self._memo = Memo()
+        return self._memo, self._flip
+
+    def _swaps_last_two(self, dims: Sequence[int]) -> bool:
+        nd = self.data.dim()
+        return nd >= 2 and tuple(d % nd for d in dims) == (*range(nd - 2), nd - 1, nd - 2)
+
+    def transpose(self, d0: int, d1: int):
+        nd = self.data.dim()
+        if nd >= 2 and {d0 % nd, d1 % nd} == {nd - 2, nd - 1}:
+            memo, flip = self.memo()
+            return type(self)(self.data.transpose(d0, d1), self.holder, memo, not flip)
+        return super().transpose(d0, d1)
+
+    def permute(self, *dims):
+        if len(dims) == 1 and isinstance(dims[0], tuple | list):
+            dims = tuple(dims[0])
+        if self._swaps_last_two(dims):
+            return self.transpose(-2, -1)
+        return super().permute(*dims)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(shape={tuple(self.data.shape)})"
@@ -240,7 +291,7 @@ class AdditiveShare(_RingShare):
             return AdditiveShare(self.data + c, True)
         if isinstance(c, torch.Tensor) and c.shape != self.data.shape:
             return AdditiveShare(self.data.expand(torch.broadcast_shapes(self.data.shape, c.shape)).clone(), False)
-        return self
+        return AdditiveShare(self.data, False)  # a new value at every party (``Memo``), the same tensor here
 
     def __lshift__(self, k: int) -> AdditiveShare:
         return AdditiveShare(self.data << k, self.holder)
@@ -260,7 +311,7 @@ class BinaryShare(_RingShare):
             return BinaryShare(self.data ^ c, True)
         if isinstance(c, torch.Tensor) and c.shape != self.data.shape:
             return BinaryShare(self.data.expand(torch.broadcast_shapes(self.data.shape, c.shape)).clone(), False)
-        return self
+        return BinaryShare(self.data, False)
 
     add_public = xor_public
 

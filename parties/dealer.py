@@ -127,7 +127,11 @@ class Ahead:
             size = correction_bytes(CORRELATIONS[guess[0]], guess[1])
             if self.held and self.held + size > self.budget:
                 return
-            item[1], item[2] = guess, self.gen.correction(*guess, item[0])
+            try:
+                made = self.gen.correction(*guess, item[0])
+            except ProtocolError:  # a guess the dealer cannot serve (a reference it no longer holds): not made
+                return
+            item[1], item[2] = guess, made
             self.held += size
             self.made += 1
             self.most = max(self.most, self.made)

@@ -19,7 +19,7 @@ from mpc.context import Communicator, CorrelationSource, PartyContext
 from mpc.shares import AdditiveShare, BinaryShare, Share, holds_public
 
 from . import beaver, binary, comparison, conversions, lookup, ring_family, sharing, truncation
-from .correlated import DealerSource
+from .correlated import OP_MUL, DealerSource
 from .family import CmpResult
 from .ring_family import RingFamily
 
@@ -82,7 +82,13 @@ class AdditiveDealerFamily(RingFamily):
         f = ctx.config.frac_bits
         if f == 0:
             return super().product_truncated_many(ctx, items, op)
-        zs = beaver.product_truncated_many(ctx, [(k, x.data, y.data, e) for k, x, y, e in items], f, name=op)
+        # Matrix products and convolutions keep their operands' opened masks (a weight, a data matrix: used
+        # again in the backward pass or the next step); elementwise products do not (their operands rarely
+        # recur, and a mask kept is twice the operand's memory for as long as it lives).
+        memos = [(x.memo(), y.memo()) if k != OP_MUL else (None, None) for k, x, y, _ in items]
+        zs = beaver.product_truncated_many(
+            ctx, [(k, x.data, y.data, e) for k, x, y, e in items], f, name=op, memos=memos
+        )
         return [_a(ctx, z) for z in zs]
 
     def square_raw(self, ctx, x, op="square"):

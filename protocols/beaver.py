@@ -29,14 +29,16 @@ Squaring uses a pair ``(a, a^2)``: open ``e = x - a``; ``x^2 = a^2 + 2 e a + e^2
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
 from mpc.context import PartyContext
+from mpc.errors import ProtocolError
 from mpc.ring import wrap_int
 from mpc.shares import holds_public
 
-from .correlated import OP_CONV2D, OP_MATMUL, OP_MUL, _bilinear, pack_shapes
+from .correlated import FRESH, OP_CONV2D, OP_MATMUL, OP_MUL, REUSE_WINDOW, _bilinear, pack_shapes
 from .sharing import open_all
 from .truncation import OFFSET_BITS, finish_rotated, truncate, truncate_many
 
@@ -96,10 +98,9 @@ def _ptrunc_request(ctx: PartyContext, op: int, xs, ys, f: int, extra: tuple[int
     return ctx.correlations.request("ptrunc", (f, op, *pack_shapes(xs, ys), *extra))
 
 
-def _masked_product(ctx: PartyContext, op: int, h, e, g, extra=()) -> torch.Tensor:
-    """``x op y + r`` (+ ``K`` at party 0) from the opened ``e``, ``g`` and a ``ptrunc`` handle: the value the
-    truncation opens, straight out of the Beaver finish."""
-    a, b, _ = h.randoms
+def _masked_product(ctx: PartyContext, op: int, a, b, h, e, g, extra=()) -> torch.Tensor:
+    """``x op y + r`` (+ ``K`` at party 0) from the masks ``a``, ``b``, the opened ``e``, ``g`` and a ``ptrunc``
+    handle: the value the truncation opens, straight out of the Beaver finish."""
     cr, _, _ = h.derived()
     z = finish_product(ctx, op, cr, a, b, e, g, extra)
     if holds_public(ctx.rank):
@@ -107,28 +108,131 @@ def _masked_product(ctx: PartyContext, op: int, h, e, g, extra=()) -> torch.Tens
     return z
 
 
+class OpenedMask:
+    """A Beaver mask opened for a value, kept in the value's ``Memo`` (``mpc.shares``) for later products.
+
+    serial, offset: the request that drew the mask and the mask's first element in its stream (what the
+    dealer needs to draw it again); flip: whether the memo holds the value transposed against the mask as
+    drawn; a: this party's share of the mask; e: the opened ``value - mask`` (None until the opening);
+    version: the share tensor's version counter then (a share changed in place since is refused).
+    """
+
+    __slots__ = ("serial", "offset", "flip", "a", "e", "version")
+
+    def __init__(self, serial: int, offset: int, flip: bool, a: torch.Tensor, version: int) -> None:
+        self.serial, self.offset, self.flip, self.a, self.version = serial, offset, flip, a, version
+        self.e: torch.Tensor | None = None
+
+
+Memos = tuple[Any, Any]  # per item: (x's, y's) ``(Memo, flip)`` from ``_RingShare.memo()``, or None
+
+
+def _reusable(ctx: PartyContext, memo, x: torch.Tensor, serial: int, pending: set[int]) -> tuple | None:
+    """``(record, t)`` when ``x``'s opened mask can serve this product (``t``: use it transposed), else None.
+    Every test here reads public facts only (serials, shapes, what the parties computed alike), so every
+    party decides the same."""
+    if memo is None:
+        return None
+    box, flip = memo
+    rec = box.value
+    if not isinstance(rec, OpenedMask) or (rec.e is None and id(rec) not in pending):
+        return None
+    if serial - rec.serial >= REUSE_WINDOW:
+        return None
+    t = bool(flip) != rec.flip
+    if tuple(rec.a.shape) != (tuple(x.shape[:-2]) + (x.shape[-1], x.shape[-2]) if t else tuple(x.shape)):
+        return None
+    if x._version != rec.version:
+        raise ProtocolError(
+            "a secret tensor's share was changed in place after a product opened it: shares are values (an "
+            "operation makes a new share); the product would use its old value"
+        )
+    return rec, t
+
+
 def product_truncated_many(
-    ctx: PartyContext, items: list[tuple[int, torch.Tensor, torch.Tensor, tuple[int, ...]]], f: int, name: str = "mul"
+    ctx: PartyContext,
+    items: list[tuple[int, torch.Tensor, torch.Tensor, tuple[int, ...]]],
+    f: int,
+    name: str = "mul",
+    memos: list[Memos] | None = None,
 ) -> list[torch.Tensor]:
     """``(x op y) / 2^f`` for every ``(op, x, y, extra)``: 2 rounds for all, the Beaver triple and the
     truncation mask from one dealer request each (``ptrunc``: the dealer sends 8 + 2 ceil(f / 8) bytes per
     output element, not 16 + ceil(f / 8)); the product's shares plus the mask come out of the Beaver finish,
-    so the truncation opens them as they are.  Bytes per party as a product and a truncation."""
-    hs = [_ptrunc_request(ctx, op, x.shape, y.shape, f, extra) for op, x, y, extra in items]
-    masked = []
-    for (_, x, y, _), h in zip(items, hs, strict=True):
-        a, b, _ = h.randoms
-        masked += [x - a, y - b]
-    opened = open_all(ctx, masked, name)
+    so the truncation opens them as they are.  Bytes per party as a product and a truncation.
+
+    With ``memos`` (the operands' ``Memo``), an operand whose value was opened by an earlier product (or by
+    an earlier item of this call) is not opened again: the product takes that mask with a fresh mask for
+    the other operand (``ptruncr``; the dealer draws the old mask again from its request's sub-seeds), and
+    the opened difference is the one opened then.  Opening ``x - a`` once says nothing more than it did, so
+    a data matrix used in every step, or a weight used in the forward and the backward pass, costs its
+    opening once.  An operand opened afresh leaves its mask in its memo.
+    """
+    src = ctx.correlations
+    counts = isinstance(getattr(src, "served", None), int)
+    hs, masks, diffs, masked = [], [], [], []
+    pending: dict[int, OpenedMask] = {}
+    fresh_recs: list[OpenedMask | None] = []
+    for i, (op, x, y, extra) in enumerate(items):
+        pair = memos[i] if memos is not None and counts else (None, None)
+        serial = src.served if counts else -1
+        plan = []  # per operand: (record, t) to reuse, or None
+        for operand, memo in ((x, pair[0]), (y, pair[1])):
+            plan.append(_reusable(ctx, memo, operand, serial, set(pending)) if memo is not None else None)
+            if plan[-1] is None and memo is not None:  # opened afresh: its record, pending until the opening
+                rec = OpenedMask(serial, 0, bool(memo[1]), operand, operand._version)
+                pending[id(rec)] = rec
+                memo[0].value = rec
+                plan[-1] = ("new", rec)
+        if not any(p is not None and p[0] != "new" for p in plan):
+            h = _ptrunc_request(ctx, op, x.shape, y.shape, f, extra)
+        else:
+            refs: list[int] = []
+            for p in plan:
+                refs += [FRESH, 0, 0] if p is None or p[0] == "new" else [p[0].serial, p[0].offset, int(p[1])]
+            h = ctx.correlations.request("ptruncr", (f, op, *refs, *pack_shapes(x.shape, y.shape), *extra))
+        if counts and h.serial != serial:
+            raise ProtocolError(f"the correlation source numbered request {h.serial}, expected {serial}")
+        hs.append(h)
+        drawn = iter(h.randoms)
+        pair_masks, pair_diffs, offset = [], [], 0
+        for operand, p in zip((x, y), plan, strict=True):
+            if p is None or p[0] == "new":
+                a = next(drawn)
+                if p is not None:  # the record keeps the mask as drawn, and where it was drawn
+                    p[1].a, p[1].offset = a, offset
+                offset += a.numel()
+                pair_masks.append(a)
+                pair_diffs.append(len(masked))
+                masked.append(operand - a)
+                fresh_recs.append(p[1] if p is not None else None)
+            else:
+                rec, t = p
+                pair_masks.append(rec.a.transpose(-2, -1) if t else rec.a)
+                pair_diffs.append((rec, t))
+        masks.append(pair_masks)
+        diffs.append(pair_diffs)
+    opened = open_all(ctx, masked, name) if masked else []
+    for rec, e in zip(fresh_recs, opened, strict=True):
+        if rec is not None:
+            rec.e = e
+
+    def diff(d):
+        if isinstance(d, int):
+            return opened[d]
+        rec, t = d
+        return rec.e.transpose(-2, -1) if t else rec.e
+
     zs = [
-        _masked_product(ctx, op, h, opened[2 * i], opened[2 * i + 1], extra)
+        _masked_product(ctx, op, *masks[i], h, diff(diffs[i][0]), diff(diffs[i][1]), extra)
         for i, ((op, _, _, extra), h) in enumerate(zip(items, hs, strict=True))
     ]
     cs = open_all(ctx, zs, f"{name}:trunc")
     out = []
     for h, c in zip(hs, cs, strict=True):
         _, t, m = h.derived()
-        out.append(finish_rotated(ctx, c, h.randoms[2], t, m, f))
+        out.append(finish_rotated(ctx, c, h.randoms[-1], t, m, f))
     return out
 
 

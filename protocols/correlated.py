@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from mpc.context import Communicator, CorrelationSource, Expect, Handle
 from mpc.errors import ProtocolError
-from mpc.prg import Prg, widen
+from mpc.prg import SEED_BYTES, Prg, widen
 from mpc.ring import logical_rshift, msb
 
 from . import bitforms as bf
@@ -56,6 +56,8 @@ __all__ = [
     "Speculator",
     "pack_shapes",
     "unpack_shapes",
+    "REUSE_WINDOW",
+    "FRESH",
     "OP_MUL",
     "OP_MATMUL",
     "OP_CONV2D",
@@ -194,6 +196,82 @@ def _ptr_widths(p):
 def _ptr_derive(r, p):
     """``(a op b + r, t, msb(r))`` with ``r = rotl(s, f)``: see ``truncation.finish_rotated``."""
     f, tp = _ptr_split(p)
+    return _ptr_material(r, f, tp)
+
+
+# A product may reuse the Beaver mask opened for an unchanged operand (``beaver``, a share's ``Memo``) while the
+# request that drew the mask is one of the last REUSE_WINDOW requests: the dealer keeps those requests' sub-seeds
+# (32 bytes per party each: about 3 MB for 3 parties) and draws the mask again from them.  A mask older than that
+# is opened afresh, once per window: a data matrix used in every step of a loop of 1000 requests a step is
+# opened once every 16 steps.
+REUSE_WINDOW = 1 << 14
+# How many requests the Speculator looks back for a period (and so the most the dealer draws ahead).
+SPECULATION_WINDOW = 4096
+# The dealer's copies of masks drawn again, for the next reuses of the same mask (a data matrix in every step).
+MASK_CACHE_BYTES = 64 << 20
+FRESH = -1
+
+
+def _ptrr_split(p):
+    """``(f, ((serial, offset, flip) of x's mask, of y's), triple params)`` of a ``ptruncr`` request."""
+    if len(p) < 9 or not 1 <= int(p[0]) <= 62:
+        raise ValueError(
+            "ptruncr takes a shift in [1, 62], two mask references (serial, offset, flip) and a triple's parameters"
+        )
+    refs = tuple((int(p[i]), int(p[i + 1]), int(p[i + 2])) for i in (2, 5))
+    for serial, offset, flip in refs:
+        if serial < FRESH or offset < 0 or flip not in (0, 1) or (serial == FRESH and (offset or flip)):
+            raise ValueError(f"a mask reference is (serial >= 0, offset >= 0, flip 0 or 1) or (-1, 0, 0), got "
+                             f"{(serial, offset, flip)}")  # fmt: skip
+    if refs[0][0] == FRESH and refs[1][0] == FRESH:
+        raise ValueError("ptruncr reuses at least one operand's mask (ask for ptrunc otherwise)")
+    return int(p[0]), refs, (int(p[1]), *(int(v) for v in p[8:]))
+
+
+def _swap_last(shape: tuple[int, ...]) -> tuple[int, ...]:
+    if len(shape) < 2:
+        raise ValueError(f"a transposed mask needs two dimensions, got shape {shape}")
+    return (*shape[:-2], shape[-1], shape[-2])
+
+
+def _ptrr_reused(p):
+    """The reused masks: ``(position among the random parts, serial, offset, flip, shape as drawn)``."""
+    _, refs, tp = _ptrr_split(p)
+    shapes = _triple_shapes(tp)
+    out = []
+    for pos, ((serial, offset, flip), shape) in enumerate(zip(refs, shapes, strict=True)):
+        if serial != FRESH:
+            out.append((pos, serial, offset, flip, _swap_last(shape) if flip else shape))
+    return out
+
+
+def _ptrr_random(p):
+    _, refs, tp = _ptrr_split(p)
+    fresh = [shape for (serial, _, _), shape in zip(refs, _triple_shapes(tp), strict=True) if serial == FRESH]
+    return [*fresh, *_triple_out(tp)]
+
+
+def _ptrr_derived(p):
+    _, _, tp = _ptrr_split(p)
+    return _triple_out(tp) * 3
+
+
+def _ptrr_widths(p):
+    f, _, _ = _ptrr_split(p)
+    return [8, -(-f // 8), -(-f // 8)]
+
+
+def _ptrr_derive(r, p):
+    f, _, tp = _ptrr_split(p)
+    return _ptr_material(r, f, tp)
+
+
+def _ptrr_refs(p) -> list[int]:
+    """The positions of ``p`` that hold a serial (what the Speculator shifts from one iteration to the next)."""
+    return [i for i in (2, 5) if len(p) > i and int(p[i]) != FRESH]
+
+
+def _ptr_material(r, f, tp):
     a, b, s = r
     (c,) = _triple_derive([a, b], tp)
     t = logical_rshift(s, 64 - f)  # the top f bits of s, which the rotation brings to the bottom of r
@@ -408,6 +486,11 @@ class Correlation:
     # The correction straight from the random totals and the other parties' derived shares (additive parts
     # only), for kinds whose derived parts are sparse: cheaper than deriving them densely and subtracting.
     correct: Callable[[list[torch.Tensor], list[torch.Tensor], tuple[int, ...]], list[torch.Tensor]] | None = None
+    # Random parts that reuse the mask of an earlier request instead of being drawn: ``(position among the
+    # random parts, serial, offset, flip, shape as drawn)``; the dealer draws them again from that request's
+    # sub-seeds.  ``refs``: the parameter positions that hold those serials.
+    reused: Callable[[tuple[int, ...]], list[tuple[int, int, int, int, tuple[int, ...]]]] | None = None
+    refs: Callable[[tuple[int, ...]], list[int]] | None = None
 
     def widths(self, params: tuple[int, ...], n_derived: int) -> list[int]:
         return [8] * n_derived if self.derived_widths is None else [int(w) for w in self.derived_widths(params)]
@@ -440,6 +523,13 @@ CORRELATIONS: dict[str, Correlation] = {
     # msb(r), both counting only modulo 2^f: the dealer sends 8 + 2 ceil(f / 8) bytes per output element
     # where a triple and a truncation pair take 16 + ceil(f / 8); params = (f, *triple's params).
     "ptrunc": Correlation("ptrunc", _ptr_random, _ptr_derived, _ptr_derive, None, _ptr_widths),
+    # The same with one or both operands' masks those of an earlier request (an operand opened before and not
+    # changed since): params = (f, op, serial, offset, flip of x's mask, the same of y's, shapes, extra), serial
+    # -1 for a fresh mask, offset its first element in that request's stream, flip 1 where the operand is the
+    # drawn mask's transpose.  The parties draw only the fresh masks; the dealer draws the reused ones again.
+    "ptruncr": Correlation(
+        "ptruncr", _ptrr_random, _ptrr_derived, _ptrr_derive, None, _ptrr_widths, reused=_ptrr_reused, refs=_ptrr_refs
+    ),
     # (r, floor(r / d), msb(r)) for exact division by a public integer d (unsigned r); params = (d, *shape).
     "div": Correlation("div", _div_shapes, lambda p: _div_shapes(p) * 2, _div_derive),
     # XOR-shared (a, b_1..b_m, a & b_i): AND gates, one input fanned out to m others; params = (m, *shape).
@@ -485,18 +575,21 @@ class DealerSource(CorrelationSource):
         self._prg = Prg(seed)
         self._rank = rank
         self._last = rank == world_size - 1
+        self.served = 0  # requests made so far: the next one's serial
 
     def request(self, kind: str, params: tuple[int, ...]) -> Handle:
         corr = _lookup(kind)
         if len(params) > MAX_PARAMS:
             raise ProtocolError(f"too many parameters for correlation {kind!r}")
+        serial = self.served
+        self.served += 1
         sub = Prg(self._prg.seed())  # this request's sub-stream (the dealer draws the same one)
         randoms = [sub.int64(s) for s in corr.random_shapes(params)]
         shapes = corr.derived_shapes(params)
         widths = corr.widths(params, len(shapes))
         if not self._last:
             derived = [sub.narrow(s, w) for s, w in zip(shapes, widths, strict=True)]
-            return Handle(randoms, lambda: derived)
+            return Handle(randoms, lambda: derived, serial)
         dealer = self._comm.dealer_id
         self._comm.send(dealer, f"corr:{kind}", torch.tensor(params, dtype=torch.int64))
         size = correction_bytes(corr, params)
@@ -505,7 +598,7 @@ class DealerSource(CorrelationSource):
             buf = self._comm.recv(dealer, f"corr:{kind}", Expect((size,), torch.uint8))
             return unpack_correction(buf, shapes, widths)
 
-        return Handle(randoms, fetch)
+        return Handle(randoms, fetch, serial)
 
 
 def pack_correction(parts: Sequence[torch.Tensor], widths: Sequence[int]) -> torch.Tensor:
@@ -561,10 +654,47 @@ class DealerGenerator:
 
     def __init__(self, seeds: Sequence[bytes]) -> None:
         self._prgs = [Prg(s) for s in seeds]
+        # The sub-seeds of the last requests, for masks that later requests reuse (the window the parties use,
+        # plus what the dealer may have drawn ahead of them).
+        self._past: deque[bytes] = deque(maxlen=REUSE_WINDOW + SPECULATION_WINDOW)
+        self.drawn = 0  # requests whose sub-seeds were drawn
+        self._masks: dict[tuple, torch.Tensor] = {}  # masks drawn again, oldest first (MASK_CACHE_BYTES)
+        self._mask_bytes = 0
 
     def next_seeds(self) -> list[bytes]:
         """The sub-seeds of the next request, one per party (drawn whatever the request will be)."""
-        return [prg.seed() for prg in self._prgs]
+        seeds = [prg.seed() for prg in self._prgs]
+        self._past.append(b"".join(seeds))
+        self.drawn += 1
+        return seeds
+
+    def mask(self, serial: int, offset: int, shape: tuple[int, ...]) -> torch.Tensor:
+        """The total of the random part drawn at ``offset`` elements into request ``serial``'s streams (a mask
+        that a later request reuses), drawn again from its sub-seeds; not to be changed in place."""
+        first = self.drawn - len(self._past)
+        if not first <= serial < self.drawn:
+            raise ProtocolError(
+                f"a request reuses the mask of request {serial}, which the dealer does not hold (it holds the "
+                f"sub-seeds of requests {first} to {self.drawn - 1}): the party and the dealer disagree"
+            )
+        key = (serial, offset, tuple(shape))
+        got = self._masks.pop(key, None)
+        if got is None:
+            joined = self._past[serial - first]
+            for at in range(0, len(joined), SEED_BYTES):
+                prg = Prg(joined[at : at + SEED_BYTES])
+                if offset:
+                    prg.bytes(8 * offset)
+                part = prg.int64(shape)
+                got = part if got is None else got.add_(part)
+            if got is None:
+                raise ProtocolError("no parties")
+            self._mask_bytes += 8 * got.numel()
+        self._masks[key] = got  # the most recently used last
+        while self._mask_bytes > MASK_CACHE_BYTES and len(self._masks) > 1:
+            old = self._masks.pop(next(iter(self._masks)))
+            self._mask_bytes -= 8 * old.numel()
+        return got
 
     def correction(self, kind: str, params: tuple[int, ...], seeds: list[bytes] | None = None) -> torch.Tensor:
         """The last party's derived parts of the next request (``seeds``: its sub-seeds, if drawn already), packed
@@ -591,6 +721,10 @@ class DealerGenerator:
                     else [_combine(t, d, x) for t, d, x in zip(derived_sum, ds, dxor, strict=True)]
                 )
         assert totals is not None
+        if corr.reused is not None:
+            for pos, serial, offset, flip, shape in corr.reused(params):
+                m = self.mask(serial, offset, shape)
+                totals.insert(pos, m.transpose(-2, -1) if flip else m)
         if corr.correct is not None and derived_sum is not None:
             return pack_correction(corr.correct(totals, derived_sum, params), corr.widths(params, len(dshapes)))
         wanted = corr.derive(totals, params)
@@ -604,6 +738,11 @@ class DealerGenerator:
         return pack_correction(wanted, corr.widths(params, len(dshapes)))
 
 
+def _ref_positions(kind: str, params: tuple[int, ...]) -> list[int]:
+    corr = CORRELATIONS.get(kind)
+    return [] if corr is None or corr.refs is None else corr.refs(params)
+
+
 class Speculator:
     """Guesses the dealer's next request from the ones before (a period in the request stream).
 
@@ -615,9 +754,16 @@ class Speculator:
     only while its guesses come true (after a miss the pattern must be seen
     again), so a program without repetition costs the dealer nothing but this
     bookkeeping: a few dictionary operations per request.
+
+    A request that reuses an earlier request's mask (``ptruncr``) names that
+    request by its serial.  Two requests a period apart repeat when their
+    references are equal (a mask drawn before the loop: a data matrix used in
+    every step) or a period apart (a mask drawn in the same iteration: a
+    weight opened in the forward pass, reused in the backward one); a guess
+    shifts the references of the second kind and keeps those of the first.
     """
 
-    def __init__(self, window: int = 4096, confirm: int = 4) -> None:
+    def __init__(self, window: int = SPECULATION_WINDOW, confirm: int = 4) -> None:
         self.window = window
         self.confirm = confirm
         self._hist: deque[tuple[str, tuple[int, ...]]] = deque(maxlen=window + confirm + 1)
@@ -626,6 +772,30 @@ class Speculator:
         self._period = 0
         self.hits = 0
         self.misses = 0
+
+    @staticmethod
+    def _key(req: tuple[str, tuple[int, ...]]) -> tuple[str, tuple[int, ...]]:
+        """The request without its references (what a request one period later has in common with it)."""
+        kind, params = req
+        pos = _ref_positions(kind, params)
+        if not pos:
+            return req
+        return kind, tuple(-2 if i in pos else v for i, v in enumerate(params))
+
+    def _repeats(self, back: int, p: int) -> bool:
+        """Whether the request ``back`` places from the last one repeats the one ``p`` before it."""
+        h = self._hist
+        new, old = h[-1 - back], h[-1 - back - p]
+        if new == old and not _ref_positions(*old):
+            return True
+        if self._key(new) != self._key(old):
+            return False
+        n_old = self._n - 1 - back - p
+        for i in _ref_positions(*old):
+            r_old, r_new = old[1][i], new[1][i]
+            if not (r_new == r_old if n_old - r_old >= p else r_new == r_old + p):
+                return False
+        return True
 
     def observe(self, kind: str, params: tuple[int, ...], guessed: tuple[str, tuple[int, ...]] | None) -> None:
         req = (kind, params)
@@ -638,25 +808,26 @@ class Speculator:
         h = self._hist
         h.append(req)
         p = self._period
-        if p and h[-1 - p] != req:
+        if p and (len(h) <= p or not self._repeats(0, p)):
             self._period = 0
         if not self._period:
             self._period = self._find_period(req)
-        seen = self._seen.get(req)
+        key = self._key(req)
+        seen = self._seen.get(key)
         if seen is None:
             if len(self._seen) > 4 * self.window:  # forget: a stream of ever new requests has no period
                 self._seen.clear()
-            seen = self._seen[req] = deque(maxlen=8)
+            seen = self._seen[key] = deque(maxlen=8)
         seen.append(self._n)
         self._n += 1
 
     def _find_period(self, req: tuple[str, tuple[int, ...]]) -> int:
         h, c = self._hist, self.confirm
-        for j in reversed(self._seen.get(req, ())):
+        for j in reversed(self._seen.get(self._key(req), ())):
             p = self._n - j
             if p > self.window or len(h) < p + c:
                 break
-            if all(h[-1 - i] == h[-1 - i - p] for i in range(c)):
+            if all(self._repeats(i, p) for i in range(c)):
                 return p
         return 0
 
@@ -668,4 +839,17 @@ class Speculator:
     def guess(self, ahead: int = 0) -> tuple[str, tuple[int, ...]] | None:
         """The likely request ``ahead`` requests after the next one (0: the next), or None."""
         p = self._period
-        return self._hist[-p + ahead % p] if p else None
+        if not p:
+            return None
+        back = p - ahead % p
+        kind, params = self._hist[-back]
+        pos = _ref_positions(kind, params)
+        if not pos:
+            return kind, params
+        n_src = self._n - back
+        shift = self._n + ahead - n_src
+        out = list(params)
+        for i in pos:
+            if n_src - params[i] < p:  # a mask of the same iteration: the one a period (or more) later
+                out[i] = params[i] + shift
+        return kind, tuple(out)
