@@ -46,10 +46,10 @@ import torch
 import mpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import _sync, _workload  # noqa: E402 - the directory first, as under `python scripts/...`
+from bench import _sync, _unopened, _workload  # noqa: E402 - the directory first, as under `python scripts/...`
 from bench_workloads import WORKLOADS  # noqa: E402
 
-from protocols.correlated import DealerGenerator  # noqa: E402
+from protocols.correlated import CORRELATIONS, DealerGenerator  # noqa: E402
 
 KINDS = ["waiting", "link cipher", "randomness", "torch", "numpy / copies", "zmq", "python"]
 
@@ -90,22 +90,23 @@ def top(stats: pstats.Stats, runs: int, k: int) -> list[tuple[float, str]]:
 
 def _party(ctx, name: str, repeat: int, k: int) -> dict | None:
     torch.set_num_threads(1)
-    step, _ = _workload(ctx, name)
+    step, _, values = _workload(ctx, name)
     step()  # warm-up
     last = ctx.rank == ctx.world_size - 1
-    requests: list[tuple[str, tuple[int, ...]]] = []
+    requests: list[tuple[str, tuple[int, ...], int]] = []
     if last:
         source = ctx.correlations
         ask = source.request
 
         def recorded(kind, params):
-            requests.append((kind, tuple(params)))
+            requests.append((kind, tuple(params), source.served))
             return ask(kind, params)
 
         source.request = recorded  # this party's requests, for the dealer's replay
     prof = cProfile.Profile()
     wall = cpu = 0.0
     for _ in range(repeat):
+        _unopened(values())  # every run opens its inputs, as the first would
         _sync(ctx)
         w0, c0 = time.monotonic(), time.process_time()
         prof.enable()
@@ -126,18 +127,28 @@ def _party(ctx, name: str, repeat: int, k: int) -> dict | None:
     }
 
 
-def dealer_replay(requests: list[tuple[str, tuple[int, ...]]], parties: int, repeat: int, k: int) -> dict:
+def _replayed(requests: list[tuple[str, tuple[int, ...], int]], gen: DealerGenerator):
+    """One run's requests as the replaying generator numbers them: a request that reuses an earlier one's mask
+    names it by its serial, which the party counted from its first request and the replay counts from here."""
+    shift = gen.drawn - requests[0][2]
+    for kind, params, _ in requests:
+        refs = CORRELATIONS[kind].refs
+        pos = refs(params) if refs is not None else []
+        yield kind, tuple(v + shift if i in pos else v for i, v in enumerate(params))
+
+
+def dealer_replay(requests: list[tuple[str, tuple[int, ...], int]], parties: int, repeat: int, k: int) -> dict:
     """The dealer's generation of one run's requests, profiled (``repeat`` times)."""
     torch.set_num_threads(1)
     gen = DealerGenerator([os.urandom(32) for _ in range(parties)])
-    for req in requests:  # warm-up
+    for req in _replayed(requests, gen):  # warm-up
         gen.correction(*req)
     prof = cProfile.Profile()
     w0 = time.monotonic()
     sent = 0
     prof.enable()
     for _ in range(repeat):
-        for req in requests:
+        for req in _replayed(requests, gen):
             sent += gen.correction(*req).numel()
     prof.disable()
     stats = pstats.Stats(prof)
