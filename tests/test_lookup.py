@@ -123,14 +123,17 @@ def test_exp_at_a_narrow_encoding(sim):
 @pytest.mark.timeout(60)
 def test_exp_below_eight_fractional_bits_runs_the_thermometer_table(sim):
     """At f < 8 the lookup's polynomial value keeps too few bits (at f = 4 it gave exp(5) = 152, at f = 0
-    exp(1) = 4, and f = 0 crashed in its final truncation by 0 bits): the thermometer table runs instead."""
+    exp(1) = 4, and f = 0 crashed in its final truncation by 0 bits): the thermometer table runs instead, from
+    4 bits on; below 4 bits exp is refused."""
     assert lookup.exp_supports(8) and not lookup.exp_supports(7) and not lookup.exp_supports(0)
     v = torch.tensor([-3.0, -0.5, 0.0, 0.3125, 1.0, 2.0, 5.0, 9.0], dtype=torch.float64)
     (got, rounds), _ = sim(lambda ctx: _unary(ctx, v), 2, protocol=SECURE, frac_bits=4)
     assert rounds != 6  # not the lookup
     assert float(((got - torch.exp(v)).abs() / (1e-2 * torch.exp(v) + 2**-3)).max()) <= 1.0
-    (coarse, _), _ = sim(lambda ctx: _unary(ctx, torch.tensor([0.0, 1.0, 2.0])), 2, protocol=SECURE, frac_bits=0)
-    assert torch.isfinite(coarse).all()
+    # Below 4 bits the table is wrong too (exp(0) = 2 at f = 0, exp(5) = 142.75 at f = 2): an error says so.
+    for f in (0, 2, 3):
+        with pytest.raises(ProtocolError, match=f"exp needs frac_bits >= 4 \\(at {f} fractional bits"):
+            sim(lambda ctx: _unary(ctx, torch.tensor([0.0, 1.0, 5.0])), 2, protocol=SECURE, frac_bits=f)
 
 
 # ----- the octave thermometer from the bits (protocols.octave) ----------------------------------------------
