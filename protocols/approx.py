@@ -182,12 +182,11 @@ def select(bits: Share, table: Sequence[int]) -> Share:
 
 
 def select_linear(bits: Share, table: Sequence[int]) -> Share:
-    """``sum_j (q_(j+1) - q_j) bits_j`` without the constant ``q_0``: one (1, K) x (K, n) product of int64
-    matrices (modulo 2^64, as the ring wants), not K scaled copies of the bits."""
+    """``sum_j (q_(j+1) - q_j) bits_j`` without the constant ``q_0``: one scaled accumulation of the K rows
+    (modulo 2^64, as the ring wants), not K scaled copies of the bits."""
     q = torch.tensor([wrap_int(int(t)) for t in table], dtype=torch.int64)
-    dq = (q[1:] - q[:-1]).reshape(1, -1)
-    k = bits.shape[0]
-    return bits.reshape(k, -1).matmul_public(dq, left=True).reshape(tuple(bits.shape[1:]))
+    dq = q[1:] - q[:-1]
+    return bits.weighted_sum(dq.tolist())
 
 
 def _ring(v: float, bits: int) -> int:
