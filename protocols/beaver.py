@@ -127,6 +127,15 @@ class OpenedMask:
 Memos = tuple[Any, Any]  # per item: (x's, y's) ``(Memo, flip)`` from ``_RingShare.memo()``, or None
 
 
+def _version(t: torch.Tensor) -> int:
+    """``t``'s in-place version counter; -1 for a tensor made under ``torch.inference_mode``, which keeps none
+    (the check it serves is then skipped; whether a mask is reused never depends on it)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return -1
+
+
 def _reusable(ctx: PartyContext, memo, x: torch.Tensor, serial: int, pending: set[int]) -> tuple | None:
     """``(record, t)`` when ``x``'s opened mask can serve this product (``t``: use it transposed), else None.
     Every test here reads public facts only (serials, shapes, what the parties computed alike), so every
@@ -142,7 +151,7 @@ def _reusable(ctx: PartyContext, memo, x: torch.Tensor, serial: int, pending: se
     t = bool(flip) != rec.flip
     if tuple(rec.a.shape) != (tuple(x.shape[:-2]) + (x.shape[-1], x.shape[-2]) if t else tuple(x.shape)):
         return None
-    if x._version != rec.version:
+    if _version(x) != rec.version:
         raise ProtocolError(
             "a secret tensor's share was changed in place after a product opened it: shares are values (an "
             "operation makes a new share); the product would use its old value"
@@ -181,7 +190,7 @@ def product_truncated_many(
         for operand, memo in ((x, pair[0]), (y, pair[1])):
             plan.append(_reusable(ctx, memo, operand, serial, set(pending)) if memo is not None else None)
             if plan[-1] is None and memo is not None:  # opened afresh: its record, pending until the opening
-                rec = OpenedMask(serial, 0, bool(memo[1]), operand, operand._version)
+                rec = OpenedMask(serial, 0, bool(memo[1]), operand, _version(operand))
                 pending[id(rec)] = rec
                 memo[0].value = rec
                 plan[-1] = ("new", rec)

@@ -167,6 +167,24 @@ def test_a_share_changed_in_place_is_refused(sim):
         sim(changed_in_place, 2, protocol=SECURE)
 
 
+def under_inference_mode(ctx):
+    """Tensors made under ``torch.inference_mode`` keep no version counter: products still run and reuse."""
+    with torch.inference_mode():
+        x = mpc.share(torch.ones(3, 3) if ctx.rank == 0 else None, 0, ctx)
+        w = mpc.share(torch.ones(3, 3) / 2 if ctx.rank == 1 else None, 1, ctx)
+        first = (x @ w).reveal()
+        before = ctx.stats.snapshot()["bytes_sent"]
+        second = (x @ w).reveal()
+        return first, second, ctx.stats.snapshot()["bytes_sent"] - before
+
+
+@pytest.mark.timeout(60)
+def test_products_under_inference_mode(sim):
+    for first, second, sent in sim(under_inference_mode, 2, protocol=SECURE):
+        assert torch.allclose(first, torch.full((3, 3), 1.5), atol=1e-4) and torch.equal(first.round(), second.round())
+        assert sent == 2 * 8 * 9  # the truncation and the reveal: neither operand opened again
+
+
 @pytest.mark.timeout(60)
 def test_a_mask_outside_the_window_is_opened_again(sim, monkeypatch):
     """Masks older than the window are opened afresh (same results); the dealer refuses a reference it no
