@@ -138,3 +138,36 @@ def test_the_dealer_makes_the_whole_next_iteration_ahead_within_its_budget(sim, 
     else:
         assert ahead.most == per_step, (ahead.most, per_step)
     assert ahead.spec.hits >= 5 * per_step and ahead.spec.misses == 0, (ahead.spec.hits, ahead.spec.misses)
+
+
+def _training_loop(ctx, steps: int):
+    """A linear layer trained on a new batch each step: its backward reuses the forward's masks (requests that
+    name a request of the same step), which the dealer must guess shifted by a period."""
+    g = torch.Generator().manual_seed(5)
+    wv = torch.rand(3, 5, generator=g, dtype=torch.float64) - 0.5
+    layer = mpc.nn.Linear(5, 3, bias=False)
+    mpc.nn.module.assign_(layer.weight, mpc.share(wv if ctx.rank == 0 else None, owner=0))
+    opt = mpc.optim.SGD(layer.parameters(), lr=0.125)
+    want = wv.clone()
+    for _ in range(steps):
+        xv = torch.rand(6, 5, generator=g, dtype=torch.float64) - 0.5
+        x = mpc.share(xv if ctx.rank == 1 else None, owner=1)
+        opt.zero_grad()
+        out = layer(x)
+        (out * out).sum().backward()  # a secret gradient: the backward's products are Beaver products
+        opt.step()
+        want -= 0.125 * 2 * (xv @ want.t()).t() @ xv
+    return float((layer.weight.reveal() - want).abs().max())
+
+
+@pytest.mark.timeout(60)
+def test_the_dealer_guesses_requests_that_reuse_masks_of_the_same_step(sim, monkeypatch):
+    _Counting.seen = []
+    monkeypatch.setattr(dealer, "Speculator", _Counting)
+    errs = sim(functools.partial(_training_loop, steps=12), 2, protocol=SECURE)
+    assert max(errs) < 1e-3
+    (spec,) = _Counting.seen
+    assert spec.period > 0  # the step's requests repeat, references shifted by the period
+    reuses = [p for k, p in spec._hist if k == "ptruncr"]
+    assert reuses and all(p[2] > spec._n - len(spec._hist) - 1 for p in reuses[-2:])  # naming recent requests
+    assert spec.misses == 0 and spec.hits >= 6 * spec.period, (spec.hits, spec.misses, spec.period)
