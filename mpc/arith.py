@@ -130,7 +130,8 @@ def square(input: SecretTensor) -> SecretTensor:
     return input._new(input.ctx.family.square(input.ctx, input.share))
 
 
-@register("matmul", cost="secret x secret: 2 rounds; public real: 1 round", torch=(torch.matmul, torch.mm, torch.bmm))
+@register("matmul", cost="secret x secret: 2 rounds, an operand opened by an earlier product not opened again; "
+          "public real: 1 round", torch=(torch.matmul, torch.mm, torch.bmm))  # fmt: skip
 def matmul(input: SecretTensor | torch.Tensor, other: SecretTensor | torch.Tensor) -> SecretTensor:
     for v in (input, other):
         if not isinstance(v, SecretTensor | torch.Tensor):

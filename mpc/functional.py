@@ -85,7 +85,8 @@ def _check_conv2d(input, weight, stride, padding, dilation, groups) -> None:
             raise ProtocolError(f"conv2d: kernel {sw[2:]} is larger than the padded input {si[2:]} (padding {padding})")
 
 
-@register("conv2d", cost="secret x secret: 2 rounds; public kernel or input: 1 round", torch=(F.conv2d,))
+@register("conv2d", cost="secret x secret: 2 rounds, an operand opened by an earlier product not opened again; "
+          "public kernel or input: 1 round", torch=(F.conv2d,))  # fmt: skip
 def conv2d(
     input: SecretTensor | torch.Tensor,
     weight: SecretTensor | torch.Tensor,
