@@ -136,7 +136,7 @@ def _version(t: torch.Tensor) -> int:
         return -1
 
 
-def _reusable(ctx: PartyContext, memo, x: torch.Tensor, serial: int, pending: set[int]) -> tuple | None:
+def _reusable(memo, x: torch.Tensor, serial: int, pending: dict[int, OpenedMask]) -> tuple | None:
     """``(record, t)`` when ``x``'s opened mask can serve this product (``t``: use it transposed), else None.
     Every test here reads public facts only (serials, shapes, what the parties computed alike), so every
     party decides the same."""
@@ -188,7 +188,7 @@ def product_truncated_many(
         serial = src.served if counts else -1
         plan = []  # per operand: (record, t) to reuse, or None
         for operand, memo in ((x, pair[0]), (y, pair[1])):
-            plan.append(_reusable(ctx, memo, operand, serial, set(pending)) if memo is not None else None)
+            plan.append(_reusable(memo, operand, serial, pending) if memo is not None else None)
             if plan[-1] is None and memo is not None:  # opened afresh: its record, pending until the opening
                 rec = OpenedMask(serial, 0, bool(memo[1]), operand, _version(operand))
                 pending[id(rec)] = rec

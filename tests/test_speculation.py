@@ -84,13 +84,19 @@ class _Counting(Speculator):
         _Counting.seen.append(self)
 
 
-@pytest.mark.timeout(60)
-def test_the_dealer_guesses_a_loop_and_survives_a_miss(sim, monkeypatch):
+def _run_counted(sim, monkeypatch, program) -> Speculator:
+    """``program`` at 2 parties with the real dealer loop; its results within 1e-3; the dealer's speculator."""
     _Counting.seen = []
     monkeypatch.setattr(dealer, "Speculator", _Counting)
-    errs = sim(functools.partial(_loop, steps=16), 2, protocol=SECURE)
+    errs = sim(program, 2, protocol=SECURE)
     assert max(errs) < 1e-3
     (spec,) = _Counting.seen
+    return spec
+
+
+@pytest.mark.timeout(60)
+def test_the_dealer_guesses_a_loop_and_survives_a_miss(sim, monkeypatch):
+    spec = _run_counted(sim, monkeypatch, functools.partial(_loop, steps=16))
     # two requests a step (the matmul's fused triple and truncation mask, the ReLU's comparison): 32 in all,
     # the first few and those around the odd step not guessed
     assert spec.hits > 16 and spec.misses >= 1, (spec.hits, spec.misses)
@@ -162,12 +168,10 @@ def _training_loop(ctx, steps: int):
 
 @pytest.mark.timeout(60)
 def test_the_dealer_guesses_requests_that_reuse_masks_of_the_same_step(sim, monkeypatch):
-    _Counting.seen = []
-    monkeypatch.setattr(dealer, "Speculator", _Counting)
-    errs = sim(functools.partial(_training_loop, steps=12), 2, protocol=SECURE)
-    assert max(errs) < 1e-3
-    (spec,) = _Counting.seen
-    assert spec.period > 0  # the step's requests repeat, references shifted by the period
-    reuses = [p for k, p in spec._hist if k == "ptruncr"]
-    assert reuses and all(p[2] > spec._n - len(spec._hist) - 1 for p in reuses[-2:])  # naming recent requests
+    spec = _run_counted(sim, monkeypatch, functools.partial(_training_loop, steps=12))
+    p = spec.period
+    assert p > 0  # the step's requests repeat, references shifted by the period
+    last_step = [(spec._n - back, spec._hist[-back]) for back in range(p, 0, -1)]
+    refs = [(n, req[1][2]) for n, req in last_step if req[0] == "ptruncr"]
+    assert refs and all(0 < n - ref < p for n, ref in refs), refs  # each names a request of its own step
     assert spec.misses == 0 and spec.hits >= 6 * spec.period, (spec.hits, spec.misses, spec.period)
