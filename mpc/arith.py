@@ -451,14 +451,14 @@ def _unary(name: str, method: str, cost: str, aliases=()):
     return register(name, cost=cost, torch=aliases)(forward)
 
 
-exp = _unary("exp", "exp", "6 rounds; domain [-12, 10]", (torch.exp,))
-exp_nonpositive = _unary("exp_nonpositive", "exp_nonpositive", "6 rounds; x <= 0 (0 below -11)")
+exp = _unary("exp", "exp", "4 rounds; domain [-12, 10]", (torch.exp,))
+exp_nonpositive = _unary("exp_nonpositive", "exp_nonpositive", "4 rounds; x <= 0 (0 below -11)")
 log = _unary("log", "log", "21 rounds; domain [1e-3, 1e4]", (torch.log,))
 reciprocal = _unary("reciprocal", "reciprocal", "21 rounds; domain 1e-2 <= |x| <= 1e4", (torch.reciprocal,))
 sqrt = _unary("sqrt", "sqrt", "21 rounds; domain [1e-3, 1e4]", (torch.sqrt,))
 rsqrt = _unary("rsqrt", "rsqrt", "21 rounds; domain [1e-3, 1e4]", (torch.rsqrt,))
-sigmoid = _unary("sigmoid", "sigmoid", "6 rounds; all reals", (torch.sigmoid, torch.nn.functional.sigmoid))
-tanh = _unary("tanh", "tanh", "6 rounds; all reals", (torch.tanh, torch.nn.functional.tanh))
+sigmoid = _unary("sigmoid", "sigmoid", "4 rounds; all reals", (torch.sigmoid, torch.nn.functional.sigmoid))
+tanh = _unary("tanh", "tanh", "4 rounds; all reals", (torch.tanh, torch.nn.functional.tanh))
 
 
 def _along(x: SecretTensor, dim: int, method: str) -> SecretTensor:
@@ -473,13 +473,13 @@ def _softmax_dim(x: SecretTensor, dim, what: str) -> int:
     return dim
 
 
-@register("softmax", cost="17 + 4 ceil(log2 n) rounds; logits in [-30, 30]",
+@register("softmax", cost="15 + 4 ceil(log2 n) rounds; logits in [-30, 30]",
           torch=(torch.softmax, torch.nn.functional.softmax))  # fmt: skip
 def softmax(input: SecretTensor, dim: int | None = None, _stacklevel: int = 3, dtype=None) -> SecretTensor:
     return _along(input, _softmax_dim(input, dim, "softmax"), "softmax")
 
 
-@register("log_softmax", cost="15 + 4 ceil(log2 n) rounds",
+@register("log_softmax", cost="13 + 4 ceil(log2 n) rounds",
           torch=(torch.log_softmax, torch.nn.functional.log_softmax))  # fmt: skip
 def log_softmax(input: SecretTensor, dim: int | None = None, _stacklevel: int = 3, dtype=None) -> SecretTensor:
     dim = _softmax_dim(input, dim, "log_softmax")

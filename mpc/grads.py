@@ -563,7 +563,7 @@ def _softmax(n: Node, g: Grad):
 def _log_softmax(n: Node, g: Grad):
     """``g - softmax(x) sum(g)``: softmax as the product of what the forward kept, ``exp(x - max)`` and
     ``1 / sum`` (2 rounds; relative error 3.5e-4), and one product (2; 1 for a public ``g``).  Without them,
-    ``exp`` of the output, which is never positive (6 rounds)."""
+    ``exp`` of the output, which is never positive (4 rounds)."""
     x, dim = n.a["input"], n.a["dim"]
     if n.saved is not None:  # softmax = e r from the forward's exp(x - max) and 1 / sum (one product, 2 rounds)
         e, r = n.saved

@@ -429,11 +429,11 @@ class SecretTensor(_Autograd):
         return call("tanh", self)
 
     def softmax(self, dim: int):
-        """Softmax along ``dim``; logits in [-30, 30]. Rounds 17 + 4 ceil(log2 n)."""
+        """Softmax along ``dim``; logits in [-30, 30]. Rounds 15 + 4 ceil(log2 n)."""
         return call("softmax", self, dim)
 
     def log_softmax(self, dim: int):
-        """Log-softmax along ``dim``. Rounds 15 + 4 ceil(log2 n)."""
+        """Log-softmax along ``dim``. Rounds 13 + 4 ceil(log2 n)."""
         return call("log_softmax", self, dim)
 
     def norm(self, p=2, dim: int | None = None, keepdim: bool = False):

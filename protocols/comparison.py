@@ -91,7 +91,7 @@ from . import bitforms as bf
 from .correlated import CMP_B2A, CMP_LANES, CMP_MUL
 from .rounds import ADD, XOR, Steps, drive_one
 
-__all__ = ["CmpResult", "compare", "compare_steps", "ltz", "relu", "sign_bits"]
+__all__ = ["CmpResult", "compare", "compare_rounds", "compare_steps", "ltz", "relu", "sign_bits"]
 
 
 @dataclass
@@ -210,6 +210,45 @@ def compare_steps(
     derived = handle.derived()
     r_b, leaf_p, l1_p, l2_p = derived[:4]
     rest = derived[4:]
+    done = yield from compare_rounds(
+        ctx, c, thresholds, (r_b, leaf_p, l1_p, l2_p, a1, a2), rest[0] if arithmetic else None, negate, bit, op
+    )
+    if not arithmetic:
+        return CmpResult(binary=done.reshape(kk, *shape))
+    e, s, bits = done
+    t_a = rest[0]
+    res = CmpResult(bits=bits.reshape(kk, *shape))
+    i = 1
+    if mul_input:
+        rt = rest[i]
+        i += 1
+        xb = e * xf.unsqueeze(0) + s * (c.unsqueeze(0) * t_a - rt)
+        res.xbits = xb.reshape(kk, *shape)
+    if extra is not None:
+        assert d is not None
+        ayt = rest[i]
+        yb = e.unsqueeze(-1) * extra.reshape(kk, n, m) + s.unsqueeze(-1) * (d * t_a.unsqueeze(-1) + ayt)
+        res.ybits = yb.reshape(kk, *shape, m)
+    return res
+
+
+def compare_rounds(
+    ctx: PartyContext,
+    c: torch.Tensor,
+    thresholds: Sequence[int],
+    parts: tuple[torch.Tensor, ...],
+    t_a: torch.Tensor | None,
+    negate: bool,
+    bit: int,
+    op: str,
+) -> Steps:
+    """Rounds 2-4 of a comparison batch from the opened ``c = x + r`` (flat) and the dealer's parts
+    ``(r_b, leaf, l1, l2, a1, a2)``: the XOR shares of the bits (``t_a`` None: 2 rounds), or, with the
+    arithmetic shares ``t_a`` of the conversion bit, ``(e, s, bits)``: the opened ``e = bit ^ t``, the public
+    sign ``s = 1 - 2 e`` and the arithmetic bits, all ``(K, n)`` (3 rounds).  A product ``y bit`` is then
+    ``e y + s (y t)``: ``compare_steps``' products, and a lookup's saturation (``protocols.lookup``)."""
+    r_b, leaf_p, l1_p, l2_p, a1, a2 = parts
+    kk, n = len(thresholds), c.numel()
     party0 = holds_public(ctx.rank)
     tvals = torch.tensor([wrap_int(int(t)) for t in thresholds], dtype=torch.int64)
     cpub = c.unsqueeze(0) - tvals.unsqueeze(1)  # (K, n) public
@@ -246,29 +285,16 @@ def compare_steps(
         out ^= bf.slice_bits(cpub, [bit])[0]
         if negate:
             out ^= -1
-    if not arithmetic:
-        return CmpResult(binary=bf.unslice_bits(out, n).reshape(kk, *shape))
-    # Conversion to arithmetic, and the products (one round, 1 bit).
-    t_a = rest[0]
+    if t_a is None:
+        return bf.unslice_bits(out, n)
+    # Conversion to arithmetic (one round, 1 bit).
     (e,) = yield f"{op}:b2a", [(out ^ a2[:, bf.T_INDEX], XOR)]
     e = bf.unslice_bits(e, n)
     s = 1 - 2 * e  # (K, n) public +-1
     bits = s * t_a
     if party0:
         bits += e
-    res = CmpResult(bits=bits.reshape(kk, *shape))
-    i = 1
-    if mul_input:
-        rt = rest[i]
-        i += 1
-        xb = e * xf.unsqueeze(0) + s * (c.unsqueeze(0) * t_a - rt)
-        res.xbits = xb.reshape(kk, *shape)
-    if extra is not None:
-        assert d is not None
-        ayt = rest[i]
-        yb = e.unsqueeze(-1) * extra.reshape(kk, n, m) + s.unsqueeze(-1) * (d * t_a.unsqueeze(-1) + ayt)
-        res.ybits = yb.reshape(kk, *shape, m)
-    return res
+    return e, s, bits
 
 
 def ltz(ctx: PartyContext, x: torch.Tensor, op: str = "ltz") -> torch.Tensor:

@@ -64,6 +64,8 @@ __all__ = [
     "CMP_B2A",
     "CMP_MUL",
     "CMP_LANES",
+    "LUT_EXP",
+    "LUT_TABLE",
 ]
 
 OP_MUL, OP_MATMUL, OP_CONV2D = 0, 1, 2
@@ -470,6 +472,113 @@ def _onehot_derive(r, p):
     return [out.reshape(*r[0].shape, size)]
 
 
+LUT_EXP, LUT_TABLE = 0, 1
+
+
+def _lut_check(p):
+    """``(mode, n, K, mult, idx_shift, table, v_shift, v_bits, degree, poly_shift, out_shift)`` of a ``cmplut``
+    request (``protocols.lookup``): mode LUT_EXP (``A P``, then a truncation by ``out_shift``) or LUT_TABLE
+    (coefficient rows, ``out_shift`` 0)."""
+    if len(p) != 11:
+        raise ValueError(
+            "cmplut takes (mode, elements, thresholds, multiplier, index shift, table size, v shift, v bits, "
+            "degree, polynomial shift, output shift)"
+        )
+    mode, n, k, mult, ish, table, vsh, vbits, degree, tb, ts = (int(v) for v in p)
+    if mode not in (LUT_EXP, LUT_TABLE):
+        raise ValueError(f"cmplut: mode {LUT_EXP} (exp) or {LUT_TABLE} (table), got {mode}")
+    if n < 1 or k < 1 or not mult & 1 or mult < 1:
+        raise ValueError("cmplut: elements and thresholds at least 1, and an odd positive multiplier")
+    if not (1 <= ish <= 62 and 0 <= vsh and vsh + vbits == ish and 1 <= vbits <= 16 and 2 <= degree <= 8):
+        raise ValueError("cmplut: shifts in [0, 62], v bits in [1, 16] just below the index, degree in [2, 8]")
+    if not 1 <= tb <= 62 or not (1 <= ts <= 62 if mode == LUT_EXP else ts == 0):
+        raise ValueError("cmplut: truncation shifts in [1, 62] (the output shift 0 for a table)")
+    if not 2 <= table <= MAX_ONEHOT or table & (table - 1):
+        raise ValueError(f"cmplut: the table size is a power of two in [2, {MAX_ONEHOT}]")
+    return mode, n, k, mult, ish, table, vsh, vbits, degree, tb, ts
+
+
+def _lut_pairs(degree: int) -> list[tuple[int, int]]:
+    """``(m, j)``, ``1 <= j <= m <= degree``: the table mode's products ``a_m (-delta)^j``, in this order."""
+    return [(m, j) for m in range(1, degree + 1) for j in range(1, m + 1)]
+
+
+def _lut_cmp(n, k):
+    return (n, k, CMP_LANES | CMP_B2A, 0)
+
+
+def _lut_random(p):
+    mode, n, k, *_, degree, _, _ = _lut_check(p)
+    extra = [(n,), (n,), (n,)] if mode == LUT_EXP else [(degree, n), (n,)]
+    return _cmp_random(_lut_cmp(n, k)) + extra
+
+
+def _lut_derived(p):
+    mode, n, k, _, _, table, _, _, degree, _, _ = _lut_check(p)
+    head = _cmp_derived(_lut_cmp(n, k)) + [(n, table), (degree, n)]
+    if mode == LUT_EXP:  # r2 >> tb, msb(r2), a (r2 >> tb), a msb(r2); r3 >> ts, msb(r3), and both times t
+        return head + [(n,)] * 6 + [(k, n)] * 2
+    return head + [(len(_lut_pairs(degree)), n), (n,), (n,), (k, n), (k, n)]
+
+
+def _lut_xor(p):
+    mode = _lut_check(p)[0]
+    nr, nd = (3, 10) if mode == LUT_EXP else (2, 7)
+    return [False, True, True] + [False] * nr, [True] * 4 + [False] * (1 + nd)
+
+
+def _lut_widths(p):
+    mode, *_, tb, ts = _lut_check(p)
+    wb, ws = -(-tb // 8), -(-ts // 8)
+    if mode == LUT_EXP:
+        return [8] * 8 + [wb, 8, wb, 8, ws, 8, ws]
+    return [8] * 8 + [8, wb, 8, wb]
+
+
+def _lut_index(r, p) -> torch.Tensor:
+    _, _, _, mult, ish, *_ = _lut_check(p)
+    return logical_rshift(r[0] * mult, ish)  # the one-hot's index (low bits): the split's mask R = mult r
+
+
+def _lut_parts(r, p, onehot: bool) -> list[torch.Tensor | None]:
+    """The ``cmplut`` material (the one-hot left out, None, unless ``onehot``): see ``protocols.lookup``."""
+    mode, n, k, mult, _, table, vsh, vbits, degree, tb, ts = _lut_check(p)
+    out: list[torch.Tensor | None] = list(_cmp_derive(r[:3], _lut_cmp(n, k)))
+    t = out[4]
+    assert t is not None
+    out.append(_onehot_derive([_lut_index(r, p)], (table, n)) if onehot else None)
+    a = logical_rshift(r[0] * mult, vsh).bitwise_and_((1 << vbits) - 1).neg_()  # -delta: v = public - delta
+    powers = [a]
+    for _ in range(degree - 1):
+        powers.append(powers[-1] * a)
+    out.append(torch.stack(powers))
+    if mode == LUT_EXP:
+        a_big, r2, r3 = r[3], r[4], r[5]
+        r2q, r2m, r3q, r3m = logical_rshift(r2, tb), msb(r2), logical_rshift(r3, ts), msb(r3)
+        return out + [r2q, r2m, a_big * r2q, a_big * r2m, r3q, r3m, r3q * t, r3m * t]
+    coef_masks, r2 = r[3], r[4]
+    ad = torch.stack([coef_masks[m - 1] * powers[j - 1] for m, j in _lut_pairs(degree)])
+    r2q, r2m = logical_rshift(r2, tb), msb(r2)
+    return out + [ad, r2q, r2m, r2q * t, r2m * t]
+
+
+def _lut_derive(r, p):
+    return _lut_parts(r, p, True)
+
+
+def _lut_correct(r, others, p):
+    """Every part against the other parties' shares, the one-hot sparsely (``_onehot_correct``)."""
+    table = _lut_check(p)[5]
+    _, dxor = _lut_xor(p)
+    out = []
+    for w, o, x in zip(_lut_parts(r, p, False), others, dxor, strict=True):
+        if w is None:
+            out.append(_onehot_correct([_lut_index(r, p)], [o], (table,))[0])
+        else:
+            out.append(w.bitwise_xor_(o) if x else w.sub_(o))
+    return out
+
+
 @dataclass(frozen=True)
 class Correlation:
     """A kind of correlated randomness: its random parts and how derived parts follow."""
@@ -483,8 +592,9 @@ class Correlation:
     # Bytes per element of each derived part in the dealer's correction: a part whose shares matter only modulo
     # 2^(8 w) (truncation's msb, used times 2^(64 - f)) travels in its low w bytes; None: 8 for every part.
     derived_widths: Callable[[tuple[int, ...]], Sequence[int]] | None = None
-    # The correction straight from the random totals and the other parties' derived shares (additive parts
-    # only), for kinds whose derived parts are sparse: cheaper than deriving them densely and subtracting.
+    # The correction straight from the random totals and the other parties' derived shares (XOR-combined
+    # where a part is XOR-shared), for kinds whose derived parts are sparse: cheaper than deriving them densely
+    # and subtracting.
     correct: Callable[[list[torch.Tensor], list[torch.Tensor], tuple[int, ...]], list[torch.Tensor]] | None = None
     # Random parts that reuse the mask of an earlier request instead of being drawn: ``(position among the
     # random parts, serial, offset, flip, shape as drawn)``; the dealer draws them again from that request's
@@ -557,6 +667,16 @@ CORRELATIONS: dict[str, Correlation] = {
     "onehot": Correlation("onehot", lambda p: [tuple(p[1:])], _onehot_derived, _onehot_derive, correct=_onehot_correct),
     # (a, a^2, ..., a^d): all powers of a secret from one opening; params = (d, *shape).
     "pow": Correlation("pow", _pow_shapes, _pow_derived, _pow_derive),
+    # A comparison batch whose mask r also serves a table lookup (``protocols.lookup``: exp, sigmoid, tanh):
+    # the comparison's parts (with its arithmetic bit t), then, for R = mult r, the one-hot of the bits
+    # [idx_shift, +log2 table) of R and the powers 1..degree of -delta for delta = the v_bits of R below them;
+    # then, LUT_EXP: masks a, r2, r3 (random) with r2 >> poly_shift, msb(r2), a (r2 >> poly_shift), a msb(r2),
+    # r3 >> out_shift, msb(r3), and the last two times t; LUT_TABLE: masks a_1..a_degree and r2 (random) with
+    # a_m (-delta)^j (1 <= j <= m), r2 >> poly_shift, msb(r2), and the last two times t.  params = (mode,
+    # elements, thresholds, mult, idx_shift, table, v_shift, v_bits, degree, poly_shift, out_shift).
+    "cmplut": Correlation(
+        "cmplut", _lut_random, _lut_derived, _lut_derive, _lut_xor, _lut_widths, correct=_lut_correct
+    ),
 }
 
 

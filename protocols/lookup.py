@@ -1,4 +1,4 @@
-"""Table lookup by a shared one-hot index: ``exp``, ``sigmoid``, ``tanh`` in 6 rounds and 2 comparisons each.
+"""Table lookup by a shared one-hot index: ``exp``, ``sigmoid``, ``tanh`` in 4 rounds and 2 comparisons each.
 
 The piecewise tables of ``protocols.approx`` find the interval of ``x`` with a
 thermometer of comparisons, one per threshold: ``exp`` on [-11, 12) costs 24
@@ -8,53 +8,71 @@ arithmetic instead, and comparisons are left only for saturation:
 ``e^x = 2^y = 2^k 2^v`` with ``y = x log2(e)``, ``k`` an integer near ``y`` and
 ``v = y - k`` in [-1, 1].
 
-1. (round 1) ``t = x L`` with the public ``L = round(log2(e) 2^14)`` (off by
-   6.6e-7 relative).  Two exact divisions of ``t`` (``protocols.truncation``;
-   stochastically rounded, so each is ``floor`` or ``floor + 1``) give
-   ``k = t / 2^(f+14)`` and ``y' = t / 2^(f+14-12)`` (``y`` with 12 fractional
-   bits); ``v = y' - k 2^12`` is local and exact, and whatever the two roundings
-   did, ``|v| <= 1 + 2^-12`` and ``k + v = y'`` exactly.
-2. (round 2) The dealer's ``onehot`` correlation: a random ``rho`` in Z_32
-   (additively shared in Z_2^64, so its shares reduce to Z_32 locally) and the
-   one-hot vector ``E_rho`` of length 32, additively shared.  Open
-   ``c = k + rho mod 32`` (uniform: one byte per element); then
-   ``[k == j] = E_rho[c - j mod 32]``, so ``A = 2^k`` (in fixed point) is the
-   local sum ``sum_i E_rho[i] 2^(c - i)`` over a public table rotated by ``c``:
-   exact, for every ``k`` in [-16, 15].  In the same round, the powers of ``v``:
-   open ``v - a`` against the dealer's ``a, a^2, a^3, a^4``.
-3. (round 3) ``P = p(v)`` for the degree-4 polynomial ``p`` closest to ``2^v``
-   in relative error on [-1, 1] (2.5e-5), computed locally from the
-   untruncated powers at scale 2^60 and truncated once to ``f`` bits.
-4. (round 4) One Beaver product ``S = A P``.
-5. (rounds 5, 6) Saturation: a comparison batch ``[x >= lo], [x >= hi]`` runs
-   beside rounds 1-4 (``protocols.rounds.drive``: its four rounds share the
-   exchanges); ``h = [lo <= x < hi]`` times ``S`` (one Beaver product, ``h`` is an
-   integer), truncated by ``f``; plus ``[x >= hi] e^hi``.  Outside [lo, hi) the
-   index wraps modulo 32 and ``S`` is meaningless, but it is multiplied by 0.
+The input is opened once, for everything.  One dealer request (``cmplut``)
+gives the comparison's material for a uniform mask ``r`` and, derived from
+``R = L r`` (``L = round(log2(e) 2^14)`` = 23637, odd, so ``R`` is uniform; off
+``log2(e) 2^14`` by 6.6e-7 relative), the one-hot of the bits ``[f + 14, f + 19)``
+of ``R`` and the powers of ``-delta`` for the 12 bits ``delta`` at ``[f + 2, f + 14)``.
 
-Rounds 6.  Bytes per element, per party and per other party: comparison
-8 + 2 x 35/8, divisions 16, index 1, powers 8, polynomial 8, products 32,
-final truncation 8: about 90 (``scripts/bench_nonlinear.py --table``: 89.8).  The dealer sends the one-hot (256 bytes per
-element) and the usual corrections to the last party.
+1. (round 1) Open ``c = x + r``: uniform.  It starts the comparisons
+   ``[x >= lo]``, ``[x >= hi]`` (``protocols.comparison``, rounds 2-4 beside
+   what follows), and ``L c + K = t + K + R`` is public for ``t = x L``
+   (``K = 2^62``): an exact division of ``t`` (``protocols.truncation``) whose
+   mask is ``R``, with nothing more to open.  The index: bits ``[f + 14, f + 19)``
+   of ``t + K + R`` are ``k + rho`` modulo 32 for ``k = t / 2^(f+14)``
+   (stochastically rounded: ``floor`` or ``floor + 1``) and ``rho`` those bits of
+   ``R`` (the wrap of ``t + K + R`` counts 2^(64 - f - 14), 0 modulo 32); so
+   ``[k == j] = E_rho[c' - j mod 32]`` for the public ``c'``, and
+   ``A = 2^k`` (fixed point) is the local sum ``sum_i E_rho[i] 2^(c' - i)``:
+   exact, for every ``k`` in [-16, 15].  ``v``: the 12 bits below them,
+   ``(bits of t + K + R) - delta``, is ``y`` with 12 fractional bits minus
+   ``k``, exactly, in (-1, 1); so ``v^m`` is local too, from the public
+   ``v + delta`` and the dealer's powers of ``-delta``.
+2. (round 2) ``P = p(v)`` for the degree-4 polynomial ``p`` closest to ``2^v``
+   in relative error on [-1, 1] (2.5e-5), computed locally at scale 2^60 and
+   truncated to ``f`` bits: open ``poly + K + r2``.  In the same round open
+   ``A - a`` for the product ``S = A P``: ``P`` is ``pub - (r2 >> m) + g msb(r2)``
+   (``m = 60 - f``; ``pub`` and ``g`` public), so with the dealer's shares of
+   ``a (r2 >> m)`` and ``a msb(r2)``, ``S`` is local and ``P`` never opened.
+3. (round 3) Truncate ``S`` (scale 2^(2f)) to ``f`` bits: open ``S + K + r3``.
+   The quotient ``S'`` is again ``pub - (r3 >> f) + g msb(r3)``.
+4. (round 4) The comparisons end: their bits arrive in arithmetic form as
+   ``b = e + (1 - 2e) t`` (``e`` opened, ``t`` the dealer's bit), so
+   ``b S' = e S' + (1 - 2e) S' t`` is local with the dealer's ``(r3 >> f) t``
+   and ``msb(r3) t``: the saturation ``h S'`` (``h = [lo <= x < hi]``, 0 outside,
+   where the index wraps and ``S'`` is meaningless) costs no round of its own.
+   Add ``[x >= hi] e^hi``.
+
+Rounds 4.  Bytes per element, per party and per other party: the opening 8,
+the comparison bits 2 x 35/8, round 2 16, round 3 8: about 41
+(``scripts/bench_nonlinear.py --table``: 40.8).  The dealer sends the one-hot
+(256 bytes per element) and the rest (about 170) to the last party.
 
 Accuracy (f = 16): relative error under 5e-4 on [-11, 10) plus 2^-16
 absolute; ``0`` below ``lo = -11`` (true value < 1.7e-5) and ``e^10`` from
 ``hi = 10`` on (the documented domain ends at 10).  ``exp_nonpositive`` (the
-softmax's ``e^(x - max)``) has no upper comparison.
+softmax's ``e^(x - max)``) has no upper comparison.  Inputs beyond the range
+of the split (``|x| >= 2^31``) make ``k`` and ``v`` garbage, but ``h`` is 0
+there and ``h S'`` an exact 0.
 
 Needs ``frac_bits <= 20`` (so do the thermometer tables of degree 4: wider encodings get an error).
 
-Uniform tables (``UniformLookup``: sigmoid on [-9, 9) in rows of 0.75, degree 3;
-tanh on [-5, 5) in rows of 0.5, degree 4) follow the same pattern with the row
-index ``q = (x - lo) / step`` (one exact division, stochastically rounded, so
-``q`` is the row of ``x`` or the next one and ``v = x - lo - q step`` lies in
-``[-step, step]``: each row's polynomial is fitted over two rows' width), the
-one-hot selecting each power's coefficient (a ``(rows, 32)`` table rotated by
-the opened index), the powers of ``v`` truncated in one round and one batched
-product for ``sum_m C_m v^m``; saturation as for exp (``below`` under ``lo``,
-``above`` from ``hi`` on).  Only where the rows and ends lie on the
-fixed-point grid (``fits``); elsewhere the thermometer tables run.  Max error
-(f = 16): sigmoid 2.0e-4, tanh 2.3e-4 (the issue's target: 1e-3).
+Uniform tables (``UniformLookup``: sigmoid on [-9, 9) in rows of 1, tanh on
+[-5, 5) in rows of 0.5, both degree 4) follow the same pattern with
+``u = x - lo``, whose public ``u + K + r`` is ``c`` shifted: the row index
+``q`` (``u / step``, stochastically rounded, so ``q`` is the row of ``x`` or
+the next one and ``v = u - q step`` lies in ``(-step, step)``: each row's
+polynomial is fitted over two rows' width) is the slice of bits above
+``log2(step) + f`` (the step is a power of two), ``v`` the 12 bits below.  The
+coefficients are secret (each row's, selected by the one-hot from a
+``(degree + 1, 32)`` table rotated by the index): round 2 opens ``C_m - a_m``,
+and ``a_m v^m`` is local from the dealer's ``a_m (-delta)^j``; round 3
+truncates the polynomial (scale 2^61) to ``f`` bits, and the comparison bits
+of round 4 multiply it locally as above (``below`` under ``lo``, ``above`` from
+``hi`` on).  Only where the rows and ends lie on the fixed-point grid
+(``fits``); elsewhere the thermometer tables run.  Max error (f = 16, 2 x 10^5
+points on [-30, 30]): sigmoid 1.7e-4, tanh 3.3e-4 (the issue's target: 1e-3).
+Bytes per element: 8 + 2 x 35/8 + 8 degree + 8 = 56.75.
 """
 
 from __future__ import annotations
@@ -67,19 +85,20 @@ import numpy as np
 import torch
 
 from mpc.context import PartyContext
-from mpc.ring import wrap_int
+from mpc.ring import logical_rshift, msb, wrap_int
 from mpc.shares import holds_public
 
 from .approx import _fit
-from .beaver import finish_product, product_truncated, raw_powers
-from .comparison import compare_steps
-from .correlated import OP_MUL, pack_shapes
-from .rounds import ADD, Steps, drive
-from .truncation import divide_finish, divide_start
+from .beaver import raw_powers
+from .comparison import compare_rounds
+from .correlated import LUT_EXP, LUT_TABLE
+from .rounds import ADD, Steps, drive_one, parallel
+from .truncation import OFFSET_BITS
 
 __all__ = ["exp_lookup", "supports", "fits", "EXP_LO", "EXP_HI", "exp_poly", "uniform_lookup", "SIGMOID", "TANH"]
 
-LOG2E_BITS = 14  # L = round(log2(e) 2^14) = 23637 is within 6.6e-7 of log2(e) 2^14
+LOG2E_BITS = 14
+LOG2E = round(math.log2(math.e) * 2**LOG2E_BITS)  # 23637, within 6.6e-7 of log2(e) 2^14; odd
 V_BITS = 12  # fractional bits of v (its fourth power takes 48 of the 60 bits of the polynomial's scale)
 DEGREE = 4
 POLY_SCALE = 60  # |p(v)| < 2.0004, so p(v) 2^60 < 2^62: the truncation's range
@@ -130,91 +149,106 @@ def _select_rows(onehot: torch.Tensor, c: torch.Tensor, table: torch.Tensor) -> 
     return (hot @ table.t()).t()
 
 
-def _triple(ctx: PartyContext, x: torch.Tensor, y: torch.Tensor):
-    h = ctx.correlations.request("triple", (OP_MUL, *pack_shapes(x.shape, y.shape)))
-    a, b = h.randoms
-    return h, [(x - a, ADD), (y - b, ADD)]
+def _request(ctx: PartyContext, mode: int, n: int, kk: int, mult: int, ish: int, degree: int, tb: int, ts: int):
+    """The one dealer request of a lookup (``cmplut``); ``v`` takes the ``V_BITS`` (or fewer) bits below the
+    index."""
+    vbits = min(V_BITS, ish)
+    return ctx.correlations.request("cmplut", (mode, n, kk, mult, ish, TABLE, ish - vbits, vbits, degree, tb, ts))
 
 
-def _triple_finish(ctx: PartyContext, h, opened) -> torch.Tensor:
-    a, b = h.randoms
-    (c,) = h.derived()
-    return finish_product(ctx, OP_MUL, c, a, b, opened[0], opened[1])
+def _split(pub: torch.Tensor, ish: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """From the public ``u + K + R``: the index ``k + rho`` (mod TABLE), ``v + delta`` (the bits below it) and
+    the position of ``v``'s lowest bit."""
+    vbits = min(V_BITS, ish)
+    cidx = logical_rshift(pub, ish) & (TABLE - 1)
+    return cidx, logical_rshift(pub, ish - vbits) & ((1 << vbits) - 1), ish - vbits
 
 
-def _exp_core(ctx: PartyContext, xf: torch.Tensor, op: str) -> Steps:
-    """``2^k p(v)`` at scale 2^(2f), correct for ``x log2(e)`` in [-16, 15] (rounds 1-4 above)."""
+def _quotient(c: torch.Tensor, shift: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The public parts of a truncation's quotient from the opened ``c``: ``(c >> shift) - K / 2^shift`` and the
+    wrap's factor ``(1 - msb(c)) 2^(64 - shift)``."""
+    return logical_rshift(c, shift) - ((1 << OFFSET_BITS) >> shift), (1 - msb(c)) * wrap_int(1 << (64 - shift))
+
+
+def _truncated(ctx: PartyContext, c: torch.Tensor, rq, rm, shift: int, t_a=None, rqt=None, rmt=None):
+    """Shares of ``y / 2^shift`` from the opened ``c = y + K + r`` and the dealer's ``r >> shift``, ``msb(r)``
+    (``protocols.truncation``): ``pub - (r >> shift) + g msb(r)`` with the public ``pub`` and ``g``, so the
+    quotient times the comparison bits ``t`` is local too, from the dealer's ``(r >> shift) t`` and
+    ``msb(r) t`` (returned second, ``(K, n)``, when ``t_a`` is given)."""
+    pub, g = _quotient(c, shift)
+    y = g * rm - rq
+    if holds_public(ctx.rank):
+        y += pub
+    if t_a is None:
+        return y, None
+    return y, pub * t_a - rqt + g * rmt
+
+
+def _exp_steps(ctx: PartyContext, xf: torch.Tensor, hi: float | None, op: str) -> Steps:
+    """``e^x`` of the flat ``xf`` (see the module docstring), 4 rounds; ``hi=None``: no upper saturation."""
     f = ctx.config.frac_bits
-    party0 = holds_public(ctx.rank)
     n = xf.numel()
-    t = xf * round(math.log2(math.e) * 2**LOG2E_BITS)
-    split = divide_start(ctx, [(t, 1 << (f + LOG2E_BITS)), (t, 1 << (f + LOG2E_BITS - V_BITS))])
-    opened = yield f"{op}:split", [(m, ADD) for m in split.masked]
-    k, yv = divide_finish(ctx, split, opened)
-    v = yv - (k << V_BITS)
-    # (the last party fetches the dealer's corrections in the order of the requests)
-    pw = ctx.correlations.request("pow", (DEGREE, n))
-    oh = ctx.correlations.request("onehot", (TABLE, n))
-    (rho,) = oh.randoms
-    (a,) = pw.randoms
-    idx = ((k + rho) & (TABLE - 1)).to(torch.uint8)
-    cidx, e = yield f"{op}:index", [(idx, ADD), (v - a, ADD)]
-    # The polynomial from the untruncated powers v^m = sum_j C(m, j) e^(m-j) a^j (scale 2^(12 m)).
-    (ap,) = pw.derived()
-    (onehot,) = oh.derived()  # (n, TABLE)
-    cm = exp_poly()
-    poly = v * cm[1]
-    for m, vm in enumerate(raw_powers(ctx, e, a, ap, DEGREE)[1:], start=2):
-        poly += vm * cm[m]
-    if party0:
-        poly += cm[0]
-    del ap
-    trunc = divide_start(ctx, [(poly, 1 << (POLY_SCALE - f))])
-    (p,) = divide_finish(ctx, trunc, (yield f"{op}:poly", [(trunc.masked[0], ADD)]))
-    # A = 2^k: the public table 2^j (j in [-16, 15]) rotated by the opened index, against the shared one-hot.
-    c = cidx.to(torch.int64) & (TABLE - 1)
-    table = torch.tensor([round(2.0 ** ((j if j < TABLE // 2 else j - TABLE) + f)) for j in range(TABLE)])
-    big_a = _select_rows(onehot, c, table.reshape(1, -1))[0]
-    del onehot
-    tri, sends = _triple(ctx, big_a, p)
-    return _triple_finish(ctx, tri, (yield f"{op}:mul", sends))
+    party0 = holds_public(ctx.rank)
+    thresholds = [wrap_int(round(EXP_LO * 2**f))] + ([] if hi is None else [wrap_int(round(hi * 2**f))])
+    m = POLY_SCALE - f
+    h = _request(ctx, LUT_EXP, n, len(thresholds), LOG2E, f + LOG2E_BITS, DEGREE, m, f)
+    r_a, a1, a2, a_big, r2, r3 = h.randoms
+    # Round 1: c = x + r, uniform; it serves the comparisons and, as L c = t + L r, the split of t = x L.
+    (c,) = yield f"{op}:open", [(xf + r_a, ADD)]
+    r_b, leaf_p, l1_p, l2_p, t_a, onehot, apow, r2q, r2m, u, z, r3q, r3m, r3qt, r3mt = h.derived()
+    cmp = compare_rounds(ctx, c, thresholds, (r_b, leaf_p, l1_p, l2_p, a1, a2), t_a, True, 63, f"{op}:cmp")
+    cidx, pub_v, _ = _split(c * LOG2E + wrap_int(1 << OFFSET_BITS), f + LOG2E_BITS)  # t + K + R, public
+
+    def core() -> Steps:
+        # v^m from the public v + delta and the dealer's powers of -delta (v = (v + delta) + (-delta)).
+        cm = exp_poly()
+        pw = raw_powers(ctx, pub_v, apow[0], apow[1:], DEGREE)
+        poly = pw[0] * cm[1]
+        for j, vj in enumerate(pw[1:], start=2):
+            poly += vj * cm[j]
+        del pw
+        if party0:
+            poly += cm[0] + wrap_int(1 << OFFSET_BITS)
+        # A = 2^k: the public table 2^j (j in [-16, 15]) rotated by the index, against the dealer's one-hot.
+        table = torch.tensor([round(2.0 ** ((j if j < TABLE // 2 else j - TABLE) + f)) for j in range(TABLE)])
+        big_a = _select_rows(onehot, cidx, table.reshape(1, -1))[0]
+        # Round 2: the polynomial's truncation and A's Beaver opening.
+        c2, e_a = yield f"{op}:poly", [(poly.add_(r2), ADD), (big_a - a_big, ADD)]
+        # P = pub_p - (r2 >> m) + g msb(r2), so A P = e_a P + a pub_p - [a (r2 >> m)] + g [a msb(r2)]: local.
+        p, _ = _truncated(ctx, c2, r2q, r2m, m)
+        pub_p, g = _quotient(c2, m)
+        s = e_a * p + a_big * pub_p - u + g * z  # A P, scale 2^(2f)
+        if party0:
+            s += wrap_int(1 << OFFSET_BITS)
+        # Round 3: S back to f bits; its products with the comparison bits of round 4 are local.
+        (c3,) = yield f"{op}:trunc", [(s.add_(r3), ADD)]
+        return _truncated(ctx, c3, r3q, r3m, f, t_a, r3qt, r3mt)
+
+    (e, sgn, bits), (s, st) = yield from parallel([cmp, core()])
+    ys = e * s + sgn * st  # [x >= T_k] S = e S + (1 - 2 e) S t (the comparison's conversion)
+    if hi is None:
+        return ys[0]
+    return ys[0] - ys[1] + bits[1] * round(math.exp(hi) * 2**f)
 
 
 def exp_lookup(ctx: PartyContext, x: torch.Tensor, hi: float | None = EXP_HI, op: str = "exp") -> torch.Tensor:
     """``e^x`` on ring shares (see the module docstring): 0 below -11, ``e^hi`` from ``hi`` on (``hi=None``:
-    no upper saturation, for ``x <= 0``). Rounds 6."""
-    f = ctx.config.frac_bits
+    no upper saturation, for ``x <= 0``). Rounds 4."""
     if x.numel() == 0:
         return x.clone()
-    shape = tuple(x.shape)
-    xf = x.reshape(-1)
-    thresholds = [wrap_int(round(EXP_LO * 2**f))] + ([] if hi is None else [wrap_int(round(hi * 2**f))])
-    cmp, s = drive(
-        ctx,
-        [compare_steps(ctx, xf, thresholds, negate=True, op=f"{op}:cmp"), _exp_core(ctx, xf, op)],
-    )
-    bits = cmp.bits
-    out = _saturate(ctx, bits[0] if hi is None else bits[0] - bits[1], s, f, op)
-    if hi is not None:
-        out += bits[1] * round(math.exp(hi) * 2**f)
-    return out.reshape(shape)
-
-
-def _saturate(ctx: PartyContext, h: torch.Tensor, s: torch.Tensor, shift: int, op: str) -> torch.Tensor:
-    """``h s / 2^shift`` for the 0/1 interval indicator ``h``: one Beaver round (``h`` is an integer, the
-    product keeps ``s``'s scale), then one truncation round, from one fused dealer request
-    (``beaver.product_truncated``).  Outside the interval ``h s`` is an exact 0."""
-    return product_truncated(ctx, OP_MUL, h, s, shift, name=f"{op}:sat")
+    return drive_one(ctx, _exp_steps(ctx, x.reshape(-1), hi, op)).reshape(x.shape)
 
 
 # ----- uniform tables: sigmoid, tanh --------------------------------------------------------------------
 
+TABLE_SCALE = 61  # the table polynomials' scale: |p| < 1.001 on every row, so p 2^61 < 2^62
+
 
 @dataclass(frozen=True)
 class UniformLookup:
-    """A function on [lo, hi) by rows of ``step``: row ``i`` holds the degree-``d`` fit of ``fn`` on
-    ``[lo + (i - 1) step, lo + (i + 1) step]`` in ``v = x - lo - i step`` (double width: the stochastic
-    index is ``i`` or ``i + 1`` for ``x`` in row ``i``'s own cell, and ``v`` follows it exactly)."""
+    """A function on [lo, hi) by rows of ``step`` (a power of two): row ``i`` holds the degree-``d`` fit of
+    ``fn`` on ``[lo + (i - 1) step, lo + (i + 1) step]`` in ``v = x - lo - i step`` (double width: the
+    stochastic index is ``i`` or ``i + 1`` for ``x`` in row ``i``'s own cell, and ``v`` follows it exactly)."""
 
     name: str
     lo: float
@@ -234,83 +268,90 @@ def uniform_lookup_table(name, fn, lo, hi, step, degree, below, above) -> Unifor
     count = round((hi - lo) / step)
     if count + 1 > TABLE:
         raise ValueError(f"{name}: {count + 1} rows do not fit a one-hot of {TABLE}")
+    if math.frexp(step)[0] != 0.5:
+        raise ValueError(f"{name}: the step {step} is not a power of two")
     coeffs = tuple(_fit(fn, lambda v, c=lo + i * step: c + v, degree, False, step) for i in range(count + 1))
     return UniformLookup(name, lo, hi, step, degree, coeffs, below, above)
 
 
-def _uniform_core(ctx: PartyContext, xf: torch.Tensor, tab: UniformLookup, extra: int, op: str) -> Steps:
-    """``sum_m C_m v^m`` at scale ``2^(2f + extra)``, rows selected by the one-hot (rounds 1-4)."""
+def _pairs(degree: int) -> list[tuple[int, int]]:
+    return [(m, j) for m in range(1, degree + 1) for j in range(1, m + 1)]  # as the dealer's (correlated)
+
+
+def _uniform_steps(ctx: PartyContext, xf: torch.Tensor, tab: UniformLookup, op: str) -> Steps:
+    """``tab``'s function of the flat ``xf`` in 4 rounds (the module docstring)."""
     f = ctx.config.frac_bits
+    n, d = xf.numel(), tab.degree
     party0 = holds_public(ctx.rank)
-    n = xf.numel()
-    div = round(tab.step * 2**f)
-    u = xf - (wrap_int(round(tab.lo * 2**f)) if party0 else 0)
-    split = divide_start(ctx, [(u, div)])
-    (q,) = divide_finish(ctx, split, (yield f"{op}:split", [(split.masked[0], ADD)]))
-    v = u - q * div
-    d = tab.degree
-    pw = ctx.correlations.request("pow", (d, n))
-    oh = ctx.correlations.request("onehot", (TABLE, n))
-    (rho,) = oh.randoms
-    (a,) = pw.randoms
-    idx = ((q + rho) & (TABLE - 1)).to(torch.uint8)
-    cidx, e = yield f"{op}:index", [(idx, ADD), (v - a, ADD)]
-    (ap,) = pw.derived()
-    (onehot,) = oh.derived()
-    raw = [(vm, 1 << ((m - 1) * f)) for m, vm in enumerate(raw_powers(ctx, e, a, ap, d)[1:], start=2)]
-    tr = divide_start(ctx, raw)
-    powers = [v, *divide_finish(ctx, tr, (yield f"{op}:powtr", [(t, ADD) for t in tr.masked]))]
-    # Coefficients C_m = sum_i [q == i] A_im, the row table rotated by the opened index against the one-hot.
-    c = cidx.to(torch.int64) & (TABLE - 1)
-    table = torch.zeros((d + 1, TABLE), dtype=torch.int64)
-    for i, cs in enumerate(tab.coeffs):
-        for m, cm in enumerate(cs):
-            table[m, i] = round(cm * 2.0 ** ((2 * f if m == 0 else f) + extra))
-    coef = _select_rows(onehot, c, table)
-    del onehot
-    tri = ctx.correlations.request("triple", (OP_MUL, *pack_shapes((d, n), (d, n))))
-    ta, tb = tri.randoms
-    stacked = torch.stack(powers)
-    opened = yield f"{op}:poly", [(coef[1:] - ta, ADD), (stacked - tb, ADD)]
-    prod = _triple_finish(ctx, tri, opened)
-    return prod.sum(0) + coef[0]
+    lo = wrap_int(round(tab.lo * 2**f))
+    thresholds = [lo, wrap_int(round(tab.hi * 2**f))]
+    ish = f + math.frexp(tab.step)[1] - 1  # the step is 2^(ish - f)
+    tb = TABLE_SCALE - f
+    h = _request(ctx, LUT_TABLE, n, 2, 1, ish, d, tb, 0)
+    r_a, a1, a2, masks, r2 = h.randoms
+    (c,) = yield f"{op}:open", [(xf + r_a, ADD)]
+    r_b, leaf_p, l1_p, l2_p, t_a, onehot, apow, ad, r2q, r2m, r2qt, r2mt = h.derived()
+    cmp = compare_rounds(ctx, c, thresholds, (r_b, leaf_p, l1_p, l2_p, a1, a2), t_a, True, 63, f"{op}:cmp")
+    cidx, pub_v, vsh = _split(c - lo + wrap_int(1 << OFFSET_BITS), ish)  # u + K + r for u = x - lo
+
+    def core() -> Steps:
+        # Row coefficients C_m = sum_i [q == i] T_mi at scale 2^(61 - m (f - vsh)) (v has f - vsh fractional
+        # bits), the row table rotated by the index against the one-hot.
+        table = torch.zeros((d + 1, TABLE), dtype=torch.int64)
+        for i, cs in enumerate(tab.coeffs):
+            for m, cm in enumerate(cs):
+                table[m, i] = round(cm * 2.0 ** (TABLE_SCALE - m * (f - vsh)))
+        coef = _select_rows(onehot, cidx, table)
+        vp = raw_powers(ctx, pub_v, apow[0], apow[1:], d)  # v^m from the public v + delta, as for exp
+        # Round 2: C_m - a_m.  C_m v^m = e_m v^m + a_m v^m, and a_m v^m = sum_j C(m, j) (v + delta)^(m - j)
+        # [a_m (-delta)^j] from the dealer's products: no opening of v.
+        (e_c,) = yield f"{op}:coef", [(coef[1:] - masks, ADD)]
+        poly = coef[0]
+        if party0:
+            poly += wrap_int(1 << OFFSET_BITS)
+        pubs = [torch.ones_like(pub_v), pub_v]
+        for _ in range(2, d + 1):
+            pubs.append(pubs[-1] * pub_v)
+        for k, (m, j) in enumerate(_pairs(d)):
+            poly += math.comb(m, j) * pubs[m - j] * ad[k]
+        for m in range(1, d + 1):
+            poly += e_c[m - 1] * vp[m - 1] + masks[m - 1] * pubs[m]
+        # Round 3: the polynomial back to f bits; its products with the comparison bits are local.
+        (c3,) = yield f"{op}:trunc", [(poly.add_(r2), ADD)]
+        return _truncated(ctx, c3, r2q, r2m, tb, t_a, r2qt, r2mt)
+
+    (e, sgn, bits), (p, pt) = yield from parallel([cmp, core()])
+    ys = e * p + sgn * pt  # [x >= lo] P and [x >= hi] P
+    out = ys[0] - ys[1] + bits[1] * round(tab.above * 2**f)
+    if tab.below:
+        below = round(tab.below * 2**f)
+        out += (1 - bits[0]) * below if party0 else -bits[0] * below
+    return out
 
 
 def fits(tab: UniformLookup, frac_bits: int) -> bool:
-    """Whether ``tab``'s rows and ends lie on the fixed-point grid (a row at least 2 units wide): elsewhere the
-    rows would not line up with the fits, and the thermometer table (which checks its grid) is used."""
+    """Whether ``tab``'s rows and ends lie on the fixed-point grid (a row at least 2 units wide, and the index
+    within the split's bits): elsewhere the rows would not line up with the fits, and the thermometer table
+    (which checks its grid) is used."""
 
     def on_grid(v: float, least: int = 0) -> bool:
         r = v * 2**frac_bits
         return r == round(r) and abs(r) >= least
 
-    return supports(frac_bits) and on_grid(tab.step, 2) and on_grid(tab.lo) and on_grid(tab.hi)
+    ish = frac_bits + math.frexp(tab.step)[1] - 1
+    return supports(frac_bits) and on_grid(tab.step, 2) and on_grid(tab.lo) and on_grid(tab.hi) and ish <= 57
 
 
 def uniform_lookup(ctx: PartyContext, x: torch.Tensor, tab: UniformLookup, op: str) -> torch.Tensor:
-    """``tab``'s function of the shared ``x``: ``below`` under ``lo``, ``above`` from ``hi`` on. Rounds 6."""
-    f = ctx.config.frac_bits
+    """``tab``'s function of the shared ``x``: ``below`` under ``lo``, ``above`` from ``hi`` on. Rounds 4."""
     if x.numel() == 0:
         return x.clone()
-    shape = tuple(x.shape)
-    xf = x.reshape(-1)
-    bound = max(sum(abs(cm) * tab.step**m for m, cm in enumerate(cs)) for cs in tab.coeffs)
-    extra = int(max(0, min(24, math.floor(61 - 2 * f - math.log2(max(bound, 2.0**-30)) - 1))))
-    thresholds = [wrap_int(round(tab.lo * 2**f)), wrap_int(round(tab.hi * 2**f))]
-    cmp, s = drive(
-        ctx, [compare_steps(ctx, xf, thresholds, negate=True, op=f"{op}:cmp"), _uniform_core(ctx, xf, tab, extra, op)]
-    )
-    bits = cmp.bits
-    out = _saturate(ctx, bits[0] - bits[1], s, f + extra, op)
-    out += bits[1] * round(tab.above * 2**f)
-    if tab.below:
-        out += (1 - bits[0]) * round(tab.below * 2**f) if holds_public(ctx.rank) else -bits[0] * round(tab.below * 2**f)
-    return out.reshape(shape)
+    return drive_one(ctx, _uniform_steps(ctx, x.reshape(-1), tab, op)).reshape(x.shape)
 
 
 def _sigmoid(v: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-v))
 
 
-SIGMOID = uniform_lookup_table("sigmoid", _sigmoid, -9.0, 9.0, 0.75, 3, 0.0, 1.0)
+SIGMOID = uniform_lookup_table("sigmoid", _sigmoid, -9.0, 9.0, 1.0, 4, 0.0, 1.0)
 TANH = uniform_lookup_table("tanh", np.tanh, -5.0, 5.0, 0.5, 4, -1.0, 1.0)

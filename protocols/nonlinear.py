@@ -7,11 +7,11 @@ normalised variable): 8 rounds on uniform grids, 9 on octave grids, 21 on
 octave grids with 20 or more thresholds (log, reciprocal, sqrt, rsqrt: the
 thermometer from one bit decomposition, ``protocols.octave``).  The
 dealer family computes ``exp`` (and softmax's ``e^(x - max)``) by a one-hot
-table lookup instead (``protocols.lookup``: ``e^x = 2^k 2^v``, 6 rounds and two
+table lookup instead (``protocols.lookup``: ``e^x = 2^k 2^v``, 4 rounds and two
 comparisons, for saturation, instead of 24), and sigmoid and tanh by one-hot
-rows of a uniform table (6 rounds, two comparisons instead of 12 and 10; rows
-of 0.75 and 0.5, fits of degree 3 and 4 over two rows' width; max error 2.0e-4
-and 2.3e-4); the table below gives the lookup's exp, and the thermometer tables
+rows of a uniform table (4 rounds, two comparisons instead of 12 and 10; rows
+of 1 and 0.5, fits of degree 4 over two rows' width; max error 1.7e-4
+and 3.3e-4); the table below gives the lookup's exp, and the thermometer tables
 (``EXP``, ``SIGMOID``, ``TANH``) stay the generic families'.  The
 tables, their domains and what happens outside (f = 16 fractional bits;
 errors measured against float64 torch over 2 x 10^4 grid points spread over
@@ -41,11 +41,11 @@ Composite functions:
 
 * ``softmax(x)`` along the last dimension: ``m = max(x)`` (exact tournament,
   ``4 ceil(log2 C)`` rounds), ``e = exp(x - m)`` for non-positive
-  arguments (6 rounds; the maximum gives 1 within 5e-4), ``s = sum e`` in
+  arguments (4 rounds; the maximum gives 1 within 5e-4), ``s = sum e`` in
   ``[1, C]``, ``1 / s`` by an octave table on ``[2^-1, 2 C)`` (9 rounds), and
-  ``e (1/s)`` (2 rounds).  Rounds ``17 + 4 ceil(log2 C)``.  Logits in
+  ``e (1/s)`` (2 rounds).  Rounds ``15 + 4 ceil(log2 C)``.  Logits in
   [-30, 30] (any range that keeps ``x - m`` in the fixed-point range works).
-* ``log_softmax(x) = x - m - log(s)``: rounds ``15 + 4 ceil(log2 C)``.
+* ``log_softmax(x) = x - m - log(s)``: rounds ``13 + 4 ceil(log2 C)``.
 * ``pow(x, k)`` for a public integer ``k``: square-and-multiply, the products
   of one step in one batch: rounds ``2 floor(log2 |k|)`` (+2 when ``k`` is not a
   power of two, + reciprocal's 9 when ``k < 0``); every intermediate power
@@ -206,7 +206,7 @@ def _octaves_for(count: int) -> int:
 
 
 def softmax(ctx: PartyContext, x: Share) -> Share:
-    """Softmax over the last dimension (see the module docstring). Rounds 17 + 4 ceil(log2 C)."""
+    """Softmax over the last dimension (see the module docstring). Rounds 15 + 4 ceil(log2 C)."""
     c = x.shape[-1]
     if x.numel() == 0:
         return x
@@ -220,7 +220,7 @@ def softmax(ctx: PartyContext, x: Share) -> Share:
 
 
 def log_softmax(ctx: PartyContext, x: Share) -> Share:
-    """``x - max - log(sum exp(x - max))`` over the last dimension. Rounds 15 + 4 ceil(log2 C)."""
+    """``x - max - log(sum exp(x - max))`` over the last dimension. Rounds 13 + 4 ceil(log2 C)."""
     return log_softmax_keep(ctx, x, keep=False)[0]
 
 
@@ -238,7 +238,7 @@ def log_softmax_keep(ctx: PartyContext, x: Share, keep: bool = True) -> tuple[Sh
     """``log_softmax`` and, with ``keep``, ``(e, r)``: ``e = exp(x - max)`` and ``r = 1 / sum(e)`` (last
     dimension kept, size 1), so that ``softmax = e r`` (what its backward needs) costs one product instead of
     an exponential.  ``r`` comes in the rounds of the log (the same thermometer, ``piecewise_many``).
-    Rounds 15 + 4 ceil(log2 C) either way."""
+    Rounds 13 + 4 ceil(log2 C) either way."""
     c = x.shape[-1]
     if x.numel() == 0 or c == 1:
         zero = type(x).public(torch.zeros(x.shape, dtype=torch.int64), ctx.rank)

@@ -25,7 +25,7 @@ import torch
 
 from mpc.context import Expect, PartyContext
 
-__all__ = ["ADD", "XOR", "Steps", "drive", "drive_one"]
+__all__ = ["ADD", "XOR", "Steps", "drive", "drive_one", "parallel"]
 
 ADD, XOR = 0, 1
 
@@ -70,8 +70,10 @@ def _exchange(ctx: PartyContext, name: str, items: list[Opening]) -> list[torch.
     return out
 
 
-def drive(ctx: PartyContext, gens: Sequence[Steps]) -> list[Any]:
-    """Run the step generators side by side, one exchange per round for all of them; their results in order."""
+def parallel(gens: Sequence[Steps]) -> Steps:
+    """The step generators side by side as one step generator: round ``i`` of every one of them in one
+    opening (named by the first still running); its result is theirs, in order.  A protocol that has opened
+    something all its parts need can run its parts in the same rounds (``yield from parallel(...)``)."""
     results: list[Any] = [None] * len(gens)
     pending: dict[int, tuple[str, list[Opening]]] = {}
     for i, g in enumerate(gens):
@@ -81,13 +83,12 @@ def drive(ctx: PartyContext, gens: Sequence[Steps]) -> list[Any]:
             results[i] = stop.value
     while pending:
         order = sorted(pending)
-        name = pending[order[0]][0]
         items: list[Opening] = []
         counts = []
         for i in order:
             items += pending[i][1]
             counts.append(len(pending[i][1]))
-        opened = _exchange(ctx, name, items)
+        opened = yield pending[order[0]][0], items
         at = 0
         for i, c in zip(order, counts, strict=True):
             part = opened[at : at + c]
@@ -100,6 +101,16 @@ def drive(ctx: PartyContext, gens: Sequence[Steps]) -> list[Any]:
     return results
 
 
+def drive(ctx: PartyContext, gens: Sequence[Steps]) -> list[Any]:
+    """Run the step generators side by side, one exchange per round for all of them; their results in order."""
+    return drive_one(ctx, parallel(gens))
+
+
 def drive_one(ctx: PartyContext, gen: Steps) -> Any:
     """One step generator on its own (each yield is one round)."""
-    return drive(ctx, [gen])[0]
+    try:
+        name, items = next(gen)
+        while True:
+            name, items = gen.send(_exchange(ctx, name, items))
+    except StopIteration as stop:
+        return stop.value

@@ -21,10 +21,10 @@ from conftest import SECURE
 
 import mpc
 from mpc.errors import ProtocolError
-from mpc.ring import wrap_int
+from mpc.ring import logical_rshift, msb, wrap_int
 from protocols import lookup
 from protocols.comparison import compare_steps
-from protocols.correlated import DealerGenerator
+from protocols.correlated import LUT_EXP, LUT_TABLE, DealerGenerator
 from protocols.rounds import drive
 
 
@@ -52,6 +52,114 @@ def test_onehot_table_sizes_out_of_range_are_refused(size):
     gen = DealerGenerator([b"\0" * 32, b"\1" * 32])
     with pytest.raises(ProtocolError, match="onehot takes a table size, a power of two"):
         gen.correction("onehot", (size, 4))
+
+
+EXP_REQ = (LUT_EXP, 200, 2, lookup.LOG2E, 30, 32, 18, 12, 4, 44, 16)  # exp's request at f = 16, 200 elements
+TANH_REQ = (LUT_TABLE, 200, 2, 1, 15, 32, 3, 12, 4, 45, 0)  # tanh's (rows of 2^-1, f = 16)
+
+
+def _cmplut(ctx, params):
+    h = ctx.correlations.request("cmplut", params)
+    return [t.clone() for t in h.randoms], [t.clone() for t in h.derived()]
+
+
+def _lut_totals(res):
+    """The random and derived totals (the comparison's binary parts XORed, the rest summed)."""
+    rand = [sum(r[i] for r, _ in res) for i in range(len(res[0][0]))]
+    der = [sum(d[i] for _, d in res) for i in range(len(res[0][1]))]
+    xor_r = res[0][1][0]
+    for _, d in res[1:]:
+        xor_r = xor_r ^ d[0]
+    assert torch.equal(xor_r, rand[0])  # the comparison's mask, as XOR shares of its bits
+    t = der[4]
+    assert set(t.unique().tolist()) <= {0, 1} and t.shape == (2, 200)
+    return rand, der
+
+
+def _split_parts(r, mult, ish, vsh, onehot, powers):
+    big = r * mult
+    rho = logical_rshift(big, ish) & 31
+    assert torch.equal(onehot, torch.nn.functional.one_hot(rho, 32))
+    delta = logical_rshift(big, vsh) & 4095
+    assert torch.equal(powers, torch.stack([(-delta) ** m for m in range(1, 5)]))
+    assert len(set(rho.tolist())) > 16 and len(set(delta.tolist())) > 150  # random, not constants
+    return -delta
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("n", [2, 3])
+def test_cmplut_exp_material_adds_up_to_what_the_lookup_relies_on(sim, n):
+    """exp's ``cmplut`` parts, summed: the one-hot of bits [30, 35) of ``R = L r`` and the powers of ``-delta``
+    for bits [18, 30), the truncation parts of ``r2`` (by 44) and ``r3`` (by 16), the products
+    ``a (r2 >> 44)``, ``a msb(r2)`` and ``(r3 >> 16) t``, ``msb(r3) t`` (the msb parts count modulo 2^shift)."""
+    (r, _, _, a, r2, r3), der = _lut_totals(sim(lambda ctx: _cmplut(ctx, EXP_REQ), n, protocol=SECURE))
+    t, onehot, powers, r2q, r2m, u, z, r3q, r3m, r3qt, r3mt = der[4:]
+    _split_parts(r, lookup.LOG2E, 30, 18, onehot, powers)
+    low, low3 = (1 << 44) - 1, (1 << 16) - 1
+    assert torch.equal(r2q, logical_rshift(r2, 44)) and torch.equal(r2m & low, msb(r2))
+    assert torch.equal(u, a * logical_rshift(r2, 44)) and torch.equal(z & low, (a * msb(r2)) & low)
+    assert torch.equal(r3q, logical_rshift(r3, 16)) and torch.equal(r3m & low3, msb(r3))
+    assert torch.equal(r3qt, logical_rshift(r3, 16) * t) and torch.equal(r3mt & low3, msb(r3) * t)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("n", [2, 3])
+def test_cmplut_table_material_adds_up_to_what_the_lookup_relies_on(sim, n):
+    """A table's ``cmplut`` parts (tanh's): the one-hot of bits [15, 20) of ``r`` and the powers of ``-delta``
+    for bits [3, 15), the products ``a_m (-delta)^j`` (1 <= j <= m <= 4), and the truncation parts of ``r2``
+    (by 45) with their products with ``t``."""
+    (r, _, _, masks, r2), der = _lut_totals(sim(lambda ctx: _cmplut(ctx, TANH_REQ), n, protocol=SECURE))
+    t, onehot, powers, ad, r2q, r2m, r2qt, r2mt = der[4:]
+    md = _split_parts(r, 1, 15, 3, onehot, powers)
+    pairs = [(m, j) for m in range(1, 5) for j in range(1, m + 1)]
+    assert torch.equal(ad, torch.stack([masks[m - 1] * md**j for m, j in pairs]))
+    low = (1 << 45) - 1
+    assert torch.equal(r2q, logical_rshift(r2, 45)) and torch.equal(r2m & low, msb(r2))
+    assert torch.equal(r2qt, logical_rshift(r2, 45) * t) and torch.equal(r2mt & low, msb(r2) * t)
+
+
+@pytest.mark.parametrize(
+    "params,why",
+    [
+        ((0, 200, 2, 23638, 30, 32, 18, 12, 4, 44, 16), "odd positive multiplier"),
+        ((0, 200, 2, 23637, 30, 48, 18, 12, 4, 44, 16), "power of two"),
+        ((0, 200, 2, 23637, 63, 32, 51, 12, 4, 44, 16), "shifts in"),
+        ((0, 200, 2, 23637, 30, 32, 17, 12, 4, 44, 16), "just below the index"),
+        ((0, 200, 2, 23637, 30, 32, 18, 12, 9, 44, 16), "degree in"),
+        ((0, 200, 0, 23637, 30, 32, 18, 12, 4, 44, 16), "thresholds at least 1"),
+        ((1, 200, 2, 1, 15, 32, 3, 12, 4, 45, 16), "output shift 0 for a table"),
+        ((2, 200, 2, 1, 15, 32, 3, 12, 4, 45, 0), "mode 0 \\(exp\\) or 1"),
+        ((0, 200, 2, 23637, 30, 32, 18, 12, 4, 44), "cmplut takes"),
+    ],
+)
+def test_cmplut_bad_parameters_are_refused_by_name(params, why):
+    from parties.dealer import _check_request
+
+    with pytest.raises(ProtocolError, match=f"malformed request 'corr:cmplut'.*{why}"):
+        _check_request("corr:cmplut", params, 1 << 30)
+
+
+def _exp_cost(ctx, v, hi):
+    x = mpc.share(v if ctx.rank == 0 else None, owner=0)
+    before = ctx.stats.snapshot()
+    y = x.exp() if hi else mpc.arith.exp_nonpositive(x)
+    after = ctx.stats.snapshot()
+    return y.reveal(), after["rounds"] - before["rounds"], after["bytes_sent"] - before["bytes_sent"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("n", [2, 3])
+def test_exp_opens_its_input_once_and_no_more_than_documented(sim, n):
+    """exp sends 8 (the input's one opening) + 35/8 per comparison + 16 + 8 bytes per element to each other
+    party (40.75 with two comparisons, 36.375 for exp_nonpositive with one), in 4 rounds: one more opening
+    anywhere fails this."""
+    v = torch.round(torch.linspace(-14, 12, 4096, dtype=torch.float64) * 2**16) / 2**16
+    for hi, per in ((True, 40.75), (False, 36.375)):
+        for got, rounds, sent in sim(lambda ctx, hi=hi: _exp_cost(ctx, v if hi else -v.abs(), hi), n, protocol=SECURE):
+            assert rounds == 4 and sent == per * 4096 * (n - 1)
+            want = torch.exp(v).clamp(max=math.exp(10)) if hi else torch.exp(-v.abs())
+            want = torch.where((v if hi else -v.abs()) < lookup.EXP_LO, 0.0, want)
+            assert float(((got - want).abs() / (1e-3 * want.abs() + 2**-14)).max()) <= 1.0
 
 
 def _two_compares(ctx, v, together):
@@ -99,7 +207,7 @@ def test_exp_by_lookup_rounds_and_accuracy(sim, n):
     v = torch.round(v * 2**16) / 2**16
     for got, rounds in sim(lambda ctx: _unary(ctx, v), n, protocol=SECURE):
         want = torch.where(v >= lookup.EXP_HI, math.exp(lookup.EXP_HI), torch.exp(v))
-        assert rounds == 6
+        assert rounds == 4
         assert float(((got - want).abs() / (1e-3 * want.abs() + 2**-14)).max()) <= 1.0
 
 
@@ -116,7 +224,7 @@ def test_exp_at_a_narrow_encoding(sim):
     v = torch.linspace(-6, 6, 301, dtype=torch.float64)
     v = torch.round(v * 2**10) / 2**10
     (got, rounds), _ = sim(lambda ctx: _unary(ctx, v), 2, protocol=SECURE, frac_bits=10)
-    assert rounds == 6
+    assert rounds == 4
     assert float(((got - torch.exp(v)).abs() / (4e-3 * torch.exp(v) + 2**-9)).max()) <= 1.0
 
 
@@ -128,7 +236,7 @@ def test_exp_below_eight_fractional_bits_runs_the_thermometer_table(sim):
     assert lookup.exp_supports(8) and not lookup.exp_supports(7) and not lookup.exp_supports(0)
     v = torch.tensor([-3.0, -0.5, 0.0, 0.3125, 1.0, 2.0, 5.0, 9.0], dtype=torch.float64)
     (got, rounds), _ = sim(lambda ctx: _unary(ctx, v), 2, protocol=SECURE, frac_bits=4)
-    assert rounds != 6  # not the lookup
+    assert rounds != 4  # not the lookup
     assert float(((got - torch.exp(v)).abs() / (1e-2 * torch.exp(v) + 2**-3)).max()) <= 1.0
     # Below 4 bits the table is wrong too (exp(0) = 2 at f = 0, exp(5) = 142.75 at f = 2): an error says so.
     for f in (0, 2, 3):
@@ -199,11 +307,14 @@ def test_b2a_positions_matches_the_generic_conversion(sim, n):
 
 @pytest.mark.timeout(60)
 def test_uniform_lookup_only_where_its_rows_lie_on_the_grid(sim):
-    assert lookup.fits(lookup.SIGMOID, 16) and lookup.fits(lookup.TANH, 2)
-    assert not lookup.fits(lookup.SIGMOID, 1) and not lookup.fits(lookup.TANH, 1) and not lookup.fits(lookup.TANH, 24)
+    assert lookup.fits(lookup.SIGMOID, 16) and lookup.fits(lookup.SIGMOID, 1) and lookup.fits(lookup.TANH, 2)
+    assert not lookup.fits(lookup.SIGMOID, 0) and not lookup.fits(lookup.TANH, 1) and not lookup.fits(lookup.TANH, 24)
     v = torch.tensor([-12.0, -3.0, -1.0, 0.0, 1.0, 3.0, 12.0], dtype=torch.float64)
-    (fine, r16), _ = sim(lambda ctx: _unary(ctx, v, "sigmoid"), 2, protocol=SECURE)
-    (coarse, r1), _ = sim(lambda ctx: _unary(ctx, v, "sigmoid"), 2, protocol=SECURE, frac_bits=1)
-    assert r16 == 6 and r1 == 8  # f = 1: rows of 0.75 are not on the grid, the thermometer table runs
-    assert float((fine - torch.sigmoid(v)).abs().max()) < 1e-3
-    assert float((coarse - torch.sigmoid(v)).abs().max()) <= 0.5  # one fractional bit: coarse, not wrong
+    for method, torch_fn in (("sigmoid", torch.sigmoid), ("tanh", torch.tanh)):
+        (fine, r16), _ = sim(lambda ctx, m=method: _unary(ctx, v, m), 2, protocol=SECURE)
+        (coarse, r1), _ = sim(lambda ctx, m=method: _unary(ctx, v, m), 2, protocol=SECURE, frac_bits=1)
+        # f = 1: sigmoid's rows of 1 are two units wide (the lookup runs), tanh's rows of 0.5 one unit (the
+        # thermometer table runs)
+        assert r16 == 4 and r1 == (4 if method == "sigmoid" else 8)
+        assert float((fine - torch_fn(v)).abs().max()) < 1e-3
+        assert float((coarse - torch_fn(v)).abs().max()) <= 0.5  # one fractional bit: coarse, not wrong

@@ -189,7 +189,9 @@ def test_products_under_inference_mode(sim):
 def test_a_mask_outside_the_window_is_opened_again(sim, monkeypatch):
     """Masks older than the window are opened afresh (same results); the dealer refuses a reference it no
     longer holds, naming the request."""
-    monkeypatch.setattr(beaver, "REUSE_WINDOW", 3)  # a logistic regression step makes more requests than 3
+    # A logistic regression step makes 3 requests (X w, the sigmoid, X^T g): with a window of 2 neither X^T g
+    # (2 requests after X w) nor the next step's X w (3 after) finds X's mask.
+    monkeypatch.setattr(beaver, "REUSE_WINDOW", 2)
     want = _logreg_plain()
     res = sim(logreg, 2, protocol=SECURE)
     x_bytes = 8 * N_ROWS * N_COLS

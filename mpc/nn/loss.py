@@ -3,7 +3,7 @@
 * ``MSELoss``: ``(x - y)^2``; one Beaver square (2 rounds).
 * ``BCEWithLogitsLoss``: the stable form
   ``max(x, 0) - x y + log(1 + exp(-|x|))`` with ``max(x, 0) = (x + |x|) / 2``:
-  one secret ``abs`` (4 rounds), a clamp to [-12, 0] (4), ``exp`` (6 rounds) and
+  one secret ``abs`` (4 rounds), a clamp to [-12, 0] (4), ``exp`` (4 rounds) and
   ``log`` on ``[1, 2]`` (9 rounds), one product with the target.  Error per
   element: at most about 3e-3 (log's 2e-3 plus exp's 1e-3 + 2^-14 carried
   through ``d log(1 + e)/de <= 1``); below that in practice (the tests bound
