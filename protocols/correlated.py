@@ -450,10 +450,6 @@ def _onehot_check(p):
     return int(p[0])
 
 
-def _onehot_derived(p):
-    return [(*p[1:], _onehot_check(p))]
-
-
 def _onehot_correct(r, others, p):
     """``onehot(rho) - others``: negate the others' sum in place and add the one 1 per element."""
     size = _onehot_check(p)
@@ -662,9 +658,6 @@ CORRELATIONS: dict[str, Correlation] = {
     "b2aw": Correlation(
         "b2aw", lambda p: [tuple(p[1:])], _b2aw_derived, _b2aw_derive, lambda p: ([True], [False]), None, _b2aw_correct
     ),
-    # A random index rho = r mod N (r additively shared) and the one-hot vector of rho, additively shared
-    # (last dimension N): table lookups (``protocols.lookup``); params = (N, *shape), N a power of two.
-    "onehot": Correlation("onehot", lambda p: [tuple(p[1:])], _onehot_derived, _onehot_derive, correct=_onehot_correct),
     # (a, a^2, ..., a^d): all powers of a secret from one opening; params = (d, *shape).
     "pow": Correlation("pow", _pow_shapes, _pow_derived, _pow_derive),
     # A comparison batch whose mask r also serves a table lookup (``protocols.lookup``: exp, sigmoid, tanh):

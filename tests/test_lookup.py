@@ -1,11 +1,11 @@
 """Thread tier: the one-hot table lookup (``protocols.lookup``), its dealer correlation and the round driver.
 
-* The ``onehot`` correlation: the parties' shares add up to the one-hot vector
-  of ``rho mod N`` (N = 2 .. 256) for the ``rho`` their random shares add up to;
-  a table size that is not a power of two in range is refused by name.
+* The ``cmplut`` correlation (exp's and the tables' modes): the parties' shares
+  add up to the one-hot of a slice of the mask, the powers of the slice below
+  it and the products the lookup relies on; bad requests are refused by name.
 * ``protocols.rounds.drive``: two independent comparisons run side by side
   take the rounds of one and give the same bits as run one after the other.
-* ``exp`` through the lookup: 6 rounds, the issue's tolerance on [-12, 10]
+* ``exp`` through the lookup: 4 rounds, the issue's tolerance on [-12, 10]
   (``tests/test_nonlinear.py`` checks the whole domain), the same rounds and
   results at 3 parties, at a narrow encoding (f = 10, within its own
   precision), and a clear error where the encoding is too wide (f = 24).
@@ -24,35 +24,8 @@ from mpc.errors import ProtocolError
 from mpc.ring import logical_rshift, msb, wrap_int
 from protocols import lookup
 from protocols.comparison import compare_steps
-from protocols.correlated import LUT_EXP, LUT_TABLE, DealerGenerator
+from protocols.correlated import LUT_EXP, LUT_TABLE
 from protocols.rounds import drive
-
-
-def _onehot(ctx, size, n):
-    h = ctx.correlations.request("onehot", (size, n))
-    (rho,) = h.randoms
-    (oh,) = h.derived()
-    return rho, oh
-
-
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("size", [2, 32, 256])
-@pytest.mark.parametrize("n", [2, 3])
-def test_onehot_shares_add_up_to_the_one_hot_of_rho(sim, size, n):
-    res = sim(lambda ctx: _onehot(ctx, size, 500), n, protocol=SECURE)
-    rho = sum(r for r, _ in res) & (size - 1)
-    oh = sum(o for _, o in res)
-    assert oh.shape == (500, size)
-    assert torch.equal(oh, torch.nn.functional.one_hot(rho, size))
-    assert len(set(rho.tolist())) > min(size, 500) // 2  # the index is random, not a constant
-
-
-@pytest.mark.parametrize("size", [0, 1, 3, 48, 512])
-def test_onehot_table_sizes_out_of_range_are_refused(size):
-    gen = DealerGenerator([b"\0" * 32, b"\1" * 32])
-    with pytest.raises(ProtocolError, match="onehot takes a table size, a power of two"):
-        gen.correction("onehot", (size, 4))
-
 
 EXP_REQ = (LUT_EXP, 200, 2, lookup.LOG2E, 30, 32, 18, 12, 4, 44, 16)  # exp's request at f = 16, 200 elements
 TANH_REQ = (LUT_TABLE, 200, 2, 1, 15, 32, 3, 12, 4, 45, 0)  # tanh's (rows of 2^-1, f = 16)
