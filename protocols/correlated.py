@@ -444,54 +444,55 @@ def _b2aw_derive(r, p):
 MAX_ONEHOT = 256
 
 
-def _onehot_check(p):
-    if len(p) < 1 or not 2 <= int(p[0]) <= MAX_ONEHOT or int(p[0]) & (int(p[0]) - 1):
-        raise ValueError(f"onehot takes a table size, a power of two in [2, {MAX_ONEHOT}], and a shape")
-    return int(p[0])
+def _hot_positions(idx: torch.Tensor, size: int) -> torch.Tensor:
+    """The flat position of each element's 1 in an ``(n, size)`` one-hot of ``idx mod size``."""
+    idx = (idx & (size - 1)).reshape(-1)
+    return torch.arange(idx.numel(), dtype=torch.int64).mul_(size).add_(idx)
 
 
-def _onehot_correct(r, others, p):
-    """``onehot(rho) - others``: negate the others' sum in place and add the one 1 per element."""
-    size = _onehot_check(p)
-    (out,) = others
-    out.neg_()
-    idx = (r[0] & (size - 1)).reshape(-1)
-    hot = torch.arange(idx.numel(), dtype=torch.int64).mul_(size).add_(idx)  # flat position of each 1
-    out.view(-1).index_add_(0, hot, torch.ones(idx.numel(), dtype=torch.int64))
-    return [out]
+def _scaled_onehot(idx: torch.Tensor, size: int, value: torch.Tensor | None) -> torch.Tensor:
+    """The ``(n, size)`` one-hot of ``idx mod size`` (n = idx.numel()), each 1 times ``value`` where given."""
+    out = torch.zeros(idx.numel() * size, dtype=torch.int64)
+    pos = _hot_positions(idx, size)
+    out[pos] = 1 if value is None else value.reshape(-1)
+    return out.reshape(-1, size)
 
 
-def _onehot_derive(r, p):
-    size = _onehot_check(p)
-    idx = (r[0] & (size - 1)).reshape(-1, 1)
-    out = torch.zeros((idx.shape[0], size), dtype=torch.int64).scatter_(1, idx, 1)
-    return [out.reshape(*r[0].shape, size)]
+def _scaled_onehot_correct(idx: torch.Tensor, size: int, value: torch.Tensor | None, others: torch.Tensor):
+    """``_scaled_onehot(...) - others`` in place of ``others``: negated, then each element's one entry added."""
+    others.neg_()
+    pos = _hot_positions(idx, size)
+    add = torch.ones(pos.numel(), dtype=torch.int64) if value is None else value.reshape(-1)
+    return others.view(-1).index_add_(0, pos, add).view(others.shape)
 
 
 LUT_EXP, LUT_TABLE = 0, 1
 
 
 def _lut_check(p):
-    """``(mode, n, K, mult, idx_shift, table, v_shift, v_bits, degree, poly_shift, out_shift)`` of a ``cmplut``
-    request (``protocols.lookup``): mode LUT_EXP (``A P``, then a truncation by ``out_shift``) or LUT_TABLE
-    (coefficient rows, ``out_shift`` 0)."""
-    if len(p) != 11:
+    """``(mode, n, K, mult, idx_shift, table, low_bits, v_shift, v_bits, degree, poly_shift, out_shift)`` of a
+    ``cmplut`` request (``protocols.lookup``): mode LUT_EXP (``A P``, then a truncation by ``out_shift``) or
+    LUT_TABLE (coefficient rows; ``low_bits`` and ``out_shift`` 0)."""
+    if len(p) != 12:
         raise ValueError(
-            "cmplut takes (mode, elements, thresholds, multiplier, index shift, table size, v shift, v bits, "
-            "degree, polynomial shift, output shift)"
+            "cmplut takes (mode, elements, thresholds, multiplier, index shift, table size, low bits, v shift, "
+            "v bits, degree, polynomial shift, output shift)"
         )
-    mode, n, k, mult, ish, table, vsh, vbits, degree, tb, ts = (int(v) for v in p)
+    mode, n, k, mult, ish, table, w, vsh, vbits, degree, tb, ts = (int(v) for v in p)
     if mode not in (LUT_EXP, LUT_TABLE):
         raise ValueError(f"cmplut: mode {LUT_EXP} (exp) or {LUT_TABLE} (table), got {mode}")
     if n < 1 or k < 1 or not mult & 1 or mult < 1:
         raise ValueError("cmplut: elements and thresholds at least 1, and an odd positive multiplier")
-    if not (1 <= ish <= 62 and 0 <= vsh and vsh + vbits == ish and 1 <= vbits <= 16 and 2 <= degree <= 8):
+    if not 2 <= table <= MAX_ONEHOT or table & (table - 1):
+        raise ValueError(f"cmplut: the table size is a power of two in [2, {MAX_ONEHOT}]")
+    if not (0 <= w <= 4 and (w > 0) == (mode == LUT_EXP)):
+        raise ValueError("cmplut: low bits in [1, 4] for exp, 0 for a table")
+    top = ish + w + table.bit_length() - 1
+    if not (1 <= ish and top <= 62 and 0 <= vsh and vsh + vbits == ish and 1 <= vbits <= 16 and 2 <= degree <= 8):
         raise ValueError("cmplut: shifts in [0, 62], v bits in [1, 16] just below the index, degree in [2, 8]")
     if not 1 <= tb <= 62 or not (1 <= ts <= 62 if mode == LUT_EXP else ts == 0):
         raise ValueError("cmplut: truncation shifts in [1, 62] (the output shift 0 for a table)")
-    if not 2 <= table <= MAX_ONEHOT or table & (table - 1):
-        raise ValueError(f"cmplut: the table size is a power of two in [2, {MAX_ONEHOT}]")
-    return mode, n, k, mult, ish, table, vsh, vbits, degree, tb, ts
+    return mode, n, k, mult, ish, table, w, vsh, vbits, degree, tb, ts
 
 
 def _lut_pairs(degree: int) -> list[tuple[int, int]]:
@@ -510,7 +511,7 @@ def _lut_random(p):
 
 
 def _lut_derived(p):
-    mode, n, k, _, _, table, _, _, degree, _, _ = _lut_check(p)
+    mode, n, k, _, _, table, _, _, _, degree, _, _ = _lut_check(p)
     head = _cmp_derived(_lut_cmp(n, k)) + [(n, table), (degree, n)]
     if mode == LUT_EXP:  # r2 >> tb, msb(r2), a (r2 >> tb), a msb(r2); r3 >> ts, msb(r3), and both times t
         return head + [(n,)] * 6 + [(k, n)] * 2
@@ -531,18 +532,28 @@ def _lut_widths(p):
     return [8] * 8 + [8, wb, 8, wb]
 
 
-def _lut_index(r, p) -> torch.Tensor:
-    _, _, _, mult, ish, *_ = _lut_check(p)
-    return logical_rshift(r[0] * mult, ish)  # the one-hot's index (low bits): the split's mask R = mult r
+def _lut_hot(r, p) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The one-hot's index (bits ``[idx_shift + low_bits, ...)`` of ``R = mult r``, low bits of the result) and
+    each 1's value: ``2^(2^w - 1 - low)`` for the ``w`` low bits at ``idx_shift`` (exp), or 1 (a table)."""
+    _, _, _, mult, ish, _, w, *_ = _lut_check(p)
+    big = r[0] * mult  # the split's mask (uniform: the multiplier is odd)
+    if not w:
+        return logical_rshift(big, ish), None
+    low = logical_rshift(big, ish).bitwise_and_((1 << w) - 1)
+    return logical_rshift(big, ish + w), torch.ones_like(low).bitwise_left_shift_(((1 << w) - 1) - low)
 
 
 def _lut_parts(r, p, onehot: bool) -> list[torch.Tensor | None]:
     """The ``cmplut`` material (the one-hot left out, None, unless ``onehot``): see ``protocols.lookup``."""
-    mode, n, k, mult, _, table, vsh, vbits, degree, tb, ts = _lut_check(p)
+    mode, n, k, mult, _, table, _, vsh, vbits, degree, tb, ts = _lut_check(p)
     out: list[torch.Tensor | None] = list(_cmp_derive(r[:3], _lut_cmp(n, k)))
     t = out[4]
     assert t is not None
-    out.append(_onehot_derive([_lut_index(r, p)], (table, n)) if onehot else None)
+    if onehot:
+        idx, value = _lut_hot(r, p)
+        out.append(_scaled_onehot(idx, table, value))
+    else:
+        out.append(None)
     a = logical_rshift(r[0] * mult, vsh).bitwise_and_((1 << vbits) - 1).neg_()  # -delta: v = public - delta
     powers = [a]
     for _ in range(degree - 1):
@@ -563,13 +574,14 @@ def _lut_derive(r, p):
 
 
 def _lut_correct(r, others, p):
-    """Every part against the other parties' shares, the one-hot sparsely (``_onehot_correct``)."""
+    """Every part against the other parties' shares, the one-hot sparsely (``_scaled_onehot_correct``)."""
     table = _lut_check(p)[5]
     _, dxor = _lut_xor(p)
     out = []
     for w, o, x in zip(_lut_parts(r, p, False), others, dxor, strict=True):
         if w is None:
-            out.append(_onehot_correct([_lut_index(r, p)], [o], (table,))[0])
+            idx, value = _lut_hot(r, p)
+            out.append(_scaled_onehot_correct(idx, table, value, o))
         else:
             out.append(w.bitwise_xor_(o) if x else w.sub_(o))
     return out
@@ -662,11 +674,12 @@ CORRELATIONS: dict[str, Correlation] = {
     "pow": Correlation("pow", _pow_shapes, _pow_derived, _pow_derive),
     # A comparison batch whose mask r also serves a table lookup (``protocols.lookup``: exp, sigmoid, tanh):
     # the comparison's parts (with its arithmetic bit t), then, for R = mult r, the one-hot of the bits
-    # [idx_shift, +log2 table) of R and the powers 1..degree of -delta for delta = the v_bits of R below them;
+    # [idx_shift + low_bits, +log2 table) of R (exp: its 1 is 2^(2^low_bits - 1 - the low bits at idx_shift))
+    # and the powers 1..degree of -delta for delta = the v_bits of R below idx_shift;
     # then, LUT_EXP: masks a, r2, r3 (random) with r2 >> poly_shift, msb(r2), a (r2 >> poly_shift), a msb(r2),
     # r3 >> out_shift, msb(r3), and the last two times t; LUT_TABLE: masks a_1..a_degree and r2 (random) with
     # a_m (-delta)^j (1 <= j <= m), r2 >> poly_shift, msb(r2), and the last two times t.  params = (mode,
-    # elements, thresholds, mult, idx_shift, table, v_shift, v_bits, degree, poly_shift, out_shift).
+    # elements, thresholds, mult, idx_shift, table, low_bits, v_shift, v_bits, degree, poly_shift, out_shift).
     "cmplut": Correlation(
         "cmplut", _lut_random, _lut_derived, _lut_derive, _lut_xor, _lut_widths, correct=_lut_correct
     ),

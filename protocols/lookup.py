@@ -11,30 +11,35 @@ arithmetic instead, and comparisons are left only for saturation:
 The input is opened once, for everything.  One dealer request (``cmplut``)
 gives the comparison's material for a uniform mask ``r`` and, derived from
 ``R = L r`` (``L = round(log2(e) 2^14)`` = 23637, odd, so ``R`` is uniform; off
-``log2(e) 2^14`` by 6.6e-7 relative), the one-hot of the bits ``[f + 14, f + 19)``
-of ``R`` and the powers of ``-delta`` for the 12 bits ``delta`` at ``[f + 2, f + 14)``.
+``log2(e) 2^14`` by 6.6e-7 relative), an 8-entry one-hot of the bits
+``[f + 17, f + 20)`` of ``R`` whose 1 is ``2^(7 - R_lo)`` for the 3 bits ``R_lo``
+at ``[f + 14, f + 17)``, and the powers of ``-delta`` for the 12 bits ``delta``
+at ``[f + 2, f + 14)``.
 
 1. (round 1) Open ``c = x + r``: uniform.  It starts the comparisons
    ``[x >= lo]``, ``[x >= hi]`` (``protocols.comparison``, rounds 2-4 beside
    what follows), and ``L c + K = t + K + R`` is public for ``t = x L``
    (``K = 2^62``): an exact division of ``t`` (``protocols.truncation``) whose
-   mask is ``R``, with nothing more to open.  The index: bits ``[f + 14, f + 19)``
-   of ``t + K + R`` are ``k + rho`` modulo 32 for ``k = t / 2^(f+14)``
-   (stochastically rounded: ``floor`` or ``floor + 1``) and ``rho`` those bits of
-   ``R`` (the wrap of ``t + K + R`` counts 2^(64 - f - 14), 0 modulo 32); so
-   ``[k == j] = E_rho[c' - j mod 32]`` for the public ``c'``, and
-   ``A = 2^k`` (fixed point) is the local sum ``sum_i E_rho[i] 2^(c' - i)``:
-   exact, for every ``k`` in [-16, 15].  ``v``: the 12 bits below them,
-   ``(bits of t + K + R) - delta``, is ``y`` with 12 fractional bits minus
-   ``k``, exactly, in (-1, 1); so ``v^m`` is local too, from the public
-   ``v + delta`` and the dealer's powers of ``-delta``.
+   mask is ``R``, with nothing more to open.  Slices of ``t + K + R`` minus the
+   same slices of ``R`` are the divisions' results: for ``k = t / 2^(f+14)``
+   (stochastically rounded: ``floor`` or ``floor + 1``), ``k = 8 k_hi + j`` where
+   ``j = T_lo - R_lo`` in (-8, 8) (``T_lo``: the public 3 bits at ``f + 14``)
+   and ``k_hi + rho = c'`` modulo 8 (``rho``, ``c'``: the 3 bits above, of ``R``
+   and of ``t + K + R``; the wrap counts 2^(64 - f - 17), 0 modulo 8).  So
+   ``2^k = 2^T_lo 2^-R_lo 2^(8 k_hi)``, and ``A = 2^k`` (fixed point, 7 bits
+   wider) is ``2^T_lo sum_i F[i] 2^(8 (c' - i))`` with the dealer's
+   ``F = E_rho 2^(7 - R_lo)``: local, exact for every ``k`` in [-16, 15]
+   (``k_hi`` in [-2, 2]; the other rows of the table are 0).  ``v``: the 12 bits
+   below ``f + 14``, ``(bits of t + K + R) - delta``, is ``y`` with 12
+   fractional bits minus ``k``, exactly, in (-1, 1); so ``v^m`` is local too,
+   from the public ``v + delta`` and the dealer's powers of ``-delta``.
 2. (round 2) ``P = p(v)`` for the degree-4 polynomial ``p`` closest to ``2^v``
    in relative error on [-1, 1] (2.5e-5), computed locally at scale 2^60 and
    truncated to ``f`` bits: open ``poly + K + r2``.  In the same round open
    ``A - a`` for the product ``S = A P``: ``P`` is ``pub - (r2 >> m) + g msb(r2)``
    (``m = 60 - f``; ``pub`` and ``g`` public), so with the dealer's shares of
    ``a (r2 >> m)`` and ``a msb(r2)``, ``S`` is local and ``P`` never opened.
-3. (round 3) Truncate ``S`` (scale 2^(2f)) to ``f`` bits: open ``S + K + r3``.
+3. (round 3) Truncate ``S`` (scale 2^(2f + 7)) to ``f`` bits: open ``S + K + r3``.
    The quotient ``S'`` is again ``pub - (r3 >> f) + g msb(r3)``.
 4. (round 4) The comparisons end: their bits arrive in arithmetic form as
    ``b = e + (1 - 2e) t`` (``e`` opened, ``t`` the dealer's bit), so
@@ -46,7 +51,8 @@ of ``R`` and the powers of ``-delta`` for the 12 bits ``delta`` at ``[f + 2, f +
 Rounds 4.  Bytes per element, per party and per other party: the opening 8,
 the comparison bits 2 x 35/8, round 2 16, round 3 8: about 41
 (``scripts/bench_nonlinear.py --table``: 40.8).  The dealer sends the one-hot
-(256 bytes per element) and the rest (about 170) to the last party.
+(64 bytes per element) and the rest (about 165) to the last party: 229 (a
+32-entry one-hot of ``k`` took 418).
 
 Accuracy (f = 16): relative error under 5e-4 on [-11, 10) plus 2^-16
 absolute; ``0`` below ``lo = -11`` (true value < 1.7e-5) and ``e^10`` from
@@ -55,7 +61,9 @@ softmax's ``e^(x - max)``) has no upper comparison.  Inputs beyond the range
 of the split (``|x| >= 2^31``) make ``k`` and ``v`` garbage, but ``h`` is 0
 there and ``h S'`` an exact 0.
 
-Needs ``frac_bits <= 20`` (so do the thermometer tables of degree 4: wider encodings get an error).
+exp's lookup runs from 8 to 19 fractional bits (``A P`` at scale 2^(2f + 7)
+must stay in the truncation's range); the thermometer table runs at 20, and
+wider encodings get an error (so do the thermometer tables of degree 4).
 
 Uniform tables (``UniformLookup``: sigmoid on [-9, 9) in rows of 1, tanh on
 [-5, 5) in rows of 0.5, both degree 4) follow the same pattern with
@@ -102,7 +110,9 @@ LOG2E = round(math.log2(math.e) * 2**LOG2E_BITS)  # 23637, within 6.6e-7 of log2
 V_BITS = 12  # fractional bits of v (its fourth power takes 48 of the 60 bits of the polynomial's scale)
 DEGREE = 4
 POLY_SCALE = 60  # |p(v)| < 2.0004, so p(v) 2^60 < 2^62: the truncation's range
-TABLE = 32  # k in [-16, 15]
+TABLE = 32  # rows of a uniform table
+EXP_LOW = 3  # k = 8 k_hi + j: j from the 3 bits at the index (no one-hot), k_hi in [-2, 2] from the 3 above
+EXP_TABLE = 8
 EXP_LO, EXP_HI = -11.0, 10.0
 
 
@@ -114,11 +124,14 @@ def supports(frac_bits: int) -> bool:
 # Below this many fractional bits exp's polynomial value (in [1, 2)) keeps too few bits: at f = 4 exp(5) came
 # out 152 (2.4% off), at f = 0 exp(1) came out 4; the thermometer table runs there instead (148.375 at f = 4).
 EXP_MIN_FRAC_BITS = 8
+# Above this, A P (scale 2^(2f + 7), values to 2^(2f + 23)) would leave the truncation's range: the thermometer
+# table runs at f = 20, and wider encodings are refused (``supports``).
+EXP_MAX_FRAC_BITS = 19
 
 
 def exp_supports(frac_bits: int) -> bool:
     """Whether exp's lookup is accurate (``EXP_MIN_FRAC_BITS`` or more) and fits the ring at this encoding."""
-    return EXP_MIN_FRAC_BITS <= frac_bits and supports(frac_bits)
+    return EXP_MIN_FRAC_BITS <= frac_bits <= EXP_MAX_FRAC_BITS
 
 
 @functools.cache
@@ -129,18 +142,18 @@ def exp_poly() -> tuple[int, ...]:
     return tuple(round(c * 2.0 ** (POLY_SCALE - m * V_BITS)) for m, c in enumerate(coeffs))
 
 
-@functools.lru_cache(maxsize=1)
-def _rotations() -> torch.Tensor:
-    """``ROT[c, j] = (c - j) mod TABLE``: row ``c`` rotates the one-hot by an opened index ``c`` (read only)."""
-    j = torch.arange(TABLE, dtype=torch.int64)
-    return (j.unsqueeze(1) - j) & (TABLE - 1)
+@functools.lru_cache(maxsize=4)
+def _rotations(size: int) -> torch.Tensor:
+    """``ROT[c, j] = (c - j) mod size``: row ``c`` rotates the one-hot by an opened index ``c`` (read only)."""
+    j = torch.arange(size, dtype=torch.int64)
+    return (j.unsqueeze(1) - j) & (size - 1)
 
 
 def _select_rows(onehot: torch.Tensor, c: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """``table[:, k]`` (rows, n) for the secret index ``k = c - rho`` (mod TABLE) of each element: the dealer's
     one-hot of ``rho`` (n, TABLE), turned into the one-hot of ``k`` by a public per-element rotation
     (``[k == j] = [rho == c - j]``), then a product with the table (mod 2^64).  ``c`` is in [0, TABLE)."""
-    rot = _rotations()
+    rot = _rotations(onehot.shape[-1])
     if table.shape[0] == 1:
         # One row: rotate the table rather than the one-hot, sum_m [rho == m] T[c - m], picking each element's
         # row of the 32 x 32 rotated table (10^5 elements: 4 ms against 15 for the gather and its index).
@@ -149,19 +162,27 @@ def _select_rows(onehot: torch.Tensor, c: torch.Tensor, table: torch.Tensor) -> 
     return (hot @ table.t()).t()
 
 
-def _request(ctx: PartyContext, mode: int, n: int, kk: int, mult: int, ish: int, degree: int, tb: int, ts: int):
+def _request(ctx: PartyContext, mode: int, n: int, kk: int, mult: int, ish: int, table: int, low: int, degree: int,
+             tb: int, ts: int):  # fmt: skip
     """The one dealer request of a lookup (``cmplut``); ``v`` takes the ``V_BITS`` (or fewer) bits below the
     index."""
     vbits = min(V_BITS, ish)
-    return ctx.correlations.request("cmplut", (mode, n, kk, mult, ish, TABLE, ish - vbits, vbits, degree, tb, ts))
+    params = (mode, n, kk, mult, ish, table, low, ish - vbits, vbits, degree, tb, ts)
+    return ctx.correlations.request("cmplut", params)
 
 
-def _split(pub: torch.Tensor, ish: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """From the public ``u + K + R``: the index ``k + rho`` (mod TABLE), ``v + delta`` (the bits below it) and
-    the position of ``v``'s lowest bit."""
+def _split(pub: torch.Tensor, ish: int, table: int, low: int = 0):
+    """From the public ``u + K + R``: the index ``k + rho`` (mod ``table``) from the bits at ``ish + low``, the
+    ``low`` bits at ``ish``, ``v + delta`` (the bits below ``ish``) and the position of ``v``'s lowest bit."""
     vbits = min(V_BITS, ish)
-    cidx = logical_rshift(pub, ish) & (TABLE - 1)
-    return cidx, logical_rshift(pub, ish - vbits) & ((1 << vbits) - 1), ish - vbits
+    cidx = logical_rshift(pub, ish + low) & (table - 1)
+    lows = logical_rshift(pub, ish) & ((1 << low) - 1)
+    return cidx, lows, logical_rshift(pub, ish - vbits) & ((1 << vbits) - 1), ish - vbits
+
+
+def _centred(size: int) -> list[int]:
+    """``j`` read modulo ``size`` as a signed index: 0, 1, .., size/2 - 1, -size/2, .., -1."""
+    return [j if j < size // 2 else j - size for j in range(size)]
 
 
 def _quotient(c: torch.Tensor, shift: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -191,13 +212,15 @@ def _exp_steps(ctx: PartyContext, xf: torch.Tensor, hi: float | None, op: str) -
     party0 = holds_public(ctx.rank)
     thresholds = [wrap_int(round(EXP_LO * 2**f))] + ([] if hi is None else [wrap_int(round(hi * 2**f))])
     m = POLY_SCALE - f
-    h = _request(ctx, LUT_EXP, n, len(thresholds), LOG2E, f + LOG2E_BITS, DEGREE, m, f)
+    # A's extra bits: 7 for the dealer's 2^(7 - low bits), and below f = 16 what makes 2^-16 an integer
+    wide = (1 << EXP_LOW) - 1 + max(0, 16 - f)
+    h = _request(ctx, LUT_EXP, n, len(thresholds), LOG2E, f + LOG2E_BITS, EXP_TABLE, EXP_LOW, DEGREE, m, f + wide)
     r_a, a1, a2, a_big, r2, r3 = h.randoms
     # Round 1: c = x + r, uniform; it serves the comparisons and, as L c = t + L r, the split of t = x L.
     (c,) = yield f"{op}:open", [(xf + r_a, ADD)]
     r_b, leaf_p, l1_p, l2_p, t_a, onehot, apow, r2q, r2m, u, z, r3q, r3m, r3qt, r3mt = h.derived()
     cmp = compare_rounds(ctx, c, thresholds, (r_b, leaf_p, l1_p, l2_p, a1, a2), t_a, True, 63, f"{op}:cmp")
-    cidx, pub_v, _ = _split(c * LOG2E + wrap_int(1 << OFFSET_BITS), f + LOG2E_BITS)  # t + K + R, public
+    cidx, lows, pub_v, _ = _split(c * LOG2E + wrap_int(1 << OFFSET_BITS), f + LOG2E_BITS, EXP_TABLE, EXP_LOW)
 
     def core() -> Steps:
         # v^m from the public v + delta and the dealer's powers of -delta (v = (v + delta) + (-delta)).
@@ -209,20 +232,21 @@ def _exp_steps(ctx: PartyContext, xf: torch.Tensor, hi: float | None, op: str) -
         del pw
         if party0:
             poly += cm[0] + wrap_int(1 << OFFSET_BITS)
-        # A = 2^k: the public table 2^j (j in [-16, 15]) rotated by the index, against the dealer's one-hot.
-        table = torch.tensor([round(2.0 ** ((j if j < TABLE // 2 else j - TABLE) + f)) for j in range(TABLE)])
-        big_a = _select_rows(onehot, cidx, table.reshape(1, -1))[0]
+        # A = 2^k 2^(f + wide), k = 8 k_hi + j: 2^(8 k_hi) from the public table (k_hi in [-2, 2]) rotated by the
+        # index, against the dealer's one-hot whose 1 is 2^(7 - the low bits of R); times 2^(those of t + K + R).
+        table = torch.tensor([0 if abs(c8) > 2 else 1 << (8 * c8 + f + wide - 7) for c8 in _centred(EXP_TABLE)])
+        big_a = _select_rows(onehot, cidx, table.reshape(1, -1))[0].bitwise_left_shift_(lows)
         # Round 2: the polynomial's truncation and A's Beaver opening.
         c2, e_a = yield f"{op}:poly", [(poly.add_(r2), ADD), (big_a - a_big, ADD)]
         # P = pub_p - (r2 >> m) + g msb(r2), so A P = e_a P + a pub_p - [a (r2 >> m)] + g [a msb(r2)]: local.
         p, _ = _truncated(ctx, c2, r2q, r2m, m)
         pub_p, g = _quotient(c2, m)
-        s = e_a * p + a_big * pub_p - u + g * z  # A P, scale 2^(2f)
+        s = e_a * p + a_big * pub_p - u + g * z  # A P, scale 2^(2f + wide)
         if party0:
             s += wrap_int(1 << OFFSET_BITS)
         # Round 3: S back to f bits; its products with the comparison bits of round 4 are local.
         (c3,) = yield f"{op}:trunc", [(s.add_(r3), ADD)]
-        return _truncated(ctx, c3, r3q, r3m, f, t_a, r3qt, r3mt)
+        return _truncated(ctx, c3, r3q, r3m, f + wide, t_a, r3qt, r3mt)
 
     (e, sgn, bits), (s, st) = yield from parallel([cmp, core()])
     ys = e * s + sgn * st  # [x >= T_k] S = e S + (1 - 2 e) S t (the comparison's conversion)
@@ -287,12 +311,12 @@ def _uniform_steps(ctx: PartyContext, xf: torch.Tensor, tab: UniformLookup, op: 
     thresholds = [lo, wrap_int(round(tab.hi * 2**f))]
     ish = f + math.frexp(tab.step)[1] - 1  # the step is 2^(ish - f)
     tb = TABLE_SCALE - f
-    h = _request(ctx, LUT_TABLE, n, 2, 1, ish, d, tb, 0)
+    h = _request(ctx, LUT_TABLE, n, 2, 1, ish, TABLE, 0, d, tb, 0)
     r_a, a1, a2, masks, r2 = h.randoms
     (c,) = yield f"{op}:open", [(xf + r_a, ADD)]
     r_b, leaf_p, l1_p, l2_p, t_a, onehot, apow, ad, r2q, r2m, r2qt, r2mt = h.derived()
     cmp = compare_rounds(ctx, c, thresholds, (r_b, leaf_p, l1_p, l2_p, a1, a2), t_a, True, 63, f"{op}:cmp")
-    cidx, pub_v, vsh = _split(c - lo + wrap_int(1 << OFFSET_BITS), ish)  # u + K + r for u = x - lo
+    cidx, _, pub_v, vsh = _split(c - lo + wrap_int(1 << OFFSET_BITS), ish, TABLE)  # u + K + r for u = x - lo
 
     def core() -> Steps:
         # Row coefficients C_m = sum_i [q == i] T_mi at scale 2^(61 - m (f - vsh)) (v has f - vsh fractional

@@ -27,8 +27,8 @@ from protocols.comparison import compare_steps
 from protocols.correlated import LUT_EXP, LUT_TABLE
 from protocols.rounds import drive
 
-EXP_REQ = (LUT_EXP, 200, 2, lookup.LOG2E, 30, 32, 18, 12, 4, 44, 16)  # exp's request at f = 16, 200 elements
-TANH_REQ = (LUT_TABLE, 200, 2, 1, 15, 32, 3, 12, 4, 45, 0)  # tanh's (rows of 2^-1, f = 16)
+EXP_REQ = (LUT_EXP, 200, 2, lookup.LOG2E, 30, 8, 3, 18, 12, 4, 44, 23)  # exp's request at f = 16, 200 elements
+TANH_REQ = (LUT_TABLE, 200, 2, 1, 15, 32, 0, 3, 12, 4, 45, 0)  # tanh's (rows of 2^-1, f = 16)
 
 
 def _cmplut(ctx, params):
@@ -49,30 +49,35 @@ def _lut_totals(res):
     return rand, der
 
 
-def _split_parts(r, mult, ish, vsh, onehot, powers):
+def _split_parts(r, mult, ish, vsh, onehot, powers, size, low=0):
+    """The one-hot of the bits of ``R = mult r`` at ``ish + low`` (each 1 times ``2^(2^low - 1 - the low bits
+    at ish)``) and the powers of ``-delta`` for the 12 bits at ``vsh``."""
     big = r * mult
-    rho = logical_rshift(big, ish) & 31
-    assert torch.equal(onehot, torch.nn.functional.one_hot(rho, 32))
+    rho = logical_rshift(big, ish + low) & (size - 1)
+    value = 1 << ((1 << low) - 1 - (logical_rshift(big, ish) & ((1 << low) - 1)))
+    assert torch.equal(onehot, torch.nn.functional.one_hot(rho, size) * value.unsqueeze(1))
     delta = logical_rshift(big, vsh) & 4095
     assert torch.equal(powers, torch.stack([(-delta) ** m for m in range(1, 5)]))
-    assert len(set(rho.tolist())) > 16 and len(set(delta.tolist())) > 150  # random, not constants
+    assert len(set(rho.tolist())) > size // 2 and len(set(delta.tolist())) > 150  # random, not constants
+    assert not low or len(set(value.tolist())) == 1 << low
     return -delta
 
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("n", [2, 3])
 def test_cmplut_exp_material_adds_up_to_what_the_lookup_relies_on(sim, n):
-    """exp's ``cmplut`` parts, summed: the one-hot of bits [30, 35) of ``R = L r`` and the powers of ``-delta``
-    for bits [18, 30), the truncation parts of ``r2`` (by 44) and ``r3`` (by 16), the products
-    ``a (r2 >> 44)``, ``a msb(r2)`` and ``(r3 >> 16) t``, ``msb(r3) t`` (the msb parts count modulo 2^shift)."""
+    """exp's ``cmplut`` parts, summed: the one-hot of bits [33, 36) of ``R = L r`` whose 1 is 2^(7 - bits
+    [30, 33)), the powers of ``-delta`` for bits [18, 30), the truncation parts of ``r2`` (by 44) and ``r3``
+    (by 23), the products ``a (r2 >> 44)``, ``a msb(r2)`` and ``(r3 >> 23) t``, ``msb(r3) t`` (the msb parts
+    count modulo 2^shift)."""
     (r, _, _, a, r2, r3), der = _lut_totals(sim(lambda ctx: _cmplut(ctx, EXP_REQ), n, protocol=SECURE))
     t, onehot, powers, r2q, r2m, u, z, r3q, r3m, r3qt, r3mt = der[4:]
-    _split_parts(r, lookup.LOG2E, 30, 18, onehot, powers)
-    low, low3 = (1 << 44) - 1, (1 << 16) - 1
+    _split_parts(r, lookup.LOG2E, 30, 18, onehot, powers, 8, 3)
+    low, low3 = (1 << 44) - 1, (1 << 23) - 1
     assert torch.equal(r2q, logical_rshift(r2, 44)) and torch.equal(r2m & low, msb(r2))
     assert torch.equal(u, a * logical_rshift(r2, 44)) and torch.equal(z & low, (a * msb(r2)) & low)
-    assert torch.equal(r3q, logical_rshift(r3, 16)) and torch.equal(r3m & low3, msb(r3))
-    assert torch.equal(r3qt, logical_rshift(r3, 16) * t) and torch.equal(r3mt & low3, msb(r3) * t)
+    assert torch.equal(r3q, logical_rshift(r3, 23)) and torch.equal(r3m & low3, msb(r3))
+    assert torch.equal(r3qt, logical_rshift(r3, 23) * t) and torch.equal(r3mt & low3, msb(r3) * t)
 
 
 @pytest.mark.timeout(60)
@@ -83,7 +88,7 @@ def test_cmplut_table_material_adds_up_to_what_the_lookup_relies_on(sim, n):
     (by 45) with their products with ``t``."""
     (r, _, _, masks, r2), der = _lut_totals(sim(lambda ctx: _cmplut(ctx, TANH_REQ), n, protocol=SECURE))
     t, onehot, powers, ad, r2q, r2m, r2qt, r2mt = der[4:]
-    md = _split_parts(r, 1, 15, 3, onehot, powers)
+    md = _split_parts(r, 1, 15, 3, onehot, powers, 32)
     pairs = [(m, j) for m in range(1, 5) for j in range(1, m + 1)]
     assert torch.equal(ad, torch.stack([masks[m - 1] * md**j for m, j in pairs]))
     low = (1 << 45) - 1
@@ -94,15 +99,16 @@ def test_cmplut_table_material_adds_up_to_what_the_lookup_relies_on(sim, n):
 @pytest.mark.parametrize(
     "params,why",
     [
-        ((0, 200, 2, 23638, 30, 32, 18, 12, 4, 44, 16), "odd positive multiplier"),
-        ((0, 200, 2, 23637, 30, 48, 18, 12, 4, 44, 16), "power of two"),
-        ((0, 200, 2, 23637, 63, 32, 51, 12, 4, 44, 16), "shifts in"),
-        ((0, 200, 2, 23637, 30, 32, 17, 12, 4, 44, 16), "just below the index"),
-        ((0, 200, 2, 23637, 30, 32, 18, 12, 9, 44, 16), "degree in"),
-        ((0, 200, 0, 23637, 30, 32, 18, 12, 4, 44, 16), "thresholds at least 1"),
-        ((1, 200, 2, 1, 15, 32, 3, 12, 4, 45, 16), "output shift 0 for a table"),
-        ((2, 200, 2, 1, 15, 32, 3, 12, 4, 45, 0), "mode 0 \\(exp\\) or 1"),
-        ((0, 200, 2, 23637, 30, 32, 18, 12, 4, 44), "cmplut takes"),
+        ((0, 200, 2, 23638, 30, 8, 3, 18, 12, 4, 44, 23), "odd positive multiplier"),
+        ((0, 200, 2, 23637, 30, 12, 3, 18, 12, 4, 44, 23), "power of two"),
+        ((0, 200, 2, 23637, 60, 8, 3, 48, 12, 4, 44, 23), "shifts in"),
+        ((0, 200, 2, 23637, 30, 8, 3, 17, 12, 4, 44, 23), "just below the index"),
+        ((0, 200, 2, 23637, 30, 8, 3, 18, 12, 9, 44, 23), "degree in"),
+        ((0, 200, 0, 23637, 30, 8, 3, 18, 12, 4, 44, 23), "thresholds at least 1"),
+        ((0, 200, 2, 23637, 30, 8, 0, 18, 12, 4, 44, 23), "low bits in \\[1, 4\\] for exp"),
+        ((1, 200, 2, 1, 15, 32, 0, 3, 12, 4, 45, 16), "output shift 0 for a table"),
+        ((2, 200, 2, 1, 15, 32, 0, 3, 12, 4, 45, 0), "mode 0 \\(exp\\) or 1"),
+        ((0, 200, 2, 23637, 30, 8, 3, 18, 12, 4, 44), "cmplut takes"),
     ],
 )
 def test_cmplut_bad_parameters_are_refused_by_name(params, why):
