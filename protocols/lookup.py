@@ -35,11 +35,12 @@ at ``[f + 2, f + 14)``.
    from the public ``v + delta`` and the dealer's powers of ``-delta``.
 2. (round 2) ``P = p(v)`` for the degree-4 polynomial ``p`` closest to ``2^v``
    in relative error on [-1, 1] (2.5e-5), computed locally at scale 2^60 and
-   truncated to ``f`` bits: open ``poly + K + r2``.  In the same round open
+   truncated to ``f`` bits (19 at f = 20): open ``poly + K + r2``.  In the same round open
    ``A - a`` for the product ``S = A P``: ``P`` is ``pub - (r2 >> m) + g msb(r2)``
    (``m = 60 - f``; ``pub`` and ``g`` public), so with the dealer's shares of
    ``a (r2 >> m)`` and ``a msb(r2)``, ``S`` is local and ``P`` never opened.
-3. (round 3) Truncate ``S`` (scale 2^(2f + 7)) to ``f`` bits: open ``S + K + r3``.
+3. (round 3) Truncate ``S`` (scale 2^(2f + 7)) to ``f`` bits: open ``S + K + r3``
+   (``|S| < 2^62`` up to f = 20, where ``P`` keeps 19 bits).
    The quotient ``S'`` is again ``pub - (r3 >> f) + g msb(r3)``.
 4. (round 4) The comparisons end: their bits arrive in arithmetic form as
    ``b = e + (1 - 2e) t`` (``e`` opened, ``t`` the dealer's bit), so
@@ -61,9 +62,7 @@ softmax's ``e^(x - max)``) has no upper comparison.  Inputs beyond the range
 of the split (``|x| >= 2^31``) make ``k`` and ``v`` garbage, but ``h`` is 0
 there and ``h S'`` an exact 0.
 
-exp's lookup runs from 8 to 19 fractional bits (``A P`` at scale 2^(2f + 7)
-must stay in the truncation's range); the thermometer table runs at 20, and
-wider encodings get an error (so do the thermometer tables of degree 4).
+Needs ``frac_bits <= 20`` (so do the thermometer tables of degree 4: wider encodings get an error).
 
 Uniform tables (``UniformLookup``: sigmoid on [-9, 9) in rows of 1, tanh on
 [-5, 5) in rows of 0.5, both degree 4) follow the same pattern with
@@ -124,14 +123,14 @@ def supports(frac_bits: int) -> bool:
 # Below this many fractional bits exp's polynomial value (in [1, 2)) keeps too few bits: at f = 4 exp(5) came
 # out 152 (2.4% off), at f = 0 exp(1) came out 4; the thermometer table runs there instead (148.375 at f = 4).
 EXP_MIN_FRAC_BITS = 8
-# Above this, A P (scale 2^(2f + 7), values to 2^(2f + 23)) would leave the truncation's range: the thermometer
-# table runs at f = 20, and wider encodings are refused (``supports``).
-EXP_MAX_FRAC_BITS = 19
+# P = p(v) keeps at most this many fractional bits (A P, scale 2^(f + 7 + 19) at f = 20, stays under 2^62, the
+# truncation's range); exp's lookup runs up to f = 20, as the tables do (``supports``).
+EXP_P_BITS = 19
 
 
 def exp_supports(frac_bits: int) -> bool:
     """Whether exp's lookup is accurate (``EXP_MIN_FRAC_BITS`` or more) and fits the ring at this encoding."""
-    return EXP_MIN_FRAC_BITS <= frac_bits <= EXP_MAX_FRAC_BITS
+    return EXP_MIN_FRAC_BITS <= frac_bits and supports(frac_bits)
 
 
 @functools.cache
@@ -211,10 +210,11 @@ def _exp_steps(ctx: PartyContext, xf: torch.Tensor, hi: float | None, op: str) -
     n = xf.numel()
     party0 = holds_public(ctx.rank)
     thresholds = [wrap_int(round(EXP_LO * 2**f))] + ([] if hi is None else [wrap_int(round(hi * 2**f))])
-    m = POLY_SCALE - f
+    pb = min(f, EXP_P_BITS)  # P's fractional bits
+    m = POLY_SCALE - pb
     # A's extra bits: 7 for the dealer's 2^(7 - low bits), and below f = 16 what makes 2^-16 an integer
     wide = (1 << EXP_LOW) - 1 + max(0, 16 - f)
-    h = _request(ctx, LUT_EXP, n, len(thresholds), LOG2E, f + LOG2E_BITS, EXP_TABLE, EXP_LOW, DEGREE, m, f + wide)
+    h = _request(ctx, LUT_EXP, n, len(thresholds), LOG2E, f + LOG2E_BITS, EXP_TABLE, EXP_LOW, DEGREE, m, pb + wide)
     r_a, a1, a2, a_big, r2, r3 = h.randoms
     # Round 1: c = x + r, uniform; it serves the comparisons and, as L c = t + L r, the split of t = x L.
     (c,) = yield f"{op}:open", [(xf + r_a, ADD)]
@@ -241,12 +241,12 @@ def _exp_steps(ctx: PartyContext, xf: torch.Tensor, hi: float | None, op: str) -
         # P = pub_p - (r2 >> m) + g msb(r2), so A P = e_a P + a pub_p - [a (r2 >> m)] + g [a msb(r2)]: local.
         p, _ = _truncated(ctx, c2, r2q, r2m, m)
         pub_p, g = _quotient(c2, m)
-        s = e_a * p + a_big * pub_p - u + g * z  # A P, scale 2^(2f + wide)
+        s = e_a * p + a_big * pub_p - u + g * z  # A P, scale 2^(f + wide + pb)
         if party0:
             s += wrap_int(1 << OFFSET_BITS)
         # Round 3: S back to f bits; its products with the comparison bits of round 4 are local.
         (c3,) = yield f"{op}:trunc", [(s.add_(r3), ADD)]
-        return _truncated(ctx, c3, r3q, r3m, f + wide, t_a, r3qt, r3mt)
+        return _truncated(ctx, c3, r3q, r3m, pb + wide, t_a, r3qt, r3mt)
 
     (e, sgn, bits), (s, st) = yield from parallel([cmp, core()])
     ys = e * s + sgn * st  # [x >= T_k] S = e S + (1 - 2 e) S t (the comparison's conversion)

@@ -193,9 +193,20 @@ def test_exp_by_lookup_rounds_and_accuracy(sim, n):
 @pytest.mark.timeout(60)
 def test_exp_wider_than_the_ring_allows_is_refused_by_name(sim):
     assert not lookup.supports(24) and lookup.supports(16) and lookup.supports(8)
+    assert lookup.exp_supports(20) and not lookup.exp_supports(21)
     v = torch.linspace(-10, 9, 31, dtype=torch.float64)
     with pytest.raises(ProtocolError, match="exp needs frac_bits <= 20"):
         sim(lambda ctx: _unary(ctx, v), 2, protocol=SECURE, frac_bits=24)
+
+
+@pytest.mark.timeout(60)
+def test_exp_at_the_widest_encoding(sim):
+    """At f = 20 the lookup keeps 19 bits of ``p(v)`` so that ``A P`` stays in the truncation's range; the
+    thermometer table it would otherwise fall back to is 0.4% off near 10 there."""
+    v = torch.round(torch.linspace(-11, 9.99, 3001, dtype=torch.float64) * 2**20) / 2**20
+    (got, rounds), _ = sim(lambda ctx: _unary(ctx, v), 2, protocol=SECURE, frac_bits=20)
+    assert rounds == 4
+    assert float(((got - torch.exp(v)).abs() / (1e-3 * torch.exp(v) + 2**-14)).max()) <= 1.0
 
 
 @pytest.mark.timeout(60)
