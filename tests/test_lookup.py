@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -197,6 +198,25 @@ def test_exp_wider_than_the_ring_allows_is_refused_by_name(sim):
     v = torch.linspace(-10, 9, 31, dtype=torch.float64)
     with pytest.raises(ProtocolError, match="exp needs frac_bits <= 20"):
         sim(lambda ctx: _unary(ctx, v), 2, protocol=SECURE, frac_bits=24)
+
+
+@pytest.mark.timeout(60)
+def test_lookups_at_the_ends_of_the_fixed_point_range(sim):
+    """The split of ``x L`` is meaningless far out (its index and variable are whatever the bits say), but the
+    saturation multiplies it by an exact 0: exp gives 0 and e^10, sigmoid and tanh their limits, up to the
+    largest values the encoding holds."""
+    big = [1.0e9, 5.0e8, 2.0**29 + 0.5, 123456789.0]
+    v = torch.tensor(big + [-b for b in big], dtype=torch.float64)
+    for method, want in (
+        ("exp", [math.exp(lookup.EXP_HI)] * 4 + [0.0] * 4),
+        ("sigmoid", [1.0] * 4 + [0.0] * 4),
+        ("tanh", [1.0] * 4 + [-1.0] * 4),
+    ):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", mpc.FixedPointWarning)  # the inputs are near the range's end
+            (got, rounds), _ = sim(lambda ctx, m=method: _unary(ctx, v, m), 2, protocol=SECURE)
+        assert rounds == 4
+        torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64), rtol=1e-3, atol=2**-14)
 
 
 @pytest.mark.timeout(60)
