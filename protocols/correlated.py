@@ -66,6 +66,7 @@ __all__ = [
     "CMP_LANES",
     "LUT_EXP",
     "LUT_TABLE",
+    "lut_pairs",
 ]
 
 OP_MUL, OP_MATMUL, OP_CONV2D = 0, 1, 2
@@ -495,7 +496,7 @@ def _lut_check(p):
     return mode, n, k, mult, ish, table, w, vsh, vbits, degree, tb, ts
 
 
-def _lut_pairs(degree: int) -> list[tuple[int, int]]:
+def lut_pairs(degree: int) -> list[tuple[int, int]]:
     """``(m, j)``, ``1 <= j <= m <= degree``: the table mode's products ``a_m (-delta)^j``, in this order."""
     return [(m, j) for m in range(1, degree + 1) for j in range(1, m + 1)]
 
@@ -515,7 +516,7 @@ def _lut_derived(p):
     head = _cmp_derived(_lut_cmp(n, k)) + [(n, table), (degree, n)]
     if mode == LUT_EXP:  # r2 >> tb, msb(r2), a (r2 >> tb), a msb(r2); r3 >> ts, msb(r3), and both times t
         return head + [(n,)] * 6 + [(k, n)] * 2
-    return head + [(len(_lut_pairs(degree)), n), (n,), (n,), (k, n), (k, n)]
+    return head + [(len(lut_pairs(degree)), n), (n,), (n,), (k, n), (k, n)]
 
 
 def _lut_xor(p):
@@ -564,7 +565,7 @@ def _lut_parts(r, p, onehot: bool) -> list[torch.Tensor | None]:
         r2q, r2m, r3q, r3m = logical_rshift(r2, tb), msb(r2), logical_rshift(r3, ts), msb(r3)
         return out + [r2q, r2m, a_big * r2q, a_big * r2m, r3q, r3m, r3q * t, r3m * t]
     coef_masks, r2 = r[3], r[4]
-    ad = torch.stack([coef_masks[m - 1] * powers[j - 1] for m, j in _lut_pairs(degree)])
+    ad = torch.stack([coef_masks[m - 1] * powers[j - 1] for m, j in lut_pairs(degree)])
     r2q, r2m = logical_rshift(r2, tb), msb(r2)
     return out + [ad, r2q, r2m, r2q * t, r2m * t]
 

@@ -98,7 +98,7 @@ from mpc.shares import holds_public
 from .approx import _fit
 from .beaver import raw_powers
 from .comparison import compare_rounds
-from .correlated import LUT_EXP, LUT_TABLE
+from .correlated import LUT_EXP, LUT_TABLE, lut_pairs
 from .rounds import ADD, Steps, drive_one, parallel
 from .truncation import OFFSET_BITS
 
@@ -190,12 +190,11 @@ def _quotient(c: torch.Tensor, shift: int) -> tuple[torch.Tensor, torch.Tensor]:
     return logical_rshift(c, shift) - ((1 << OFFSET_BITS) >> shift), (1 - msb(c)) * wrap_int(1 << (64 - shift))
 
 
-def _truncated(ctx: PartyContext, c: torch.Tensor, rq, rm, shift: int, t_a=None, rqt=None, rmt=None):
-    """Shares of ``y / 2^shift`` from the opened ``c = y + K + r`` and the dealer's ``r >> shift``, ``msb(r)``
-    (``protocols.truncation``): ``pub - (r >> shift) + g msb(r)`` with the public ``pub`` and ``g``, so the
+def _truncated(ctx: PartyContext, pub: torch.Tensor, g: torch.Tensor, rq, rm, t_a=None, rqt=None, rmt=None):
+    """Shares of ``y / 2^shift`` from ``_quotient``'s public parts of the opened ``c = y + K + r`` and the
+    dealer's ``r >> shift``, ``msb(r)`` (``protocols.truncation``): ``pub - (r >> shift) + g msb(r)``, so the
     quotient times the comparison bits ``t`` is local too, from the dealer's ``(r >> shift) t`` and
     ``msb(r) t`` (returned second, ``(K, n)``, when ``t_a`` is given)."""
-    pub, g = _quotient(c, shift)
     y = g * rm - rq
     if holds_public(ctx.rank):
         y += pub
@@ -239,14 +238,14 @@ def _exp_steps(ctx: PartyContext, xf: torch.Tensor, hi: float | None, op: str) -
         # Round 2: the polynomial's truncation and A's Beaver opening.
         c2, e_a = yield f"{op}:poly", [(poly.add_(r2), ADD), (big_a - a_big, ADD)]
         # P = pub_p - (r2 >> m) + g msb(r2), so A P = e_a P + a pub_p - [a (r2 >> m)] + g [a msb(r2)]: local.
-        p, _ = _truncated(ctx, c2, r2q, r2m, m)
         pub_p, g = _quotient(c2, m)
+        p, _ = _truncated(ctx, pub_p, g, r2q, r2m)
         s = e_a * p + a_big * pub_p - u + g * z  # A P, scale 2^(f + wide + pb)
         if party0:
             s += wrap_int(1 << OFFSET_BITS)
         # Round 3: S back to f bits; its products with the comparison bits of round 4 are local.
         (c3,) = yield f"{op}:trunc", [(s.add_(r3), ADD)]
-        return _truncated(ctx, c3, r3q, r3m, pb + wide, t_a, r3qt, r3mt)
+        return _truncated(ctx, *_quotient(c3, pb + wide), r3q, r3m, t_a, r3qt, r3mt)
 
     (e, sgn, bits), (s, st) = yield from parallel([cmp, core()])
     ys = e * s + sgn * st  # [x >= T_k] S = e S + (1 - 2 e) S t (the comparison's conversion)
@@ -298,10 +297,6 @@ def uniform_lookup_table(name, fn, lo, hi, step, degree, below, above) -> Unifor
     return UniformLookup(name, lo, hi, step, degree, coeffs, below, above)
 
 
-def _pairs(degree: int) -> list[tuple[int, int]]:
-    return [(m, j) for m in range(1, degree + 1) for j in range(1, m + 1)]  # as the dealer's (correlated)
-
-
 def _uniform_steps(ctx: PartyContext, xf: torch.Tensor, tab: UniformLookup, op: str) -> Steps:
     """``tab``'s function of the flat ``xf`` in 4 rounds (the module docstring)."""
     f = ctx.config.frac_bits
@@ -336,13 +331,13 @@ def _uniform_steps(ctx: PartyContext, xf: torch.Tensor, tab: UniformLookup, op: 
         pubs = [torch.ones_like(pub_v), pub_v]
         for _ in range(2, d + 1):
             pubs.append(pubs[-1] * pub_v)
-        for k, (m, j) in enumerate(_pairs(d)):
+        for k, (m, j) in enumerate(lut_pairs(d)):
             poly += math.comb(m, j) * pubs[m - j] * ad[k]
         for m in range(1, d + 1):
             poly += e_c[m - 1] * vp[m - 1] + masks[m - 1] * pubs[m]
         # Round 3: the polynomial back to f bits; its products with the comparison bits are local.
         (c3,) = yield f"{op}:trunc", [(poly.add_(r2), ADD)]
-        return _truncated(ctx, c3, r2q, r2m, tb, t_a, r2qt, r2mt)
+        return _truncated(ctx, *_quotient(c3, tb), r2q, r2m, t_a, r2qt, r2mt)
 
     (e, sgn, bits), (p, pt) = yield from parallel([cmp, core()])
     ys = e * p + sgn * pt  # [x >= lo] P and [x >= hi] P
