@@ -533,29 +533,26 @@ def _lut_widths(p):
     return [8] * 8 + [8, wb, 8, wb]
 
 
-def _lut_hot(r, p) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _lut_hot(big: torch.Tensor, p) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The one-hot's index (bits ``[idx_shift + low_bits, ...)`` of ``R = mult r``, low bits of the result) and
     each 1's value: ``2^(2^w - 1 - low)`` for the ``w`` low bits at ``idx_shift`` (exp), or 1 (a table)."""
-    _, _, _, mult, ish, _, w, *_ = _lut_check(p)
-    big = r[0] * mult  # the split's mask (uniform: the multiplier is odd)
+    _, _, _, _, ish, _, w, *_ = _lut_check(p)
     if not w:
         return logical_rshift(big, ish), None
     low = logical_rshift(big, ish).bitwise_and_((1 << w) - 1)
     return logical_rshift(big, ish + w), torch.ones_like(low).bitwise_left_shift_(((1 << w) - 1) - low)
 
 
-def _lut_parts(r, p, onehot: bool) -> list[torch.Tensor | None]:
-    """The ``cmplut`` material (the one-hot left out, None, unless ``onehot``): see ``protocols.lookup``."""
+def _lut_parts(r, p, onehot: bool) -> list:
+    """The ``cmplut`` material (see ``protocols.lookup``); without ``onehot`` the one-hot's place holds its
+    ``(index, value)`` (``_lut_hot``), for a sparse correction."""
     mode, n, k, mult, _, table, _, vsh, vbits, degree, tb, ts = _lut_check(p)
-    out: list[torch.Tensor | None] = list(_cmp_derive(r[:3], _lut_cmp(n, k)))
+    out: list = list(_cmp_derive(r[:3], _lut_cmp(n, k)))
     t = out[4]
-    assert t is not None
-    if onehot:
-        idx, value = _lut_hot(r, p)
-        out.append(_scaled_onehot(idx, table, value))
-    else:
-        out.append(None)
-    a = logical_rshift(r[0] * mult, vsh).bitwise_and_((1 << vbits) - 1).neg_()  # -delta: v = public - delta
+    big = r[0] * mult  # the split's mask (uniform: the multiplier is odd)
+    hot = _lut_hot(big, p)
+    out.append(_scaled_onehot(hot[0], table, hot[1]) if onehot else hot)
+    a = logical_rshift(big, vsh).bitwise_and_((1 << vbits) - 1).neg_()  # -delta: v = public - delta
     powers = [a]
     for _ in range(degree - 1):
         powers.append(powers[-1] * a)
@@ -580,9 +577,8 @@ def _lut_correct(r, others, p):
     _, dxor = _lut_xor(p)
     out = []
     for w, o, x in zip(_lut_parts(r, p, False), others, dxor, strict=True):
-        if w is None:
-            idx, value = _lut_hot(r, p)
-            out.append(_scaled_onehot_correct(idx, table, value, o))
+        if isinstance(w, tuple):
+            out.append(_scaled_onehot_correct(w[0], table, w[1], o))
         else:
             out.append(w.bitwise_xor_(o) if x else w.sub_(o))
     return out
