@@ -66,7 +66,6 @@ __all__ = [
     "CMP_LANES",
     "LUT_EXP",
     "LUT_TABLE",
-    "lut_pairs",
 ]
 
 OP_MUL, OP_MATMUL, OP_CONV2D = 0, 1, 2
@@ -496,11 +495,6 @@ def _lut_check(p):
     return mode, n, k, mult, ish, table, w, vsh, vbits, degree, tb, ts
 
 
-def lut_pairs(degree: int) -> list[tuple[int, int]]:
-    """``(m, j)``, ``1 <= j <= m <= degree``: the table mode's products ``a_m (-delta)^j``, in this order."""
-    return [(m, j) for m in range(1, degree + 1) for j in range(1, m + 1)]
-
-
 def _lut_cmp(n, k):
     return (n, k, CMP_LANES | CMP_B2A, 0)
 
@@ -516,7 +510,7 @@ def _lut_derived(p):
     head = _cmp_derived(_lut_cmp(n, k)) + [(n, table), (degree, n)]
     if mode == LUT_EXP:  # r2 >> tb, msb(r2), a (r2 >> tb), a msb(r2); r3 >> ts, msb(r3), and both times t
         return head + [(n,)] * 6 + [(k, n)] * 2
-    return head + [(len(lut_pairs(degree)), n), (n,), (n,), (k, n), (k, n)]
+    return head + [(degree, n), (n,), (n,), (k, n), (k, n)]
 
 
 def _lut_xor(p):
@@ -562,7 +556,7 @@ def _lut_parts(r, p, onehot: bool) -> list:
         r2q, r2m, r3q, r3m = logical_rshift(r2, tb), msb(r2), logical_rshift(r3, ts), msb(r3)
         return out + [r2q, r2m, a_big * r2q, a_big * r2m, r3q, r3m, r3q * t, r3m * t]
     coef_masks, r2 = r[3], r[4]
-    ad = torch.stack([coef_masks[m - 1] * powers[j - 1] for m, j in lut_pairs(degree)])
+    ad = coef_masks * torch.stack(powers)  # a_j (-delta)^j, j = 1..degree
     r2q, r2m = logical_rshift(r2, tb), msb(r2)
     return out + [ad, r2q, r2m, r2q * t, r2m * t]
 
@@ -675,7 +669,7 @@ CORRELATIONS: dict[str, Correlation] = {
     # and the powers 1..degree of -delta for delta = the v_bits of R below idx_shift;
     # then, LUT_EXP: masks a, r2, r3 (random) with r2 >> poly_shift, msb(r2), a (r2 >> poly_shift), a msb(r2),
     # r3 >> out_shift, msb(r3), and the last two times t; LUT_TABLE: masks a_1..a_degree and r2 (random) with
-    # a_m (-delta)^j (1 <= j <= m), r2 >> poly_shift, msb(r2), and the last two times t.  params = (mode,
+    # a_j (-delta)^j (1 <= j <= degree), r2 >> poly_shift, msb(r2), and the last two times t.  params = (mode,
     # elements, thresholds, mult, idx_shift, table, low_bits, v_shift, v_bits, degree, poly_shift, out_shift).
     "cmplut": Correlation(
         "cmplut", _lut_random, _lut_derived, _lut_derive, _lut_xor, _lut_widths, correct=_lut_correct

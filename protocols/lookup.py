@@ -71,15 +71,20 @@ Uniform tables (``UniformLookup``: sigmoid on [-9, 9) in rows of 1, tanh on
 the next one and ``v = u - q step`` lies in ``(-step, step)``: each row's
 polynomial is fitted over two rows' width) is the slice of bits above
 ``log2(step) + f`` (the step is a power of two), ``v`` the 12 bits below.  The
-coefficients are secret (each row's, selected by the one-hot from a
-``(degree + 1, 32)`` table rotated by the index): round 2 opens ``C_m - a_m``,
-and ``a_m v^m`` is local from the dealer's ``a_m (-delta)^j``; round 3
-truncates the polynomial (scale 2^61) to ``f`` bits, and the comparison bits
+coefficients ``C_m`` are secret (each row's, selected by the one-hot from a
+``(degree + 1, 32)`` table rotated by the index).  With ``w = v + delta``
+public, ``p(v) = sum_j (-delta)^j Q_j`` for the Taylor coefficients
+``Q_j = sum_m C(m, j) w^(m - j) C_m`` of ``p`` at ``w`` (local: a Horner shift,
+the same integers as ``sum_m C_m v^m``), so round 2 opens ``Q_j - a_j`` for
+``j >= 1`` and ``(-delta)^j Q_j`` is local from the dealer's powers of
+``-delta`` and ``a_j (-delta)^j`` (``degree`` products; expanding
+``C_m v^m`` instead took one for each ``1 <= j <= m``: 48 more dealer bytes
+per element); round 3 truncates the polynomial (scale 2^61) to ``f`` bits, and the comparison bits
 of round 4 multiply it locally as above (``below`` under ``lo``, ``above`` from
 ``hi`` on).  Only where the rows and ends lie on the fixed-point grid
 (``fits``); elsewhere the thermometer tables run.  Max error (f = 16, 2 x 10^5
 points on [-30, 30]): sigmoid 1.7e-4, tanh 3.3e-4 (the issue's target: 1e-3).
-Bytes per element: 8 + 2 x 35/8 + 8 degree + 8 = 56.75.
+Bytes per element: 8 + 2 x 35/8 + 8 degree + 8 = 56.75; the dealer's 434 (the one-hot 256).
 """
 
 from __future__ import annotations
@@ -98,7 +103,7 @@ from mpc.shares import holds_public
 from .approx import _fit
 from .beaver import raw_powers
 from .comparison import compare_rounds
-from .correlated import LUT_EXP, LUT_TABLE, lut_pairs
+from .correlated import LUT_EXP, LUT_TABLE
 from .rounds import ADD, Steps, drive_one, parallel
 from .truncation import OFFSET_BITS
 
@@ -321,20 +326,19 @@ def _uniform_steps(ctx: PartyContext, xf: torch.Tensor, tab: UniformLookup, op: 
             for m, cm in enumerate(cs):
                 table[m, i] = round(cm * 2.0 ** (TABLE_SCALE - m * (f - vsh)))
         coef = _select_rows(onehot, cidx, table)
-        vp = raw_powers(ctx, pub_v, apow[0], apow[1:], d)  # v^m from the public v + delta, as for exp
-        # Round 2: C_m - a_m.  C_m v^m = e_m v^m + a_m v^m, and a_m v^m = sum_j C(m, j) (v + delta)^(m - j)
-        # [a_m (-delta)^j] from the dealer's products: no opening of v.
-        (e_c,) = yield f"{op}:coef", [(coef[1:] - masks, ADD)]
-        poly = coef[0]
+        # p(v) = sum_m C_m (w - delta)^m for the public w = v + delta is sum_j (-delta)^j Q_j with
+        # Q_j = sum_{m >= j} C(m, j) w^(m - j) C_m (p's Taylor coefficients at w): local from the C_m, exactly
+        # the same integers.  Q_0 needs nothing more; for j >= 1, round 2 opens Q_j - a_j and
+        # (-delta)^j Q_j = (Q_j - a_j) [(-delta)^j] + [a_j (-delta)^j] from the dealer's powers and products.
+        q = coef  # (d + 1, n): Horner's Taylor shift in place, d (d + 1) / 2 products with the public w
+        for i in range(d):
+            for k in range(d - 1, i - 1, -1):
+                q[k] += q[k + 1] * pub_v
+        (e_q,) = yield f"{op}:coef", [(q[1:] - masks, ADD)]  # (d, n)
+        poly = q[0]
         if party0:
             poly += wrap_int(1 << OFFSET_BITS)
-        pubs = [torch.ones_like(pub_v), pub_v]
-        for _ in range(2, d + 1):
-            pubs.append(pubs[-1] * pub_v)
-        for k, (m, j) in enumerate(lut_pairs(d)):
-            poly += math.comb(m, j) * pubs[m - j] * ad[k]
-        for m in range(1, d + 1):
-            poly += e_c[m - 1] * vp[m - 1] + masks[m - 1] * pubs[m]
+        poly += (e_q * apow).sum(0).add_(ad.sum(0))
         # Round 3: the polynomial back to f bits; its products with the comparison bits are local.
         (c3,) = yield f"{op}:trunc", [(poly.add_(r2), ADD)]
         return _truncated(ctx, *_quotient(c3, tb), r2q, r2m, t_a, r2qt, r2mt)
