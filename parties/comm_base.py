@@ -71,6 +71,7 @@ from mpc.transcript import Transcript
 
 from . import wire
 from .desync import clean, decode_records, encode_records, explain
+from .recvpool import ReceiveBuffers
 from .reliable import (
     ABORT_LINGER,
     KEEP_BYTES,
@@ -189,6 +190,7 @@ class BufferedCommunicator(ReliableLinks, Communicator):
         ]
         self._held = [0] * nodes  # per peer: bytes of data messages received and not yet consumed
         self._partial: dict[int, _Partial] = {}
+        self._recv_buffers = ReceiveBuffers()  # large messages' buffers, reused (parties.recvpool)
         # While a receive runs: the peers it awaits, with the operation and shape it expects (None: any).
         self._awaiting: dict[int, tuple[str | None, Expect | None]] = {}
         self._bye: set[int] = set()
@@ -470,7 +472,7 @@ class BufferedCommunicator(ReliableLinks, Communicator):
             self._buf[sender].append((h, None))
             self._partial[sender] = _Partial(h, None, len(payload))
             return
-        dest = torch.empty(h.nbytes, dtype=torch.uint8)
+        dest = self._recv_buffers.take(h.nbytes)
         dest.numpy()[: len(payload)] = memoryview(payload).cast("B")
         self._partial[sender] = _Partial(h, dest, len(payload))
 
