@@ -5,7 +5,7 @@
     mpc launch -n N [--protocol P] [--resume DIR] [--stats] [--timeout S] [--insecure] [--debug] script.py [args...]
     mpc party  --cluster cluster.toml --id I (--key FILE | --insecure) [--resume DIR] [--stats] [--debug]
                script.py [args...]
-    mpc dealer --cluster cluster.toml (--key FILE | --insecure) [--idle-timeout S] [--nice N] [--debug]
+    mpc dealer --cluster cluster.toml (--key FILE | --insecure) [--idle-timeout S] [--nice N] [--threads N] [--debug]
     mpc keygen --out DIR --id NAME
 
 The protocol family of ``mpc party`` and ``mpc dealer`` is the cluster file's
@@ -52,6 +52,8 @@ import signal
 import sys
 import traceback
 from pathlib import Path
+
+import torch
 
 from mpc.config import PROTOCOLS
 from mpc.context import PartyContext
@@ -147,6 +149,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="lower the dealer's priority by N (os.nice) so that its work ahead of the requests yields the "
         "cores to parties on the same machine (mpc launch passes 10)",
+    )
+    de.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="torch threads for the dealer's work (default: torch's, one per core; mpc launch passes 1, since "
+        "the parties use the same cores)",
     )
     de.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     de.add_argument("--listen-fd", type=int, default=None, help=argparse.SUPPRESS)  # set by mpc launch
@@ -288,6 +298,10 @@ def _dealer(args) -> int:
         if not 0 < args.nice <= 19:
             raise ConfigError(f"--nice takes a niceness increment in [1, 19], got {args.nice}")
         os.nice(args.nice)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads takes a number of threads of at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     run_dealer(open_dealer(cluster, config, _secret(args), args.insecure, args.listen_fd), config, args.idle_timeout)
     return 0
 

@@ -44,7 +44,7 @@ from mpc.errors import ConfigError
 
 from .cluster import write_cluster
 from .keys import save_key_pair
-from .local import LOCAL_DEALER_NICE, LocalCluster, local_cluster
+from .local import LOCAL_DEALER_NICE, LOCAL_DEALER_THREADS, LocalCluster, local_cluster
 from .stopping import STOP_SIGNALS, Stopped, StopSignals, signal_name
 
 __all__ = ["launch", "resume_dir"]
@@ -154,7 +154,8 @@ def launch(
                     fd = local.listeners.fd(node)
                     is_party = who != "dealer"
                     cmd = base + (["party"] if is_party else ["dealer"]) + ["--cluster", str(cluster_path)]
-                    cmd += ["--id", str(node)] if is_party else ["--nice", str(LOCAL_DEALER_NICE)]
+                    local_dealer = ["--nice", str(LOCAL_DEALER_NICE), "--threads", str(LOCAL_DEALER_THREADS)]
+                    cmd += ["--id", str(node)] if is_party else local_dealer
                     cmd += ["--listen-fd", str(fd)]
                     cmd += ["--parent-pid", str(os.getpid())]
                     cmd += ["--insecure"] if insecure else ["--key", str(secrets[node])]

@@ -19,7 +19,7 @@ from .cluster import Cluster, Node
 from .keys import ephemeral_keys
 from .ports import Listeners
 
-__all__ = ["LocalCluster", "local_cluster", "LOCAL_DEALER_NICE"]
+__all__ = ["LocalCluster", "local_cluster", "LOCAL_DEALER_NICE", "LOCAL_DEALER_THREADS"]
 
 # The niceness of a local run's dealer: all nodes share this machine's cores, and what the dealer makes ahead
 # of the requests (``parties.dealer.Ahead``) should yield them to the parties; when the parties wait for it, it
@@ -27,6 +27,12 @@ __all__ = ["LocalCluster", "local_cluster", "LOCAL_DEALER_NICE"]
 # measured 0.64 / 0.64 against 0.67 / 0.80 s for logistic regression and 0.19 / 0.20 against 0.24 / 0.22 s for
 # LeNet-5: within the noise, never worse.  A dealer on its own host (``mpc dealer``) keeps its priority.
 LOCAL_DEALER_NICE = 10
+# ... and one torch thread.  With torch's default (a thread per core) the dealer's OpenMP team shares the cores
+# with busy parties, and every parallel kernel waits at its barrier for the thread that got no core (at
+# niceness 10, seldom): the dealer's cmp material for a ReLU of 10^6 took 100 to 440 ms in a 2-party run on 2
+# cores, against 45 ms on an idle core (``scripts/bench.py`` runs each party with one thread, and CrypTen's
+# TTP with one).  A dealer on its own host keeps torch's default.
+LOCAL_DEALER_THREADS = 1
 
 
 @dataclass(frozen=True)

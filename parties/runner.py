@@ -30,6 +30,8 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+import torch
+
 from mpc.api import current_context, set_context
 from mpc.config import MPCConfig
 from mpc.context import PartyContext
@@ -39,7 +41,7 @@ from .cluster import Cluster, load_cluster
 from .env import ENV_CLUSTER, ENV_RANK, PartyEnv
 from .keys import load_secret_key
 from .lifecycle import run_dealer, run_party
-from .local import LOCAL_DEALER_NICE, local_cluster
+from .local import LOCAL_DEALER_NICE, LOCAL_DEALER_THREADS, local_cluster
 from .node import open_dealer, open_party, open_party_comm
 from .ports import adopt_listener
 from .stopping import die_with_parent
@@ -106,6 +108,7 @@ def _dealer_main(
 
     try:
         os.nice(LOCAL_DEALER_NICE)
+        torch.set_num_threads(LOCAL_DEALER_THREADS)
         config = cluster.config()
         comm = open_dealer(cluster, config, secret, insecure, adopt_listener(listener))
         conn.send_bytes(pickle.dumps(("ok", run_dealer(comm, config, report=report), None)))

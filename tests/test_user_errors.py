@@ -402,6 +402,8 @@ def test_bad_arguments_of_the_commands(run_cli, tmp_path):
     assert code == 1 and "ConfigError: the dealer's idle timeout must be a positive number" in err
     code, err = run_cli("dealer", "--cluster", str(cluster), "--insecure", "--nice", "25")
     assert code == 1 and "ConfigError: --nice takes a niceness increment in [1, 19], got 25" in err
+    code, err = run_cli("dealer", "--cluster", str(cluster), "--insecure", "--threads", "0")
+    assert code == 1 and "ConfigError: --threads takes a number of threads of at least 1, got 0" in err
 
     blocker = tmp_path / "a-file"
     blocker.write_text("")
