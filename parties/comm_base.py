@@ -54,6 +54,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mpc.buffers import BufferPool
 from mpc.config import LINK_DELAY_MAX
 from mpc.context import CommStats, Communicator, Expect
 from mpc.errors import (
@@ -71,7 +72,6 @@ from mpc.transcript import Transcript
 
 from . import wire
 from .desync import clean, decode_records, encode_records, explain
-from .recvpool import ReceiveBuffers
 from .reliable import (
     ABORT_LINGER,
     KEEP_BYTES,
@@ -190,7 +190,7 @@ class BufferedCommunicator(ReliableLinks, Communicator):
         ]
         self._held = [0] * nodes  # per peer: bytes of data messages received and not yet consumed
         self._partial: dict[int, _Partial] = {}
-        self._recv_buffers = ReceiveBuffers()  # large messages' buffers, reused (parties.recvpool)
+        self._recv_buffers = BufferPool()  # large messages' buffers, reused (mpc.buffers)
         # While a receive runs: the peers it awaits, with the operation and shape it expects (None: any).
         self._awaiting: dict[int, tuple[str | None, Expect | None]] = {}
         self._bye: set[int] = set()

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mpc.buffers import BufferPool
 from mpc.context import Communicator, CorrelationSource, Expect, Handle
 from mpc.errors import ProtocolError
 from mpc.prg import SEED_BYTES, Prg, widen
@@ -705,8 +706,9 @@ class DealerSource(CorrelationSource):
         shapes = corr.derived_shapes(params)
         widths = corr.widths(params, len(shapes))
         if not self._last:
-            derived = [sub.narrow(s, w) for s, w in zip(shapes, widths, strict=True)]
-            return Handle(randoms, lambda: derived, serial)
+            # Drawn when the protocol asks for them (after it has sent the opening the random parts mask): the
+            # request's own sub-stream, so nothing else draws in between.
+            return Handle(randoms, lambda: [sub.narrow(s, w) for s, w in zip(shapes, widths, strict=True)], serial)
         dealer = self._comm.dealer_id
         self._comm.send(dealer, f"corr:{kind}", torch.tensor(params, dtype=torch.int64))
         size = correction_bytes(corr, params)
@@ -718,19 +720,29 @@ class DealerSource(CorrelationSource):
         return Handle(randoms, fetch, serial)
 
 
-def pack_correction(parts: Sequence[torch.Tensor], widths: Sequence[int]) -> torch.Tensor:
-    """The dealer's correction on the wire: each part's elements in their low ``width`` bytes, little-endian."""
-    out = []
-    for part, w in zip(parts, widths, strict=True):
-        words = part.reshape(-1).contiguous().numpy()
-        if w in (1, 2, 4):
-            out.append(words.astype(f"<u{w}").view(np.uint8))  # the low w bytes: a cast wraps modulo 2^(8 w)
-            continue
-        raw = words.astype("<i8", copy=False).view(np.uint8)
-        out.append(raw if w == 8 else raw.reshape(-1, 8)[:, :w].reshape(-1))
-    if len(out) == 1:  # one part: its bytes as they are, no copy
-        return torch.from_numpy(out[0])
-    return torch.from_numpy(np.concatenate(out)) if out else torch.empty(0, dtype=torch.uint8)
+def pack_correction(
+    parts: Sequence[torch.Tensor], widths: Sequence[int], pool: BufferPool | None = None
+) -> torch.Tensor:
+    """The dealer's correction on the wire: each part's elements in their low ``width`` bytes, little-endian,
+    written straight into one buffer (from ``pool`` when given: a large one is used again once sent)."""
+    if len(parts) == 1 and widths[0] == 8:  # one whole-word part: its bytes as they are, no copy
+        return torch.from_numpy(parts[0].reshape(-1).contiguous().numpy().astype("<i8", copy=False).view(np.uint8))
+    sizes = [part.numel() * int(w) for part, w in zip(parts, widths, strict=True)]
+    total = sum(sizes)
+    out = pool.take(total) if pool is not None else torch.empty(total, dtype=torch.uint8)
+    buf = out.numpy()
+    at = 0
+    for part, w, size in zip(parts, widths, sizes, strict=True):
+        words = part.reshape(-1).contiguous().numpy().astype("<i8", copy=False)
+        dst = buf[at : at + size]
+        at += size
+        if w == 8:
+            dst[:] = words.view(np.uint8)
+        elif w in (1, 2, 4) and dst.ctypes.data % w == 0:
+            dst.view(f"<u{w}")[:] = words  # the low w bytes: the cast wraps modulo 2^(8 w)
+        else:
+            dst.reshape(-1, w)[:] = words.view(np.uint8).reshape(-1, 8)[:, :w]
+    return out
 
 
 def unpack_correction(
@@ -777,6 +789,7 @@ class DealerGenerator:
         self.drawn = 0  # requests whose sub-seeds were drawn
         self._masks: dict[tuple, torch.Tensor] = {}  # masks drawn again, oldest first (MASK_CACHE_BYTES)
         self._mask_bytes = 0
+        self._buffers = BufferPool()  # large corrections' buffers, used again once sent (mpc.buffers)
 
     def next_seeds(self) -> list[bytes]:
         """The sub-seeds of the next request, one per party (drawn whatever the request will be)."""
@@ -843,7 +856,7 @@ class DealerGenerator:
                 m = self.mask(serial, offset, shape)
                 totals.insert(pos, m.transpose(-2, -1) if flip else m)
         if corr.correct is not None and derived_sum is not None:
-            return pack_correction(corr.correct(totals, derived_sum, params), corr.widths(params, len(dshapes)))
+            return pack_correction(corr.correct(totals, derived_sum, params), widths, self._buffers)
         wanted = corr.derive(totals, params)
         if derived_sum is not None:  # in place where the derivation made a fresh tensor (no extra copy)
             wanted = [
@@ -852,7 +865,7 @@ class DealerGenerator:
                 else (w ^ d if x else w - d)
                 for w, d, x in zip(wanted, derived_sum, dxor, strict=True)
             ]
-        return pack_correction(wanted, corr.widths(params, len(dshapes)))
+        return pack_correction(wanted, widths, self._buffers)
 
 
 def _ref_positions(kind: str, params: tuple[int, ...]) -> list[int]:

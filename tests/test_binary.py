@@ -120,6 +120,28 @@ def test_truncation_msb_travels_narrow(n, f):
     assert torch.equal((rmsb - ((r >> 63) & 1)) * (1 << (64 - f)), torch.zeros_like(r))  # equal modulo 2^f
 
 
+@pytest.mark.parametrize("pooled", [False, True])
+def test_parts_of_every_width_share_one_correction_at_any_offset(pooled):
+    """Several parts in one correction, odd lengths so that later parts start at unaligned offsets: each comes
+    back right modulo 2^(8 w); from a pool, a buffer used again holds the new correction, not the old one."""
+    from mpc.buffers import BufferPool
+    from protocols.correlated import pack_correction
+
+    widths = [3, 8, 1, 2, 6, 4, 8, 5, 7, 2]
+    shapes = [(333,), (7, 11), (1001,), (3, 5, 7), (999,), (17,), (2, 3), (41,), (5,), (1,)]
+    pool = BufferPool(min_bytes=1) if pooled else None
+    for rep in range(3):
+        parts = [_words(int(np.prod(s)), 100 * rep + i).reshape(s) for i, s in enumerate(shapes)]
+        buf = pack_correction(parts, widths, pool)
+        assert buf.numel() == sum(int(np.prod(s)) * w for s, w in zip(shapes, widths, strict=True))
+        back = unpack_correction(buf, shapes, widths)
+        for got, want, w in zip(back, parts, widths, strict=True):
+            assert torch.equal(got, want if w == 8 else want & ((1 << (8 * w)) - 1))
+        del buf, back
+    if pooled:
+        assert pool.reused == 2
+
+
 @pytest.mark.parametrize("width", range(1, 9))
 def test_narrow_parts_travel_and_are_drawn_in_their_low_bytes(width):
     """A part that counts modulo 2^(8 w): packed in its low w bytes and read back right modulo 2^(8 w) (every

@@ -1,4 +1,4 @@
-"""Receive buffers reused for large messages (``parties.recvpool``): never while anything can still see them.
+"""Large buffers reused (``mpc.buffers``): never while anything can still see them.
 
 Unit tier: the pool alone.  Thread tier: chunked messages through a communicator, and a sigmoid whose dealer
 correction lands in a reused buffer, checked against float64.
@@ -13,15 +13,15 @@ import torch
 from conftest import SECURE
 
 import mpc
+from mpc.buffers import BufferPool
 from mpc.context import Expect
 from parties.memory import MemoryCommunicator, MemoryHub
-from parties.recvpool import ReceiveBuffers
 
 MB = 1 << 20
 
 
-def _pool(**kw) -> ReceiveBuffers:
-    return ReceiveBuffers(**({"keep": 2, "min_bytes": MB, "max_bytes": 8 * MB} | kw))
+def _pool(**kw) -> BufferPool:
+    return BufferPool(**({"keep": 2, "min_bytes": MB, "max_bytes": 8 * MB} | kw))
 
 
 def test_a_buffer_comes_back_only_after_its_last_view_is_gone():

@@ -1,15 +1,16 @@
-"""Receive buffers for large messages, used again once nothing refers to them.
+"""Large byte buffers used again once nothing refers to them: messages received, dealer corrections packed.
 
 A message of several chunks is put together in one buffer of its size, and
 that buffer is what the receive returns (a dealer's correction is unpacked
-into views of it).  A fresh buffer of tens of MB costs a page fault per 4 KiB
-page the first time it is written, on every message: the 43 MB correction
-of a sigmoid of 10^5 elements spent about 20 ms of the last party's time in
-them, on the path every party waits on (``scripts/profile_workload.py
-sigmoid``: ``_continue``'s own time, 22 -> 3 ms with the buffer reused).  A
-loop receives the same sizes over and over, so buffers of at least
-``MIN_BYTES`` are kept and handed out again for a message of the same size
-once the last view of the previous one is gone.
+into views of it); the dealer packs each correction into one buffer, which the
+link keeps until the receiver acknowledges it.  A fresh buffer of tens of MB
+costs a page fault per 4 KiB page the first time it is written, every time:
+the 43 MB correction of a sigmoid of 10^5 elements spent about 20 ms of the
+last party's time in them, on the path every party waits on
+(``scripts/profile_workload.py sigmoid``: the receiver's ``_continue``, 22 ->
+3 ms with the buffer reused).  A loop sends and receives the same sizes over
+and over, so buffers of at least ``MIN_BYTES`` are kept and handed out again
+for the same size once the last view of the previous one is gone.
 
 The pool watches the numpy array it built the tensor on, with a weak
 reference: every tensor or array that shares the memory (``torch.from_numpy``,
@@ -27,14 +28,14 @@ import weakref
 import numpy as np
 import torch
 
-__all__ = ["ReceiveBuffers", "MIN_BYTES", "MAX_BYTES", "KEEP"]
+__all__ = ["BufferPool", "MIN_BYTES", "MAX_BYTES", "KEEP"]
 
 MIN_BYTES = 8 << 20  # smaller buffers come from the allocator's own free lists, without new pages
 MAX_BYTES = 256 << 20  # the most kept, in all
 KEEP = 4
 
 
-class ReceiveBuffers:
+class BufferPool:
     """Hands out uint8 tensors of a given size, reusing those whose every view has died."""
 
     def __init__(self, keep: int = KEEP, min_bytes: int = MIN_BYTES, max_bytes: int = MAX_BYTES) -> None:
