@@ -309,3 +309,26 @@ def test_profile_of_a_workload_reports_both_parties_and_the_dealer(capsys):
     assert "party 0: wall" in out and "party 1: wall" in out
     assert "dealer (replayed): " in out and "for 1 requests, 3.15 MB of corrections" in out  # one fused ptrunc
     assert out.count("seconds by kind") == 3 and "waiting" in out and "randomness" in out
+
+
+# ----- scripts/timeline.py ------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(180)
+def test_timeline_shows_each_partys_sends_and_receives_and_the_dealers_answer(capsys):
+    """A real (small) run: the matmul's two rounds at both parties, the last party's request to the dealer and
+    its answer (3.15 MB: one fused ptrunc), in time order."""
+    import timeline
+
+    assert timeline.main(["matmul", "--repeat", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "matmul, 2 parties: runs (party 0)" in out
+    party1 = out.split("party 1\n")[1]
+    lines = [ln.split() for ln in party1.splitlines()]
+    assert lines[0][1] == "start" and lines[-1][1] == "end"
+    times = [float(ln[0]) for ln in lines]
+    assert times == sorted(times)
+    assert ["send", "dealer", "corr:ptrunc"] == lines[1][1:4]
+    answer = next(ln for ln in lines if ln[1] == "recv" and ln[2] == "dealer")
+    assert answer[3] == "corr:ptrunc" and int(answer[4]) == 3_145_728
+    assert sum(ln[1] == "send" and ln[2:4] == ["party", "0"] for ln in lines) == 2  # two rounds
