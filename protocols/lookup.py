@@ -79,12 +79,13 @@ the same integers as ``sum_m C_m v^m``), so round 2 opens ``Q_j - a_j`` for
 ``j >= 1`` and ``(-delta)^j Q_j`` is local from the dealer's powers of
 ``-delta`` and ``a_j (-delta)^j`` (``degree`` products; expanding
 ``C_m v^m`` instead took one for each ``1 <= j <= m``: 48 more dealer bytes
-per element); round 3 truncates the polynomial (scale 2^61) to ``f`` bits, and the comparison bits
-of round 4 multiply it locally as above (``below`` under ``lo``, ``above`` from
-``hi`` on).  Only where the rows and ends lie on the fixed-point grid
+per element); round 3 truncates the polynomial (scale 2^61) to ``f`` bits,
+and the comparison bits of round 4 multiply it locally as above (``below``
+under ``lo``, ``above`` from ``hi`` on).  Only where the rows and ends lie on the fixed-point grid
 (``fits``); elsewhere the thermometer tables run.  Max error (f = 16, 2 x 10^5
 points on [-30, 30]): sigmoid 1.7e-4, tanh 3.3e-4 (the issue's target: 1e-3).
-Bytes per element: 8 + 2 x 35/8 + 8 degree + 8 = 56.75; the dealer's 434 (the one-hot 256).
+Bytes per element: 8 + 2 x 35/8 + 8 degree + 8 = 56.75; the dealer sends 434 (256 of them
+the one-hot).
 """
 
 from __future__ import annotations
