@@ -181,6 +181,16 @@ def select(bits: Share, table: Sequence[int]) -> Share:
     return select_linear(bits, table).add_public(q[0])
 
 
+def select_many(bits: Share, tables: Sequence[Sequence[int]]) -> list[Share]:
+    """``select(bits, t)`` for every table ``t``: one product of the table differences with the K rows when
+    there are two or more (``Share.weighted_sums``), instead of a scaled accumulation per table."""
+    if len(tables) < 2:
+        return [select(bits, t) for t in tables]
+    q = torch.tensor([[wrap_int(int(v)) for v in t] for t in tables], dtype=torch.int64)
+    sel = bits.weighted_sums(q[:, 1:] - q[:, :-1])
+    return [sel[i].add_public(q[i, 0]) for i in range(len(tables))]
+
+
 def select_linear(bits: Share, table: Sequence[int]) -> Share:
     """``sum_j (q_(j+1) - q_j) bits_j`` without the constant ``q_0``: one scaled accumulation of the K rows
     (modulo 2^64, as the ring wants), not K scaled copies of the bits."""
@@ -228,33 +238,46 @@ def piecewise_many(ctx: PartyContext, x: Share, tables: Sequence[Piecewise], op:
     else:
         res = fam.compare(ctx, x, tring, negate=True, mul_input=not table.uniform, op=f"{op}:cmp")
         bits, xbits = res.bits, res.xbits
-    # The normalised variable v.
+    # Every table selected from the bits, in one product (``select_many``): the normalisation's (alpha where
+    # it is a product, beta), then per table the coefficients of v^1..v^d and the constant.
+    sel: list[list[int]] = []
     if table.uniform:
-        v = x - select(bits, [_ring(-b, f) for b in table.beta])
+        sel.append([_ring(-b, f) for b in table.beta])
     else:
         fn_bits = max(0, max(-math.floor(math.log2(abs(a))) for a in table.alpha if a != 0.0)) + 8
         a_ring = [_ring(a, fn_bits) for a in table.alpha]
         if any(a != 0.0 and abs(a * 2.0**fn_bits - r) > 0 for a, r in zip(table.alpha, a_ring)):
             raise ProtocolError(f"{table.name}: scale factors must be powers of two")
-        if xbits is not None:
-            # sum_i alpha_i h_i x, with h_i x = xb_i - xb_(i+1), xb_0 = x, xb_(K+1) = 0 (telescoped).
-            vb = select_linear(xbits, a_ring) + x.mul_public(a_ring[0])
-        else:
-            # (sum_i alpha_i h_i) x: one product (the comparison's free products are not there).
-            vb = fam.product(ctx, OP_MUL, x, select(bits, a_ring), op=f"{op}:norm")
-        vb = vb + select(bits, [_ring(b, f + fn_bits) for b in table.beta])
-        (v,) = fam.truncate_many(ctx, [(vb, fn_bits)], f"{op}:norm")
-    pw = fam.powers(ctx, v, d, f, op)
-    kind = type(x)
-    cks, c0s, extras = [], [], []
+        sel.append([_ring(b, f + fn_bits) for b in table.beta])
+        if xbits is None:
+            sel.append(a_ring)
+    extras = []
     for t in tables:
         # Coefficients, scaled by 2^(f + extra) (the constant by 2^(2f + extra)); missing powers are 0.
         bound = max(sum(abs(c) * t.vmax**k for k, c in enumerate(cs)) for cs in t.coeffs)
         extra = int(max(0, min(24, math.floor(61 - 2 * f - math.log2(max(bound, 2.0**-30)) - 1))))
         coeffs = [tuple(cs) + (0.0,) * (d - t.degree) for cs in t.coeffs]
-        cks += [select(bits, [_ring(cs[k], f + extra) for cs in coeffs]) for k in range(1, d + 1)]
-        c0s.append(select(bits, [_ring(cs[0], 2 * f + extra) for cs in coeffs]))
+        sel += [[_ring(cs[k], f + extra) for cs in coeffs] for k in range(1, d + 1)]
+        sel.append([_ring(cs[0], 2 * f + extra) for cs in coeffs])
         extras.append(extra)
+    picked = select_many(bits, sel)
+    norm, picked = picked[: len(sel) - len(tables) * (d + 1)], picked[len(sel) - len(tables) * (d + 1) :]
+    # The normalised variable v.
+    if table.uniform:
+        v = x - norm[0]
+    else:
+        if xbits is not None:
+            # sum_i alpha_i h_i x, with h_i x = xb_i - xb_(i+1), xb_0 = x, xb_(K+1) = 0 (telescoped).
+            vb = select_linear(xbits, a_ring) + x.mul_public(a_ring[0])
+        else:
+            # (sum_i alpha_i h_i) x: one product (the comparison's free products are not there).
+            vb = fam.product(ctx, OP_MUL, x, norm[1], op=f"{op}:norm")
+        vb = vb + norm[0]
+        (v,) = fam.truncate_many(ctx, [(vb, fn_bits)], f"{op}:norm")
+    pw = fam.powers(ctx, v, d, f, op)
+    kind = type(x)
+    cks = [c for i in range(len(tables)) for c in picked[i * (d + 1) : i * (d + 1) + d]]
+    c0s = [picked[i * (d + 1) + d] for i in range(len(tables))]
     prod = fam.product(ctx, OP_MUL, kind.stack(cks), kind.stack(pw * len(tables)), op=f"{op}:poly")
     sums = [prod[i * d : (i + 1) * d].sum(0) + c0 for i, c0 in enumerate(c0s)]
     return fam.truncate_many(ctx, [(s, f + e) for s, e in zip(sums, extras, strict=True)], f"{op}:out")

@@ -81,15 +81,18 @@ def b2a_positions(
     (t_a,) = handle.derived()  # (len(live), *shape), ascending positions
     row = {p: i for i, p in enumerate(live)}
     party0 = holds_public(ctx.rank)
-    out = torch.empty((kk, *shape), dtype=torch.int64)
+    # Positions in ascending order, each once (what octave_bits asks for): the rows are t_a's, written in place
+    # (this request's own tensor), not into a fresh (K, n) tensor whose first touch costs more than the work.
+    out = t_a if positions == live else torch.empty((kk, *shape), dtype=torch.int64)
     for k in order:
-        ek = (e >> positions[k]) & 1
+        ek = (e >> positions[k]).bitwise_and_(1)
         if flip[k]:
             ek ^= 1
-        tk = t_a[row[positions[k]]]
-        torch.where(ek.bool(), -tk, tk, out=out[k])
-        if party0:
-            out[k] += ek
+        # t (1 - 2 e) as (t XOR -e) + e (two's complement: ~t + 1 = -t), and party 0 adds e once more: word
+        # operations on the row (torch.where(e, -t, t, out=...) took 0.35 ms a row of 10^5, this 0.1).
+        m = ek.neg_()
+        torch.bitwise_xor(t_a[row[positions[k]]], m, out=out[k])
+        out[k].sub_(m, alpha=2 if party0 else 1)
     return out
 
 

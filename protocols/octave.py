@@ -32,8 +32,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+
 from mpc.context import PartyContext
 from mpc.errors import ProtocolError
+from mpc.ring import logical_rshift
 from mpc.shares import Share
 
 __all__ = ["octave_bits", "MIN_THRESHOLDS"]
@@ -70,20 +73,43 @@ def octave_bits(ctx: PartyContext, x: Share, thresholds: Sequence[int], op: str)
     # Split by sign (always: a positive threshold must read 0 for every negative x, whose z is |x|).
     neg = fam.and_(ctx, y, sext, f"{op}:split")
     posw = y ^ neg
-    # One word holds every bit to convert: the window of positive octaves, above it the negative ones' (when
-    # there are negative thresholds), the sign bit last; disjoint bits, so XOR places them (local).
+    # One word holds every bit to convert, in the order of the thresholds' values: the window of negative
+    # octaves reversed (n_j for -2^j, j descending), the sign bit, the window of positive octaves; disjoint
+    # bits, so XOR places them (local; reversing the bits of XOR shares is too).  Ascending thresholds thus
+    # take ascending positions, which b2a_positions converts in place.
     window = (1 << width) - 1
-    word = (posw >> lo).and_public(window)
-    base = width
+    zero = any(t == 0 for t in thresholds)
+    base, word = 0, None
     if negative:
-        word = word ^ ((neg >> lo).and_public(window) << base)
-        base += width
-    if any(t == 0 for t in thresholds):
-        word = word ^ (sext.and_public(1) << base)
-    where = [base if t == 0 else (abs(t).bit_length() - 1 - lo + (width if t < 0 else 0)) for t in thresholds]
+        word = (neg >> lo).and_public(window)._map(lambda t: _reverse_low(t, width))
+        base = width
+    zbase = base
+    if zero:
+        sign = sext.and_public(1) << base
+        word = sign if word is None else word ^ sign
+        base += 1
+    pos_bits = (posw >> lo).and_public(window) << base
+    word = pos_bits if word is None else word ^ pos_bits
+
+    def at(t: int) -> int:
+        j = abs(t).bit_length() - 1 - lo
+        return zbase if t == 0 else (width - 1 - j if t < 0 else base + j)
+
     # [x >= 2^j] = p_j, [x >= 0] = 1 - s, [x >= -2^j] = 1 - n_j.
-    bits = fam.b2a_positions(ctx, word, where, [t <= 0 for t in thresholds], f"{op}:b2a")
+    bits = fam.b2a_positions(ctx, word, [at(t) for t in thresholds], [t <= 0 for t in thresholds], f"{op}:b2a")
     return bits.reshape((len(thresholds), *shape))
+
+
+# The swap network that reverses the 64 bits of a word: (shift, mask of the lower bit of each swapped pair).
+_SWAPS = [(1, 0x5555555555555555), (2, 0x3333333333333333), (4, 0x0F0F0F0F0F0F0F0F), (8, 0x00FF00FF00FF00FF),
+          (16, 0x0000FFFF0000FFFF), (32, 0x00000000FFFFFFFF)]  # fmt: skip
+
+
+def _reverse_low(t: torch.Tensor, width: int) -> torch.Tensor:
+    """The low ``width`` bits of every int64 in ``t`` (the rest zero) in reverse order, the rest zero."""
+    for shift, mask in _SWAPS:
+        t = ((t >> shift) & mask) | ((t & mask) << shift)
+    return logical_rshift(t, 64 - width)
 
 
 def _or(ctx: PartyContext, a: Share, b: Share, op: str) -> Share:

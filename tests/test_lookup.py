@@ -299,7 +299,9 @@ def _conversions(ctx, v):
     pos, flip = [0, 5, 17, 63, 17], [False, True, False, False, True]
     fast = fam.b2a_positions(ctx, w, pos, flip)
     generic = RingFamily.b2a_positions(fam, ctx, w, pos, flip)  # the interface's default: one b2a per row
-    return fast.data, generic.data
+    # Ascending positions, each once (octave_bits' layout): converted in place in the dealer's rows.
+    ascending = fam.b2a_positions(ctx, w, [0, 5, 17, 63], [True, False, True, False])
+    return fast.data, generic.data, ascending.data
 
 
 @pytest.mark.timeout(60)
@@ -312,6 +314,8 @@ def test_b2a_positions_matches_the_generic_conversion(sim, n):
     enc = torch.round(v * 2**16).long()
     want = torch.stack([(enc >> p) & 1 ^ int(fl) for p, fl in zip([0, 5, 17, 63, 17], [0, 1, 0, 0, 1])])
     assert torch.equal(fast, want) and torch.equal(generic, want)
+    ascending = sum(r[2] for r in res)
+    assert torch.equal(ascending, torch.stack([(enc >> p) & 1 ^ fl for p, fl in zip([0, 5, 17, 63], [1, 0, 1, 0])]))
 
 
 @pytest.mark.timeout(60)
