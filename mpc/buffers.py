@@ -1,4 +1,5 @@
-"""Large byte buffers used again once nothing refers to them: messages received, dealer corrections packed.
+"""Large byte buffers used again once nothing refers to them: messages received, dealer corrections packed,
+large draws from the correlated-randomness streams (``mpc.prg.Prg`` with a pool).
 
 A message of several chunks is put together in one buffer of its size, and
 that buffer is what the receive returns (a dealer's correction is unpacked

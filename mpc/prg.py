@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from .buffers import BufferPool
+
 __all__ = ["Prg", "SEED_BYTES", "new_seed", "widen"]
 
 SEED_BYTES = 32
@@ -49,11 +51,14 @@ def new_seed() -> bytes:
 class Prg:
     """A deterministic AES-256-CTR stream of random ring elements and bytes."""
 
-    def __init__(self, seed: bytes) -> None:
+    def __init__(self, seed: bytes, pool: BufferPool | None = None) -> None:
+        """``pool``: large draws land in its buffers, used again once nothing refers to them (``mpc.buffers``:
+        a fresh buffer's first touch costs more than the keystream)."""
         if not isinstance(seed, bytes | bytearray) or len(seed) != SEED_BYTES:
             raise ValueError(f"a Prg seed must be {SEED_BYTES} bytes")
         cipher = Cipher(algorithms.AES(bytes(seed)), modes.CTR(b"\x00" * 16))
         self._enc = cipher.encryptor()
+        self._pool = pool
 
     def __repr__(self) -> str:  # never show the key
         return "Prg(<secret seed>)"
@@ -62,7 +67,8 @@ class Prg:
         """``n`` pseudo-random bytes as a uint8 array."""
         if n <= 0:
             return np.empty(0, dtype=np.uint8)
-        out = np.empty(n + 15, dtype=np.uint8)  # update_into wants 15 spare bytes after each piece
+        # update_into wants 15 spare bytes after each piece
+        out = np.empty(n + 15, dtype=np.uint8) if self._pool is None else self._pool.take(n + 15).numpy()
         view = memoryview(out)
         for start in range(0, n, _CHUNK):
             size = min(_CHUNK, n - start)

@@ -694,6 +694,7 @@ class DealerSource(CorrelationSource):
         self._rank = rank
         self._last = rank == world_size - 1
         self.served = 0  # requests made so far: the next one's serial
+        self._buffers = BufferPool()  # large draws' buffers (the keystream of a request), used again
 
     def request(self, kind: str, params: tuple[int, ...]) -> Handle:
         corr = _lookup(kind)
@@ -701,7 +702,7 @@ class DealerSource(CorrelationSource):
             raise ProtocolError(f"too many parameters for correlation {kind!r}")
         serial = self.served
         self.served += 1
-        sub = Prg(self._prg.seed())  # this request's sub-stream (the dealer draws the same one)
+        sub = Prg(self._prg.seed(), self._buffers)  # this request's sub-stream (the dealer draws the same one)
         randoms = [sub.int64(s) for s in corr.random_shapes(params)]
         shapes = corr.derived_shapes(params)
         widths = corr.widths(params, len(shapes))
@@ -790,6 +791,7 @@ class DealerGenerator:
         self._masks: dict[tuple, torch.Tensor] = {}  # masks drawn again, oldest first (MASK_CACHE_BYTES)
         self._mask_bytes = 0
         self._buffers = BufferPool()  # large corrections' buffers, used again once sent (mpc.buffers)
+        self._stream_buffers = BufferPool()  # large draws' buffers (the parties' streams), used again
 
     def next_seeds(self) -> list[bytes]:
         """The sub-seeds of the next request, one per party (drawn whatever the request will be)."""
@@ -832,7 +834,7 @@ class DealerGenerator:
         corr = _lookup(kind)
         if len(params) > MAX_PARAMS:
             raise ProtocolError(f"too many parameters for correlation {kind!r}")
-        subs = [Prg(s) for s in (self.next_seeds() if seeds is None else seeds)]
+        subs = [Prg(s, self._stream_buffers) for s in (self.next_seeds() if seeds is None else seeds)]
         rshapes = corr.random_shapes(params)
         dshapes = corr.derived_shapes(params)
         rxor, dxor = corr.part_kinds(params, len(rshapes), len(dshapes))

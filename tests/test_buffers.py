@@ -15,6 +15,7 @@ from conftest import SECURE
 import mpc
 from mpc.buffers import BufferPool
 from mpc.context import Expect
+from mpc.prg import Prg
 from parties.memory import MemoryCommunicator, MemoryHub
 
 MB = 1 << 20
@@ -96,3 +97,20 @@ def test_a_dealer_correction_in_a_reused_buffer_gives_the_same_function(sim):
         for got in outs:
             assert float((got - want).abs().max()) < 1e-3
     assert res[1][1] >= 2  # the last party took the 2nd and 3rd corrections in the 1st one's buffer
+
+
+def test_a_pooled_keystream_is_the_same_stream_and_never_overwrites_a_draw_in_use():
+    seed = bytes(range(32))
+    pool = _pool()
+    plain, pooled = Prg(seed), Prg(seed, pool)
+    first = pooled.int64((MB // 4,))  # 2 MB: from the pool
+    kept = first.clone()
+    assert torch.equal(first, plain.int64((MB // 4,)))
+    second = pooled.int64((MB // 4,))  # first is alive: a buffer of its own
+    assert torch.equal(second, plain.int64((MB // 4,))) and torch.equal(first, kept)
+    assert pool.reused == 0
+    del first
+    gc.collect()
+    third = pooled.int64((MB // 4,))  # the first draw's buffer again, with the next stretch of the stream
+    assert pool.reused == 1 and torch.equal(third, plain.int64((MB // 4,)))
+    assert torch.equal(pooled.narrow((1000,), 3), plain.narrow((1000,), 3))

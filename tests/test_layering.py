@@ -2,8 +2,8 @@
 
     mpc core  <-  protocols  <-  mpc user layer  <-  parties  <-  tests, scripts
 
-* the core (``mpc.ring``, ``fixedpoint``, ``prg``, ``config``, ``context``,
-  ``errors``) imports only the core;
+* the core (``mpc.ring``, ``fixedpoint``, ``prg``, ``buffers``, ``config``,
+  ``context``, ``errors``) imports only the core;
 * ``protocols`` imports nothing from ``parties`` nor from the user layer
   (``mpc.tensor``, ``mpc.api``, the ``mpc`` facade);
 * nothing in ``mpc`` imports ``parties`` statically: the facade's lazy
@@ -24,7 +24,19 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-CORE = {"ring", "fixedpoint", "prg", "config", "context", "errors", "shares", "dtypes", "callsite", "transcript"}
+CORE = {
+    "ring",
+    "fixedpoint",
+    "prg",
+    "buffers",
+    "config",
+    "context",
+    "errors",
+    "shares",
+    "dtypes",
+    "callsite",
+    "transcript",
+}
 OUTER_ONLY = {"zmq", "subprocess", "argparse", "multiprocessing"}
 FACADE = "mpc/__init__.py"
 
