@@ -548,6 +548,21 @@ def _open_xor(shares) -> torch.Tensor:
 VA = torch.tensor([[1, -2, 3], [2**40, -(2**50), 7]], dtype=torch.int64)
 VB = torch.tensor([[5, 6, -7], [8, 9, 2**61]], dtype=torch.int64)
 COND = VA > 0
+# Public weights whose products wrap modulo 2^64 (what the tables' selects pass: ring-encoded differences).
+WEIGHTS = torch.tensor([[3, -1], [2**62, 5], [-(2**63), 2**61 + 1]], dtype=torch.int64)
+
+
+def _ring_mm(w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``w @ v`` modulo 2^64, row by row in Python integers (the reference for the shares' int64 product); on
+    floats (plaintext shares) the float product."""
+    if v.is_floating_point():
+        return w.to(v.dtype) @ v
+    out = [
+        [sum(int(w[i, k]) * int(v[k, j]) for k in range(w.shape[1])) for j in range(v.shape[1])]
+        for i in range(w.shape[0])
+    ]
+    return torch.tensor([[(x + 2**63) % 2**64 - 2**63 for x in row] for row in out], dtype=torch.int64)
+
 
 LOCAL_OPS = [
     # (name, on shares (per party list), on values); ``pub``: a public operand, in the share's number system
@@ -568,6 +583,8 @@ LOCAL_OPS = [
     ("sum dim", lambda a, b, pub: [x.sum(1, keepdim=True) for x in a], lambda a, b, pub: a.sum(1, keepdim=True)),
     ("pad_public", lambda a, b, pub: [x.pad_public((1, 2, 0, 1), 11) for x in a], lambda a, b, pub: F.pad(a, (1, 2, 0, 1), value=11)),
     ("select_public", lambda a, b, pub: [x.select_public(COND, y) for x, y in zip(a, b)], lambda a, b, pub: torch.where(COND, a, b)),
+    ("weighted_sum", lambda a, b, pub: [x.weighted_sum([3, -(2**62)]) for x in a], lambda a, b, pub: _ring_mm(torch.tensor([[3, -(2**62)]]), a)[0]),
+    ("weighted_sums", lambda a, b, pub: [x.weighted_sums(WEIGHTS) for x in a], lambda a, b, pub: _ring_mm(WEIGHTS, a)),
 ]  # fmt: skip
 
 
@@ -580,6 +597,14 @@ def test_additive_share_local_operations(parties, name, on_shares, on_values):
     assert all(type(s) is AdditiveShare for s in out)
     assert [s.holder for s in out] == [r == 0 for r in range(parties)]
     assert torch.equal(_open_add(out), on_values(VA, VB, VB)), name
+
+
+def test_weighted_sums_refuse_a_matrix_that_does_not_fit_the_rows():
+    a = _additive(VA, 2, 1)
+    with pytest.raises(
+        ValueError, match=r"weighted_sums needs a matrix of one weight per row, got \(3, 3\) for 2 rows"
+    ):
+        a[0].weighted_sums(torch.ones(3, 3, dtype=torch.int64))
 
 
 def test_additive_public_constants_go_to_the_holder_only():
