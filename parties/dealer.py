@@ -11,7 +11,11 @@ stream repeats (``protocols.correlated.Speculator`` finds its period: a
 training loop, batched inference, the blocks of a large product), it makes the
 material of the next requests, up to one whole period (the next iteration)
 and ``AHEAD_BYTES``, one request at a time and only while no request waits, so
-a request is answered from material already made.
+a request is answered from material already made.  Where the last party asks
+for it (a request whose op ends in ``PUSH_SUFFIX``), the dealer pushes the
+material of its guess of the next request as soon as it has answered this one
+(``protocols.correlated``: both sides guess alike; a right guess needs no
+answer, a wrong one is answered as usual).
 
 The dealer never receives a share of any input or intermediate value: the only
 messages it receives are the public requests (correlation kind and shapes) of
@@ -31,7 +35,18 @@ from mpc.config import MPCConfig
 from mpc.context import Expect
 from mpc.errors import ConfigError, PeerTimeout, ProtocolError
 from mpc.prg import new_seed
-from protocols.correlated import CORRELATIONS, MAX_PARAMS, DealerGenerator, Speculator, _numel, correction_bytes
+from protocols.correlated import (
+    CORRELATIONS,
+    MAX_PARAMS,
+    PUSH_BODY,
+    PUSH_HEAD,
+    PUSH_SUFFIX,
+    DealerGenerator,
+    Speculator,
+    _numel,
+    correction_bytes,
+    guess_digest,
+)
 
 from .comm_base import BufferedCommunicator
 from .party import NONCE_BYTES, bytes_tensor, run_id
@@ -53,10 +68,12 @@ def idle_limit(config: MPCConfig, idle_timeout: float | None = None) -> float:
     return float(idle_timeout)
 
 
-def _check_request(op: str, params: tuple[int, ...], max_bytes: int) -> str:
-    if not op.startswith("corr:") or op[5:] not in CORRELATIONS:
+def _check_request(op: str, params: tuple[int, ...], max_bytes: int) -> tuple[str, bool]:
+    """The request's kind and whether the party asks for the next one's material pushed (``PUSH_SUFFIX``)."""
+    push = op.endswith(PUSH_SUFFIX)
+    kind = op[5 : len(op) - len(PUSH_SUFFIX)] if push else op[5:]
+    if not op.startswith("corr:") or kind not in CORRELATIONS:
         raise ProtocolError(f"party sent the dealer an unknown request {op!r}")
-    kind = op[5:]
     if len(params) > MAX_PARAMS:
         raise ProtocolError(f"request {op!r} has too many parameters")
     corr = CORRELATIONS[kind]
@@ -69,7 +86,7 @@ def _check_request(op: str, params: tuple[int, ...], max_bytes: int) -> str:
     total = sum(_numel(s) for s in shapes) + sum(_numel(s) for s in corr.derived_shapes(params))
     if 8 * total > max_bytes:
         raise ProtocolError(f"request {op!r} asks for {total} ring elements, over the message limit")
-    return kind
+    return kind, push
 
 
 # The most correction bytes the dealer makes ahead of the requests and holds (the whole next iteration of a
@@ -78,12 +95,13 @@ AHEAD_BYTES = 64 << 20
 
 
 class Ahead:
-    """The material made for the next requests, in request order: ``[seeds, guess, made]`` per request.
+    """The material made for the next requests, in request order: ``[seeds, guess, made, pushed]`` per request.
 
     Every request's sub-seeds are drawn in order whatever it turns out to be
     (``DealerGenerator.next_seeds``), so material made from a guess is right
     exactly when the guess is: the dealer compares the real request with the
-    guess and makes it afresh from the same seeds when they differ.
+    guess and makes it afresh from the same seeds when they differ.  ``pushed``:
+    the material went to the party already (``push``), before its request.
     """
 
     def __init__(self, gen: DealerGenerator, spec: Speculator, budget: int = AHEAD_BYTES) -> None:
@@ -91,22 +109,55 @@ class Ahead:
         self.items: deque[list] = deque()
         self.held = 0  # bytes of material held
         self.made = 0  # requests held made ahead
-        self.most = 0  # the most requests ever held made ahead at once (for tests and the debug log)
+        self.pushed = 0  # requests whose material was pushed and that have not come yet
+        self.pushed_bytes = 0  # their material's bytes (they count against the budget until they come)
+        self.most = 0  # the most requests ever made ahead at once, pushed or held (for tests and the debug log)
 
-    def take(self) -> tuple[list[bytes], tuple[str, tuple[int, ...]] | None, torch.Tensor | None]:
-        """The next request's seeds, guess and material (the latter two None where nothing was made)."""
+    def take(self) -> tuple[list[bytes], tuple[str, tuple[int, ...]] | None, torch.Tensor | None, bool]:
+        """The next request's seeds, guess, material (the latter two None where nothing was made) and whether
+        the material was pushed to the party already (then it is not held any more: None)."""
         if not self.items:
-            return self.gen.next_seeds(), None, None
-        seeds, guess, made = self.items.popleft()
+            return self.gen.next_seeds(), None, None, False
+        seeds, guess, made, pushed = self.items.popleft()
+        if pushed:
+            self.pushed -= 1
+            self.pushed_bytes = 0
         if made is not None:
             self.held -= made.numel()
             self.made -= 1
-        return seeds, guess, made
+        return seeds, guess, made, pushed
+
+    def push(self, guess: tuple[str, tuple[int, ...]] | None) -> torch.Tensor | None:
+        """The material of the next request made from ``guess`` (made now unless made already), handed over
+        for pushing and marked pushed; None where there is no guess or the dealer cannot make it."""
+        if not self.items:
+            self.items.append([self.gen.next_seeds(), None, None, False])
+        item = self.items[0]
+        if guess is None:
+            return None
+        made = item[2]
+        if made is not None:  # made ahead: no longer held here
+            self.held -= made.numel()
+            self.made -= 1
+            if item[1] != guess:
+                made = None
+        if made is None:
+            try:
+                made = self.gen.correction(*guess, item[0])
+            except ProtocolError:  # a guess the dealer cannot serve (a reference it no longer holds)
+                item[1] = item[2] = None
+                return None
+        item[1], item[2], item[3] = guess, None, True
+        self.pushed += 1
+        self.pushed_bytes += made.numel()
+        self.most = max(self.most, self.made + self.pushed)
+        return made
 
     def drop_guesses(self) -> None:
         """After a miss: what was made from the broken pattern goes (the seeds stay, in order)."""
         for item in self.items:
-            item[1] = item[2] = None
+            if not item[3]:
+                item[1] = item[2] = None
         self.held = self.made = 0
 
     def fill(self, busy: Callable[[], bool]) -> None:
@@ -115,9 +166,9 @@ class Ahead:
         period = self.spec.period
         for j in range(max(1, period)):
             if j == len(self.items):
-                self.items.append([self.gen.next_seeds(), None, None])
+                self.items.append([self.gen.next_seeds(), None, None, False])
             item = self.items[j]
-            if item[2] is not None:
+            if item[2] is not None or item[3]:
                 continue
             if busy():  # asked only before making something (over ZeroMQ it may wait a millisecond)
                 return
@@ -125,7 +176,8 @@ class Ahead:
             if guess is None:
                 return
             size = correction_bytes(CORRELATIONS[guess[0]], guess[1])
-            if self.held and self.held + size > self.budget:
+            ahead = self.held + self.pushed_bytes
+            if ahead and ahead + size > self.budget:
                 return
             try:
                 made = self.gen.correction(*guess, item[0])
@@ -134,7 +186,7 @@ class Ahead:
             item[1], item[2] = guess, made
             self.held += size
             self.made += 1
-            self.most = max(self.most, self.made)
+            self.most = max(self.most, self.made + self.pushed)
 
 
 def serve_dealer(comm: BufferedCommunicator, config: MPCConfig, idle_timeout: float | None = None) -> int:
@@ -179,13 +231,26 @@ def serve_dealer(comm: BufferedCommunicator, config: MPCConfig, idle_timeout: fl
             break
         op, params_t = msg
         params = tuple(int(p) for p in params_t.reshape(-1).tolist())
-        kind = _check_request(op, params, comm.max_message_bytes)
-        seeds, guessed, made = ahead.take()
-        ready = made is not None and guessed == (kind, params)
-        comm.send(last, op, made if ready else gen.correction(kind, params, seeds))
-        spec.observe(kind, params, guessed)
-        if guessed is not None and not ready:
+        kind, push_next = _check_request(op, params, comm.max_message_bytes)
+        req = (kind, params)
+        guess = spec.guess(0)  # the guess of this request (the last party's speculator makes the same one)
+        seeds, guessed, made, pushed = ahead.take()
+        gen.served(served, kind, params)
+        if pushed and guessed == req:
+            pass  # the pushed material is the answer
+        else:
+            ready = made is not None and guessed == req
+            comm.send(last, f"corr:{kind}", made if ready else gen.correction(kind, params, seeds))
+        spec.observe(kind, params, guess)
+        if guess is not None and guess != req:
             ahead.drop_guesses()
+        if push_next:  # the party asked for the next request's material as soon as this one is answered
+            nxt = spec.guess(0)
+            material = ahead.push(nxt)
+            flag = b"\x00" if material is None else b"\x01"
+            comm.send(last, PUSH_HEAD, bytes_tensor(guess_digest(nxt) + flag))
+            if material is not None:
+                comm.send(last, PUSH_BODY, material)
         served += 1
     comm.close()
     log.debug(

@@ -18,14 +18,19 @@ thus hand out one random word both as an XOR sharing and as an additive one
 (the comparison's mask ``r``), or random bits with their arithmetic shares (the
 conversion from binary to arithmetic).
 
-Every request draws a fresh 32-byte sub-seed from each stream and expands the
-correlation from it, so the dealer can draw the sub-seeds of the next request
-before it knows what the request is: ``Speculator`` learns the pattern of the
-requests (a training loop or batched inference repeats the same sequence) and
-the dealer produces the next correlation while the parties compute and open,
-instead of after they ask.  A wrong guess costs the dealer's time, never
-correctness: the guessed material is dropped and the request served from the
-same sub-seeds.
+Every request draws a fresh 32-byte seed from each stream and expands the
+correlation from a sub-seed keyed with the request (``request_seed``: keyed
+BLAKE2b of its kind and parameters), so the dealer can draw the seeds of the
+next request before it knows what the request is: ``Speculator`` learns the
+pattern of the requests (a training loop or batched inference repeats the same
+sequence) and the dealer produces the next correlation while the parties
+compute and open, instead of after they ask.  The last party runs the same
+speculator and asks the dealer to push the guessed material as soon as it has
+answered the request before (``PUSH_HEAD``), so it travels while the parties
+compute too.  A wrong guess costs time, never correctness or secrecy: the
+request is served afresh, and the material of the wrong guess was expanded
+from sub-streams that no party uses, so the pushed copy tells the last party
+nothing.
 
 The same generator code runs in the dealer process and in the in-process
 simulator (``DealerGenerator``), so what is tested is what is deployed.
@@ -33,6 +38,7 @@ simulator (``DealerGenerator``), so what is tested is what is deployed.
 
 from __future__ import annotations
 
+import hashlib
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -686,6 +692,40 @@ STREAM_MIN_BYTES = 256 << 10
 STREAM_KEEP = 48
 
 
+# The last party's requests ask the dealer to push its guess of the next request's material as soon as it has
+# answered this one (op ``corr:<kind>`` + PUSH_SUFFIX), so the next correlation travels while the parties compute
+# instead of after the next request.  Both run the same ``Speculator`` on the same request stream, so they agree
+# on the guess without a word: the dealer sends PUSH_HEAD (the guess's digest and whether material follows: none
+# where it cannot make the guess) and then PUSH_BODY, the material.  A right guess is the answer (the dealer
+# sends nothing more for that request); after a wrong one the dealer answers the request as usual.  The party
+# asks only for a guess of at most PUSH_BYTES and a quarter of what it holds for a peer (``max_buffered_bytes``).
+PUSH_SUFFIX = "+"
+PUSH_HEAD, PUSH_BODY = "corr:push", "corr:pushed"
+PUSH_DIGEST_BYTES = 16
+PUSH_HEAD_BYTES = PUSH_DIGEST_BYTES + 1
+PUSH_BYTES = 64 << 20
+
+
+def request_seed(seed: bytes, kind: str, params: Sequence[int]) -> bytes:
+    """A request's sub-seed: keyed BLAKE2b (a PRF) of its kind and parameters under the stream's next seed.
+
+    The dealer draws each request's stream seeds before it knows the request (``DealerGenerator.next_seeds``);
+    keying the sub-seed with the request itself makes what it derives from a wrong guess independent of what
+    the real request gets: material pushed from a wrong guess (``PUSH_HEAD``) masks its values with shares no
+    party ever uses, so it tells the last party nothing."""
+    return hashlib.blake2b(_request_bytes(kind, params), key=seed, digest_size=SEED_BYTES).digest()
+
+
+def _request_bytes(kind: str, params: Sequence[int]) -> bytes:
+    return kind.encode() + b"\0" + np.asarray([int(p) for p in params], dtype="<i8").tobytes()
+
+
+def guess_digest(guess: tuple[str, tuple[int, ...]] | None) -> bytes:
+    """A short digest of a guessed request (its kind and parameters; None: no guess)."""
+    data = b"" if guess is None else _request_bytes(*guess)
+    return hashlib.blake2b(data, digest_size=PUSH_DIGEST_BYTES, person=b"mpc-push-guess").digest()
+
+
 def stream_pool() -> BufferPool:
     """The buffers of one node's stream draws (``Prg`` with a pool; see ``mpc.buffers``)."""
     return BufferPool(keep=STREAM_KEEP, min_bytes=STREAM_MIN_BYTES)
@@ -708,6 +748,14 @@ class DealerSource(CorrelationSource):
         self._last = rank == world_size - 1
         self.served = 0  # requests made so far: the next one's serial
         self._buffers = stream_pool()  # the buffers of this party's draws, used again
+        # The last party runs the dealer's speculator on its own requests (the same stream, so the same guesses)
+        # and asks the dealer to push the guessed next correlation right after answering (``PUSH_SUFFIX``).
+        self._spec = Speculator() if self._last else None
+        self._guess: tuple[str, tuple[int, ...]] | None = None  # the guess of the next request
+        self._pushed = False  # whether the dealer pushes material for the next request
+        self._push_cap = min(PUSH_BYTES, int(getattr(comm, "max_buffered_bytes", 0)) // 4)
+        self.pushed_right = 0  # requests answered by material the dealer pushed before them
+        self.pushed_wrong = 0  # pushed material dropped: the guess was not the request
 
     def request(self, kind: str, params: tuple[int, ...]) -> Handle:
         corr = _lookup(kind)
@@ -715,7 +763,8 @@ class DealerSource(CorrelationSource):
             raise ProtocolError(f"too many parameters for correlation {kind!r}")
         serial = self.served
         self.served += 1
-        sub = Prg(self._prg.seed(), self._buffers)  # this request's sub-stream (the dealer draws the same one)
+        # This request's sub-stream (the dealer draws the same one).
+        sub = Prg(request_seed(self._prg.seed(), kind, params), self._buffers)
         randoms = [sub.int64(s) for s in corr.random_shapes(params)]
         shapes = corr.derived_shapes(params)
         widths = corr.widths(params, len(shapes))
@@ -724,10 +773,37 @@ class DealerSource(CorrelationSource):
             # request's own sub-stream, so nothing else draws in between.
             return Handle(randoms, lambda: [sub.narrow(s, w) for s, w in zip(shapes, widths, strict=True)], serial)
         dealer = self._comm.dealer_id
-        self._comm.send(dealer, f"corr:{kind}", torch.tensor(params, dtype=torch.int64))
+        params = tuple(int(p) for p in params)  # as the dealer reads them (the speculators must agree)
+        guess, pushed = self._guess, self._pushed
+        spec = self._spec
+        assert spec is not None
+        spec.observe(kind, params, guess)
+        nxt = spec.guess(0)
+        self._guess = nxt
+        self._pushed = nxt is not None and correction_bytes(_lookup(nxt[0]), nxt[1]) <= self._push_cap
+        op = f"corr:{kind}" + (PUSH_SUFFIX if self._pushed else "")
+        self._comm.send(dealer, op, torch.tensor(params, dtype=torch.int64))
         size = correction_bytes(corr, params)
 
         def fetch() -> list[torch.Tensor]:
+            if pushed:  # the dealer pushed its guess of this request after answering the one before
+                assert guess is not None
+                head = self._comm.recv(dealer, PUSH_HEAD, Expect((PUSH_HEAD_BYTES,), torch.uint8))
+                head_b = bytes(head.numpy().tobytes())
+                if head_b[:-1] != guess_digest(guess):
+                    raise ProtocolError(
+                        f"the dealer pushed material for another guess of request {serial} than party "
+                        f"{self._rank} made: the dealer and the party disagree on the request stream"
+                    )
+                if head_b[-1]:
+                    got = self._comm.recv(
+                        dealer, PUSH_BODY, Expect((correction_bytes(_lookup(guess[0]), guess[1]),), torch.uint8)
+                    )
+                    if guess == (kind, params):  # right: the dealer sends nothing more for this request
+                        self.pushed_right += 1
+                        return unpack_correction(got, shapes, widths)
+                    self.pushed_wrong += 1
+                    del got  # wrong: the dealer answers the request itself
             buf = self._comm.recv(dealer, f"corr:{kind}", Expect((size,), torch.uint8))
             return unpack_correction(buf, shapes, widths)
 
@@ -799,7 +875,8 @@ class DealerGenerator:
         self._prgs = [Prg(s) for s in seeds]
         # The sub-seeds of the last requests, for masks that later requests reuse (the window the parties use,
         # plus what the dealer may have drawn ahead of them).
-        self._past: deque[bytes] = deque(maxlen=REUSE_WINDOW + SPECULATION_WINDOW)
+        # Each: ``[seeds, (kind, params)]``, the request's content once it was served (``served``).
+        self._past: deque[list] = deque(maxlen=REUSE_WINDOW + SPECULATION_WINDOW)
         self.drawn = 0  # requests whose sub-seeds were drawn
         self._masks: dict[tuple, torch.Tensor] = {}  # masks drawn again, oldest first (MASK_CACHE_BYTES)
         self._mask_bytes = 0
@@ -809,9 +886,15 @@ class DealerGenerator:
     def next_seeds(self) -> list[bytes]:
         """The sub-seeds of the next request, one per party (drawn whatever the request will be)."""
         seeds = [prg.seed() for prg in self._prgs]
-        self._past.append(b"".join(seeds))
+        self._past.append([seeds, None])
         self.drawn += 1
         return seeds
+
+    def served(self, serial: int, kind: str, params: tuple[int, ...]) -> None:
+        """Request ``serial`` was ``(kind, params)``: its masks can be drawn again (``mask``) from now on."""
+        first = self.drawn - len(self._past)
+        if first <= serial < self.drawn:
+            self._past[serial - first][1] = (kind, tuple(params))
 
     def mask(self, serial: int, offset: int, shape: tuple[int, ...]) -> torch.Tensor:
         """The total of the random part drawn at ``offset`` elements into request ``serial``'s streams (a mask
@@ -825,9 +908,13 @@ class DealerGenerator:
         key = (serial, offset, tuple(shape))
         got = self._masks.pop(key, None)
         if got is None:
-            joined = self._past[serial - first]
-            for at in range(0, len(joined), SEED_BYTES):
-                prg = Prg(joined[at : at + SEED_BYTES])
+            seeds, req = self._past[serial - first]
+            if req is None:
+                raise ProtocolError(
+                    f"a request reuses the mask of request {serial}, which the dealer has not served yet"
+                )
+            for s in seeds:
+                prg = Prg(request_seed(s, *req))
                 if offset:
                     prg.bytes(8 * offset)
                 part = prg.int64(shape)
@@ -847,7 +934,10 @@ class DealerGenerator:
         corr = _lookup(kind)
         if len(params) > MAX_PARAMS:
             raise ProtocolError(f"too many parameters for correlation {kind!r}")
-        subs = [Prg(s, self._stream_buffers) for s in (self.next_seeds() if seeds is None else seeds)]
+        if seeds is None:
+            seeds = self.next_seeds()
+            self.served(self.drawn - 1, kind, params)
+        subs = [Prg(request_seed(s, kind, params), self._stream_buffers) for s in seeds]
         rshapes = corr.random_shapes(params)
         dshapes = corr.derived_shapes(params)
         rxor, dxor = corr.part_kinds(params, len(rshapes), len(dshapes))

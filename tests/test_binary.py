@@ -25,7 +25,15 @@ from mpc.ring import wrap_int
 from protocols import binary as B
 from protocols import bitforms as bf
 from protocols import conversions as V
-from protocols.correlated import CMP_B2A, CMP_LANES, CMP_MUL, CORRELATIONS, DealerGenerator, unpack_correction
+from protocols.correlated import (
+    CMP_B2A,
+    CMP_LANES,
+    CMP_MUL,
+    CORRELATIONS,
+    DealerGenerator,
+    request_seed,
+    unpack_correction,
+)
 from protocols.sharing import open_all
 
 EDGES = torch.tensor([0, 1, -1, 2**62, -(2**62), 2**63 - 1, -(2**63), 12345, -65536], dtype=torch.int64)
@@ -74,7 +82,7 @@ def _materialize(kind: str, params: tuple[int, ...], n: int) -> tuple[list, list
     flat = DealerGenerator(seeds).correction(kind, params)
     rand, der = [], []
     for i, s in enumerate(seeds):
-        prg = Prg(Prg(s).seed())  # the request's sub-stream, as DealerSource draws it
+        prg = Prg(request_seed(Prg(s).seed(), kind, params))  # the request's sub-stream, as DealerSource draws it
         rand.append([prg.int64(sh) for sh in rs])
         if i < n - 1:
             der.append([prg.narrow(sh, w) for sh, w in zip(ds, corr.widths(params, len(ds)), strict=True)])

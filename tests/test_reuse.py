@@ -26,7 +26,7 @@ from conftest import SECURE
 import mpc
 import protocols.beaver as beaver
 from mpc.errors import ProtocolError
-from protocols.correlated import DealerGenerator, Speculator
+from protocols.correlated import DealerGenerator, Speculator, request_seed
 
 N_ROWS, N_COLS, STEPS = 256, 12, 4
 
@@ -210,9 +210,13 @@ def test_the_dealer_draws_a_mask_again_as_the_parties_drew_it():
     subs = gen.next_seeds()
     from mpc.prg import Prg
 
+    req = ("triple", (0, 2, 4, 5, 2, 5, 3))  # any request: the sub-streams are keyed with it
+    with pytest.raises(ProtocolError, match="not served yet"):
+        gen.mask(0, 20, (5, 3))  # the request's content is not known yet: its streams cannot be drawn
+    gen.served(0, *req)
     total = None
     for s in subs:
-        prg = Prg(s)
+        prg = Prg(request_seed(s, *req))
         prg.int64((4, 5))  # the first part (x's mask)
         part = prg.int64((5, 3))  # the second (y's), 20 elements into the stream
         total = part if total is None else total + part
