@@ -45,27 +45,31 @@ def _loop(ctx, steps: int, odd: int | None):
     return err, getattr(src, "pushed_right", 0), getattr(src, "pushed_wrong", 0)
 
 
-def _dealer_ops(received: dict) -> tuple[Counter, int]:
+def _dealer_ops(received: dict, n: int = N) -> tuple[Counter, int]:
     """The operations of the data messages the last party got from the dealer, and the requests it made."""
     got = Counter()
-    for sender, h, _ in received[N - 1]:
+    for sender, h, _ in received[n - 1]:
         hd = wire.decode_header(h, 1 << 40)
-        if sender == N and hd.kind == wire.KIND_DATA and hd.op.startswith("corr:"):  # not the setup
+        if sender == n and hd.kind == wire.KIND_DATA and hd.op.startswith("corr:"):  # not the setup
             got[hd.op] += 1
+    for party in range(n - 1):  # the dealer sends the others nothing but their seeds
+        heads = [wire.decode_header(h, 1 << 40) for s, h, _ in received[party] if s == n]
+        assert [hd.op for hd in heads if hd.kind == wire.KIND_DATA] == ["setup:dealer"]
     asked = 0
-    for sender, h, _ in received[N]:
+    for sender, h, _ in received[n]:
         hd = wire.decode_header(h, 1 << 40)
-        asked += sender == N - 1 and hd.kind == wire.KIND_DATA and hd.op.startswith("corr:")
+        asked += sender == n - 1 and hd.kind == wire.KIND_DATA and hd.op.startswith("corr:")
     return got, asked
 
 
 @pytest.mark.timeout(60)
-def test_a_pushed_guess_answers_the_request_and_a_wrong_one_is_answered_again(sim):
+@pytest.mark.parametrize("n", [2, 3])
+def test_a_pushed_guess_answers_the_request_and_a_wrong_one_is_answered_again(sim, n):
     received: dict = {}
-    res = sim(functools.partial(_loop, steps=16, odd=8), N, protocol=SECURE, received=received)
+    res = sim(functools.partial(_loop, steps=16, odd=8), n, protocol=SECURE, received=received)
     assert max(r[0] for r in res) < 1e-3
-    _, right, wrong = res[N - 1]
-    got, asked = _dealer_ops(received)
+    _, right, wrong = res[n - 1]
+    got, asked = _dealer_ops(received, n)
     pushes, bodies = got.pop(C.PUSH_HEAD), got.pop(C.PUSH_BODY)
     replies = sum(got.values())
     assert asked == 2 * 16 + 1  # a layer's product and a ReLU's comparison a step; the odd step's square
@@ -74,7 +78,7 @@ def test_a_pushed_guess_answers_the_request_and_a_wrong_one_is_answered_again(si
     # (the push of a guessed request after the last may come before the party closes, unread)
     assert right + wrong <= bodies <= right + wrong + 1 and pushes >= bodies
     assert right > asked // 2 and wrong >= 1, (right, wrong)
-    assert res[0][1:] == (0, 0)  # party 0 never asks the dealer
+    assert all(r[1:] == (0, 0) for r in res[:-1])  # only the last party asks the dealer
 
 
 @pytest.mark.timeout(60)
