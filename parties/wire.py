@@ -68,7 +68,9 @@ __all__ = [
 ]
 
 MAGIC = b"MPCW"
-VERSION = 3
+# 4: the dealer's sub-seeds keyed with the request and its pushed guesses (protocols.correlated): a node of
+# version 3 would draw other correlations than a dealer of 4, so the two are refused together.
+VERSION = 4
 KIND_DATA, KIND_ABORT, KIND_BYE, KIND_DESYNC, KIND_HELLO, KIND_ACK, KIND_NACK = 1, 2, 3, 4, 5, 6, 7
 KINDS = (KIND_DATA, KIND_ABORT, KIND_BYE, KIND_DESYNC, KIND_HELLO, KIND_ACK, KIND_NACK)
 # Kinds outside the link's sequence: never retained, never acknowledged, never sent again.

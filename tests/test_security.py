@@ -159,6 +159,8 @@ def test_authenticated_peer_cannot_claim_another_sender(authenticated_link, clai
 _HOSTILE = {
     "wrong magic": ([_header(magic=b"HTTP"), bytes(16)], WireError, r"party 1 sent a frame with a wrong magic"),
     "wrong version": ([_header(version=1), bytes(16)], WireError, r"party 1 speaks wire version 1"),
+    # Version 3 drew the dealer's correlations from other sub-seeds: mixed with this version it would be wrong.
+    "previous version": ([_header(version=3), bytes(16)], WireError, r"party 1 speaks wire version 3, .* speaks 4"),
     "payload length": ([_header(), bytes(15)], WireError, r"party 1 sent 15 payload bytes for 'x'.*declared 16"),
     "forbidden dtype": ([_header(code=42), bytes(16)], WireError, r"party 1 sent a payload of forbidden dtype code 42"),
     # 8 TiB declared (consistently with the shape), 16 bytes sent: refused on the header, before any allocation.
