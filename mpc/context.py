@@ -47,6 +47,11 @@ class CommStats:
     ``retransmits``: frames this node sent again because a peer missed them (a
     lossy network, ``parties.comm_base``); ``duplicates``: frames it received
     twice and dropped.  Both stay 0 on a network that loses nothing.
+
+    ``dealer_pushed``: the last party's requests answered by material the dealer
+    pushed before they were made (its guess was right); ``dealer_pushed_wrong``:
+    pushed material dropped because the guess was not the request (its bytes
+    count in ``dealer_bytes_recv`` all the same).
     """
 
     rounds: int = 0
@@ -59,6 +64,8 @@ class CommStats:
     dealer_bytes_recv: int = 0
     retransmits: int = 0
     duplicates: int = 0
+    dealer_pushed: int = 0
+    dealer_pushed_wrong: int = 0
     by_op: dict[str, OpStats] = field(default_factory=dict)
 
     def op(self, name: str) -> OpStats:

@@ -181,6 +181,11 @@ def _print_stats(rank: int, stats: dict) -> None:
         f"stats of party {rank}: rounds={stats['rounds']} sent={stats['bytes_sent']} B "
         f"received={stats['bytes_recv']} B messages={stats['messages_sent']}/{stats['messages_recv']} "
         f"dealer={stats['dealer_bytes_recv']} B"
+        + (
+            f" (requests answered ahead: {stats['dealer_pushed']}, guesses dropped: {stats['dealer_pushed_wrong']})"
+            if stats.get("dealer_pushed") or stats.get("dealer_pushed_wrong")
+            else ""
+        )
     ]
     lines.append(f"{'operation':<20} {'rounds':>7} {'bytes sent':>12} {'bytes recv':>12}")
     for op, s in stats["by_op"].items():

@@ -754,8 +754,6 @@ class DealerSource(CorrelationSource):
         self._guess: tuple[str, tuple[int, ...]] | None = None  # the guess of the next request
         self._pushed = False  # whether the dealer pushes material for the next request
         self._push_cap = min(PUSH_BYTES, int(getattr(comm, "max_buffered_bytes", 0)) // 4)
-        self.pushed_right = 0  # requests answered by material the dealer pushed before them
-        self.pushed_wrong = 0  # pushed material dropped: the guess was not the request
 
     def request(self, kind: str, params: tuple[int, ...]) -> Handle:
         corr = _lookup(kind)
@@ -800,9 +798,9 @@ class DealerSource(CorrelationSource):
                         dealer, PUSH_BODY, Expect((correction_bytes(_lookup(guess[0]), guess[1]),), torch.uint8)
                     )
                     if guess == (kind, params):  # right: the dealer sends nothing more for this request
-                        self.pushed_right += 1
+                        self._comm.stats.dealer_pushed += 1
                         return unpack_correction(got, shapes, widths)
-                    self.pushed_wrong += 1
+                    self._comm.stats.dealer_pushed_wrong += 1
                     del got  # wrong: the dealer answers the request itself
             buf = self._comm.recv(dealer, f"corr:{kind}", Expect((size,), torch.uint8))
             return unpack_correction(buf, shapes, widths)

@@ -106,6 +106,8 @@ from bench_workloads import (  # noqa: E402 - the directory first, as under `pyt
     flat,
     inputs,
     logreg_steps,
+    looped,
+    per_call,
     reference,
     timed,
     torch_model,
@@ -247,23 +249,28 @@ def _workload(ctx, name: str):
     return step, lambda r: {"weights": flat(p.reveal() for p in model.parameters()), "loss": r.reveal()}, values
 
 
-def _vs_party(ctx, name: str, repeat: int) -> dict:
+def _vs_party(ctx, name: str, repeat: int, calls: int = 1) -> dict:
     torch.set_num_threads(1)
     step, reveal, values = _workload(ctx, name)
     got = reveal(step())  # the warm-up, revealed once outside the timed runs
-    row = timed(step, repeat, _fresh_sync(ctx, values), ctx.stats.snapshot)
+    # Back to back, each call from unopened inputs as well (local: new share objects, no message).
+    run = looped(step, calls, lambda: _unopened(values()))
+    row = per_call(timed(run, repeat, _fresh_sync(ctx, values), ctx.stats.snapshot), calls)
     if ctx.rank == 0:
         row.update(errors(got, reference(name, inputs(name))))
     return row
 
 
-def measure_vs(name: str, parties: int, repeat: int, insecure: bool = False, link_delay: float = 0.0) -> dict:
+def measure_vs(
+    name: str, parties: int, repeat: int, insecure: bool = False, link_delay: float = 0.0, calls: int = 1
+) -> dict:
     """One workload of ``bench_workloads`` in this toolkit, with the figures ``bench_crypten.measure`` gives.
 
-    ``link_delay``: seconds of emulated latency each way, at every node (``MPCConfig.link_delay``).
+    ``link_delay``: seconds of emulated latency each way, at every node (``MPCConfig.link_delay``).  ``calls``:
+    the workload's calls back to back in each timed run (seconds, rounds and bytes per call).
     """
-    res = mpc.run(functools.partial(_vs_party, name=name, repeat=repeat), parties=parties, insecure=insecure,
-                  timeout=300, link_delay=link_delay)  # fmt: skip
+    res = mpc.run(functools.partial(_vs_party, name=name, repeat=repeat, calls=calls), parties=parties,
+                  insecure=insecure, timeout=300, link_delay=link_delay)  # fmt: skip
     p0 = res[0]
     row = {
         "seconds": p0["seconds"],
@@ -458,7 +465,7 @@ def foundation(args: argparse.Namespace) -> tuple[list[dict], dict[str, float]]:
 
 
 def compare(names: list[str], parties: list[int], repeat: int, insecure: bool = False, tfp: bool = True,
-            log=print) -> list[dict]:  # fmt: skip
+            log=print, calls: int = 1) -> list[dict]:  # fmt: skip
     """``--vs crypten``: every workload in this toolkit and, where installed, in CrypTen (TTP, and TFP if ``tfp``).
 
     A CrypTen run that fails is kept as ``{"failed": message}`` so that the
@@ -475,14 +482,14 @@ def compare(names: list[str], parties: list[int], repeat: int, insecure: bool = 
         for name in names:
             row = {"workload": name, "label": WORKLOADS[name].label, "parties": n, "curve": not insecure}
             t0 = time.monotonic()
-            row["ours"] = measure_vs(name, n, repeat, insecure)
+            row["ours"] = measure_vs(name, n, repeat, insecure, calls=calls)
             walls = [f"ours {time.monotonic() - t0:.0f} s"]
             for provider in ("TTP", "TFP") if peer else ():
                 if provider == "TFP" and not tfp:
                     continue
                 t0 = time.monotonic()
                 try:
-                    row[f"crypten_{provider.lower()}"] = bench_crypten.measure(name, n, provider, repeat)
+                    row[f"crypten_{provider.lower()}"] = bench_crypten.measure(name, n, provider, repeat, calls=calls)
                 except (RuntimeError, TimeoutError) as e:
                     row[f"crypten_{provider.lower()}"] = {"failed": str(e)}
                 walls.append(f"CrypTen-{provider} {time.monotonic() - t0:.0f} s")
@@ -539,7 +546,7 @@ def vs_table(rows: list[dict], notes: bool = True) -> str:
             _num(tfp, "seconds", ".3g"),
             f"{_num(ours, 'bytes_per_party', '.3g', 1e6)} / {_num(ttp, 'bytes_per_party', '.3g', 1e6)}",
             f"{_num(ours, 'dealer_bytes', '.3g', 1e6)} / {_num(ttp, 'dealer_bytes', '.3g', 1e6)}",
-            f"{_num(ours, 'rounds', 'd')} / {_num(ttp, 'rounds', 'd')}",
+            f"{_num(ours, 'rounds', 'g')} / {_num(ttp, 'rounds', 'g')}",
             f"{_num(ours, 'max_error', '.1e')} / {_num(ttp, 'max_error', '.1e')}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -813,6 +820,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--no-tfp", action="store_true", help="with --vs: skip the CrypTen-TFP reference column")
     ap.add_argument(
+        "--back-to-back",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with --vs: each timed run calls the workload N times in a row (a loop's steady state, where the "
+        "dealer's material for the next call travels during this one); seconds, rounds and bytes per call",
+    )
+    ap.add_argument(
         "--latency",
         type=_latency_ms,
         metavar="MS",
@@ -862,10 +877,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps({**_meta(args, argv), "rows": rows}, indent=1))
         return 0
+    if args.back_to_back < 1:
+        ap.error(f"--back-to-back takes a number of calls, 1 or more, got {args.back_to_back}")
+    if args.back_to_back > 1 and not args.vs:
+        ap.error("--back-to-back goes with --vs")
     if args.vs:
-        rows = compare(args.workloads, args.parties, args.repeat, args.insecure, tfp=not args.no_tfp)
+        rows = compare(args.workloads, args.parties, args.repeat, args.insecure, tfp=not args.no_tfp,
+                       calls=args.back_to_back)  # fmt: skip
         print()
         print(vs_table(rows))
+        if args.back_to_back > 1:
+            print(f"Back to back: each timed run made {args.back_to_back} calls in a row; figures are per call.")
         if args.json:
             Path(args.json).write_text(json.dumps({**_meta(args, argv), "rows": rows}, indent=1))
         return 0

@@ -177,7 +177,7 @@ def _count_ttp(crypten, counter: dict) -> None:
     client.ttp_request = counted
 
 
-def _party(rank: int, world: int, rendezvous: str, provider: str, name: str, repeat: int, out) -> None:
+def _party(rank: int, world: int, rendezvous: str, provider: str, name: str, repeat: int, out, calls: int = 1) -> None:
     try:
         crypten = _init(rank, world, rendezvous, provider)
         crypten.init()
@@ -192,7 +192,7 @@ def _party(rank: int, world: int, rendezvous: str, provider: str, name: str, rep
             stats = comm.get_communication_stats()
             return {"rounds": stats["rounds"], "crypten_bytes": stats["bytes"], "bytes_sent": _wchar(), **ttp}
 
-        row = wl.timed(step, repeat, comm.barrier, counters)
+        row = wl.per_call(wl.timed(wl.looped(step, calls), repeat, comm.barrier, counters), calls)
         if rank == 0:
             row.update(wl.errors(got, wl.reference(name, wl.inputs(name))))
         crypten.uninit()  # party 0 also tells the TTP to stop
@@ -212,8 +212,11 @@ def _ttp(world: int, rendezvous: str, out) -> None:
         raise
 
 
-def measure(name: str, parties: int, provider: str = "TTP", repeat: int = 3, timeout: float = 900.0) -> dict:
-    """One workload in CrypTen with ``parties`` processes (and the TTP's); see the module docstring."""
+def measure(
+    name: str, parties: int, provider: str = "TTP", repeat: int = 3, timeout: float = 900.0, calls: int = 1
+) -> dict:
+    """One workload in CrypTen with ``parties`` processes (and the TTP's); see the module docstring.  ``calls``:
+    the workload's calls back to back in each timed run (figures per call)."""
     if provider not in ("TTP", "TFP"):
         raise ValueError(f"provider must be 'TTP' or 'TFP', got {provider!r}")
     ctx = mp.get_context("spawn")
@@ -221,7 +224,8 @@ def measure(name: str, parties: int, provider: str = "TTP", repeat: int = 3, tim
     tmp = tempfile.mkdtemp(prefix="bench-crypten-")
     rendezvous = "file://" + os.path.join(tmp, "rendezvous")
     procs = [
-        ctx.Process(target=_party, args=(r, parties, rendezvous, provider, name, repeat, out)) for r in range(parties)
+        ctx.Process(target=_party, args=(r, parties, rendezvous, provider, name, repeat, out, calls))
+        for r in range(parties)
     ]
     if provider == "TTP":
         procs.append(ctx.Process(target=_ttp, args=(parties, rendezvous, out)))

@@ -185,6 +185,39 @@ def errors(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> dict[
     return out
 
 
+def looped(step: Callable[[], Any], calls: int, between: Callable[[], Any] | None = None) -> Callable[[], Any]:
+    """``step`` ``calls`` times back to back (``between`` before each call after the first), the last result."""
+    if calls < 1:
+        raise ValueError(f"back-to-back calls must be 1 or more, got {calls}")
+    if calls == 1:
+        return step
+
+    def run() -> Any:
+        out = None
+        for i in range(calls):
+            if i and between is not None:
+                between()
+            out = step()
+        return out
+
+    return run
+
+
+def per_call(row: dict, calls: int) -> dict:
+    """A ``timed`` row of ``looped(step, calls)``: seconds and counters per call (``calls`` kept beside them)."""
+    if calls == 1:
+        return row
+    def each(v):
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            return v
+        return v // calls if isinstance(v, int) and v % calls == 0 else v / calls
+
+    out = {k: each(v) for k, v in row.items()}
+    out["all_seconds"] = [t / calls for t in row["all_seconds"]]
+    out["calls"] = calls
+    return out
+
+
 def timed(step: Callable[[], Any], repeat: int, sync: Callable[[], Any], counters: Callable[[], dict]) -> dict:
     """Median seconds of ``repeat`` runs of ``step`` (the caller warms up), each started right after ``sync``.
 

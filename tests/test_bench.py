@@ -84,7 +84,9 @@ def test_without_crypten_runs_ours_alone_and_says_how_to_install(monkeypatch, tm
     monkeypatch.setattr(bench_crypten, "available", lambda: False)
     monkeypatch.setattr(bench_crypten, "measure", lambda *a, **k: pytest.fail("CrypTen must not run"))
     calls = []
-    monkeypatch.setattr(bench, "measure_vs", lambda name, n, repeat, insecure=False: calls.append((name, n)) or OURS)
+    monkeypatch.setattr(
+        bench, "measure_vs", lambda name, n, repeat, insecure=False, **k: calls.append((name, n)) or OURS
+    )
     out = tmp_path / "vs.json"
     argv = ["--vs", "crypten", "--workloads", "mul,exp", "--parties", "2", "--repeat", "3", "--json", str(out)]
     assert bench.main(argv) == 0
@@ -100,7 +102,7 @@ def test_without_crypten_runs_ours_alone_and_says_how_to_install(monkeypatch, tm
 def test_with_crypten_a_failed_run_keeps_the_others(monkeypatch):
     monkeypatch.setattr(bench_crypten, "available", lambda: True)
 
-    def fake(name, n, provider, repeat):
+    def fake(name, n, provider, repeat, calls=1):
         if provider == "TFP":
             raise RuntimeError("CrypTen mul, rank 1: died")
         return THEIRS
@@ -111,6 +113,40 @@ def test_with_crypten_a_failed_run_keeps_the_others(monkeypatch):
     rows = bench.compare(["mul"], [2], 3, log=logged.append)
     assert rows[0]["crypten_ttp"] == THEIRS and rows[0]["crypten_tfp"] == {"failed": "CrypTen mul, rank 1: died"}
     assert "1.50x" in logged[-1]
+
+
+def test_back_to_back_times_calls_in_a_row_for_both_systems(monkeypatch, capsys):
+    monkeypatch.setattr(bench_crypten, "available", lambda: True)
+    seen = []
+    monkeypatch.setattr(
+        bench_crypten, "measure", lambda name, n, provider, repeat, calls=1: seen.append(calls) or THEIRS
+    )
+    monkeypatch.setattr(
+        bench, "measure_vs", lambda name, n, repeat, insecure=False, calls=1: seen.append(calls) or OURS
+    )
+    assert bench.main(["--vs", "crypten", "--workloads", "exp", "--parties", "2", "--back-to-back", "4"]) == 0
+    assert seen == [4, 4, 4]  # ours, CrypTen-TTP, CrypTen-TFP
+    assert "made 4 calls in a row; figures are per call" in capsys.readouterr().out
+
+
+def test_looped_steps_are_timed_per_call():
+    made, between = [], []
+    run = wl.looped(lambda: made.append(1) or len(made), 3, lambda: between.append(1))
+    counts = {"rounds": 0}
+
+    def step():
+        counts["rounds"] += 4 * 3  # 4 rounds a call
+        return run()
+
+    row = wl.timed(step, 2, lambda: None, lambda: dict(counts))
+    assert len(made) == 6 and len(between) == 4  # 3 calls a run, the inputs renewed between calls
+    per = wl.per_call(row, 3)
+    assert per["rounds"] == 4 and per["calls"] == 3
+    assert per["seconds"] == pytest.approx(row["seconds"] / 3)
+    assert per["all_seconds"] == pytest.approx([t / 3 for t in row["all_seconds"]])
+    assert wl.looped(step, 1) is step and wl.per_call(row, 1) is row
+    with pytest.raises(ValueError, match="1 or more"):
+        wl.looped(step, 0)
 
 
 @pytest.mark.parametrize(
@@ -128,6 +164,8 @@ def test_with_crypten_a_failed_run_keeps_the_others(monkeypatch):
         (["--latency", "5", "--pairs", "0"], "--pairs takes a number of runs"),
         (["--bandwidth", "1gigabit"], "a tc rate such as 1gbit"),
         (["--bandwidth", "0mbit"], "a tc rate such as 1gbit"),
+        (["--vs", "crypten", "--back-to-back", "0"], "--back-to-back takes a number of calls, 1 or more"),
+        (["--back-to-back", "4"], "--back-to-back goes with --vs"),
     ],
 )
 def test_bad_arguments_say_what_to_change(argv, message, capsys):

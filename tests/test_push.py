@@ -41,8 +41,7 @@ def _loop(ctx, steps: int, odd: int | None):
         if step == odd:
             h = h * h
         err = max(err, float((h.reveal() - (want * want if step == odd else want)).abs().max()))
-    src = ctx.correlations
-    return err, getattr(src, "pushed_right", 0), getattr(src, "pushed_wrong", 0)
+    return err, ctx.stats.dealer_pushed, ctx.stats.dealer_pushed_wrong
 
 
 def _dealer_ops(received: dict, n: int = N) -> tuple[Counter, int]:
