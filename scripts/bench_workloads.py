@@ -207,6 +207,7 @@ def per_call(row: dict, calls: int) -> dict:
     """A ``timed`` row of ``looped(step, calls)``: seconds and counters per call (``calls`` kept beside them)."""
     if calls == 1:
         return row
+
     def each(v):
         if isinstance(v, bool) or not isinstance(v, int | float):
             return v
