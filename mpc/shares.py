@@ -29,6 +29,8 @@ from typing import Any, TypeVar
 import torch
 import torch.nn.functional as F
 
+from . import kernels
+
 __all__ = ["Share", "Memo", "AdditiveShare", "BinaryShare", "PlainShare", "PUBLIC_HOLDER", "holds_public"]
 
 # The party whose share carries public constants in the additive and binary families.
@@ -194,17 +196,17 @@ class Share:
 
         def fn(t: torch.Tensor) -> torch.Tensor:
             w = weights.to(t.dtype)
-            return (w @ t.reshape(t.shape[0], -1)).reshape(w.shape[0], *t.shape[1:])
+            return kernels.matmul(w, t.reshape(t.shape[0], -1)).reshape(w.shape[0], *t.shape[1:])
 
         return self._map(fn)
 
     def matmul_public(self: S, m: torch.Tensor, left: bool = False) -> S:
         """``self @ m`` (or ``m @ self`` with ``left``) for an encoded public ``m``."""
-        return self._map(lambda t: m @ t if left else t @ m)
+        return self._map(lambda t: kernels.matmul(m, t) if left else kernels.matmul(t, m))
 
     def conv2d_public(self: S, w: torch.Tensor, *, kernel_secret: bool, **kw) -> S:
         """conv2d with a public operand: ``conv2d(self, w)``, or ``conv2d(w, self)`` when the kernel is secret."""
-        return self._map(lambda t: F.conv2d(w, t, **kw) if kernel_secret else F.conv2d(t, w, **kw))
+        return self._map(lambda t: kernels.conv2d(w, t, **kw) if kernel_secret else kernels.conv2d(t, w, **kw))
 
     # ----- the public-part rule (per share type) ------------------------------------------------
     def add_public(self: S, c: torch.Tensor | int | float) -> S:

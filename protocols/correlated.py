@@ -45,8 +45,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+import mpc.kernels as kernels
 from mpc.buffers import BufferPool
 from mpc.context import Communicator, CorrelationSource, Expect, Handle
 from mpc.errors import ProtocolError
@@ -106,7 +106,7 @@ def matmul_ring(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b`` modulo 2^64 (int64 wraps), a matrix times a column as a product and a row sum."""
     if a.dim() == 2 and b.dim() == 2 and b.shape[1] == 1 and a.numel() <= MV_ELEMENTS:
         return (a * b.reshape(1, -1)).sum(1, keepdim=True)
-    return a @ b
+    return kernels.matmul(a, b)
 
 
 def _bilinear(op: int, a: torch.Tensor, b: torch.Tensor, extra: tuple[int, ...]) -> torch.Tensor:
@@ -116,7 +116,7 @@ def _bilinear(op: int, a: torch.Tensor, b: torch.Tensor, extra: tuple[int, ...])
         return matmul_ring(a, b)
     if op == OP_CONV2D:
         sh, sw, ph, pw, dh, dw, groups = extra
-        return F.conv2d(a, b, stride=(sh, sw), padding=(ph, pw), dilation=(dh, dw), groups=groups)
+        return kernels.conv2d(a, b, stride=(sh, sw), padding=(ph, pw), dilation=(dh, dw), groups=groups)
     raise ProtocolError(f"unknown bilinear operation code {op}")
 
 

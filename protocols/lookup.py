@@ -97,6 +97,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+import mpc.kernels as kernels
 from mpc.context import PartyContext
 from mpc.ring import logical_rshift, msb, wrap_int
 from mpc.shares import holds_public
@@ -164,7 +165,7 @@ def _select_rows(onehot: torch.Tensor, c: torch.Tensor, table: torch.Tensor) -> 
         # row of the 32 x 32 rotated table (10^5 elements: 4 ms against 15 for the gather and its index).
         return table[0][rot].index_select(0, c).mul_(onehot).sum(1).unsqueeze(0)
     hot = onehot.gather(1, rot.index_select(0, c))
-    return (hot @ table.t()).t()
+    return kernels.matmul(hot, table.t()).t()
 
 
 def _request(ctx: PartyContext, mode: int, n: int, kk: int, mult: int, ish: int, table: int, low: int, degree: int,

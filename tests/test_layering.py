@@ -26,6 +26,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 CORE = {
     "ring",
+    "kernels",
     "fixedpoint",
     "prg",
     "buffers",
