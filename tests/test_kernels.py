@@ -146,3 +146,18 @@ def test_a_disagreeing_float_kernel_is_switched_off(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert torch.equal(kernels.matmul(a, b), a @ b)
+
+
+def test_weighted_rows_by_either_kernel(monkeypatch):
+    """A public matrix of small integers times rows: the scaled additions and the product agree bit for bit
+    (zero weights skipped, wrapping rows), and the shape's choice is measured once."""
+    monkeypatch.setattr(kernels, "_choice", {})
+    gen = torch.Generator().manual_seed(8)
+    w = torch.randint(-(2**40), 2**40, (7, 45), generator=gen, dtype=torch.int64)
+    w[0, 3] = w[2, 0] = 0
+    t = _extremes(45, 2000, gen=gen)
+    want = w @ t
+    assert torch.equal(kernels._scaled_adds(w, t), want)
+    assert torch.equal(kernels.weighted_rows(w, t), want)
+    assert kernels.choices()[("rows", w.shape, t.shape)] in ("adds", "matmul")
+    assert torch.equal(kernels.weighted_rows(w, t), want)
