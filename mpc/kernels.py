@@ -98,8 +98,14 @@ def _by_limbs(op: Callable, a: torch.Tensor, b: torch.Tensor, plan: tuple[int, i
     return acc
 
 
+def _check_kernel() -> None:
+    if KERNEL not in ("auto", "int64", "limbs"):
+        raise ValueError(f"mpc.kernels.KERNEL must be 'auto', 'int64' or 'limbs', not {KERNEL!r}")
+
+
 def _run(key: tuple, op: Callable, a: torch.Tensor, b: torch.Tensor, k: int) -> torch.Tensor:
     global _broken
+    _check_kernel()
     if a.dtype != torch.int64 or b.dtype != torch.int64:
         return op(a, b)
     plan = limb_plan(k) if not _broken else None
@@ -169,6 +175,7 @@ def weighted_rows(w: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     or by ``M K`` in-place scaled additions of rows, whichever this process measured faster for the shape
     (seven tables over 45 rows of 10^5 elements: 151 ms against 58 on the AMD EPYC of the README's table, 9.9
     against 23.5 on an earlier machine)."""
+    _check_kernel()
     if w.dtype != torch.int64 or t.dtype != torch.int64 or w.dim() != 2 or t.dim() != 2 or KERNEL != "auto":
         return matmul(w, t)
     key = ("rows", w.shape, t.shape)

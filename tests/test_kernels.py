@@ -161,3 +161,12 @@ def test_weighted_rows_by_either_kernel(monkeypatch):
     assert torch.equal(kernels.weighted_rows(w, t), want)
     assert kernels.choices()[("rows", w.shape, t.shape)] in ("adds", "matmul")
     assert torch.equal(kernels.weighted_rows(w, t), want)
+
+
+def test_an_unknown_kernel_name_is_refused(forced):
+    forced("float")
+    a = torch.ones(2, 2, dtype=torch.int64)
+    with pytest.raises(ValueError, match="KERNEL must be 'auto', 'int64' or 'limbs', not 'float'"):
+        kernels.matmul(a, a)
+    with pytest.raises(ValueError, match="not 'float'"):
+        kernels.weighted_rows(a, a)
