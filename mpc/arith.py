@@ -16,6 +16,7 @@ import torch
 from .autograd import is_grad_enabled, will_record
 from .errors import ProtocolError
 from .ops import register
+from .shapes import broadcast_shapes
 from .tensor import MaxResult, Public, SecretTensor, _float_dtype, _result_dtype
 
 __all__: list[str] = []
@@ -42,7 +43,7 @@ def _check_broadcast(text: str, a, b) -> None:
     """Refuse operands that do not broadcast, in the words of the user's operation."""
     sa, sb = _shape_of(a), _shape_of(b)
     try:
-        torch.broadcast_shapes(sa, sb)
+        broadcast_shapes(sa, sb)
     except RuntimeError:
         raise ProtocolError(f"{text}: shapes {sa} and {sb} do not broadcast") from None
 
@@ -56,7 +57,7 @@ def _check_matmul(a, b) -> None:
     if inner_a != inner_b:
         raise ProtocolError(f"x @ y: shapes {sa} and {sb} do not match ({inner_a} columns against {inner_b} rows)")
     try:
-        torch.broadcast_shapes(sa[:-2], sb[:-2])
+        broadcast_shapes(sa[:-2], sb[:-2])
     except RuntimeError:
         raise ProtocolError(f"x @ y: the batch dimensions of shapes {sa} and {sb} do not broadcast") from None
 
@@ -380,7 +381,7 @@ def where(
     a, b = _operand(ref, input), _operand(ref, other)
     if not isinstance(condition, SecretTensor):
         cond = torch.as_tensor(condition, dtype=torch.bool)
-        shape = torch.broadcast_shapes(cond.shape, a.shape, b.shape)
+        shape = broadcast_shapes(cond.shape, a.shape, b.shape)
         return ref._new(a.broadcast_to(shape).select_public(cond, b.broadcast_to(shape)), dtype)
     _same(ref, condition)
     return ref._new(fam.where(ctx, condition.share, a, b), dtype)

@@ -40,6 +40,7 @@ from . import arith, functional
 from .autograd import NONDIFF, Node
 from .errors import ProtocolError
 from .ops import OPS, call
+from .shapes import broadcast_shapes
 from .tensor import SecretTensor
 
 __all__ = ["rule", "nondifferentiable"]
@@ -106,7 +107,7 @@ def _times(a: Grad, b: Any) -> Grad:
         a, b = b, a
     if isinstance(b, torch.Tensor) and b.numel() > 1 and _uniform(b):
         out = call("mul", a, float(b.reshape(-1)[0]))
-        shape = torch.broadcast_shapes(tuple(a.shape), tuple(b.shape))
+        shape = broadcast_shapes(tuple(a.shape), tuple(b.shape))
         return out if tuple(out.shape) == shape else out.expand(shape)
     return call("mul", a, b)
 

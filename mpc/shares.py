@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from . import kernels
+from .shapes import broadcast_shapes
 
 __all__ = ["Share", "Memo", "AdditiveShare", "BinaryShare", "PlainShare", "PUBLIC_HOLDER", "holds_public"]
 
@@ -323,7 +324,7 @@ class AdditiveShare(_RingShare):
         if self.holder:
             return AdditiveShare(self.data + c, True)
         if isinstance(c, torch.Tensor) and c.shape != self.data.shape:
-            return AdditiveShare(self.data.expand(torch.broadcast_shapes(self.data.shape, c.shape)).clone(), False)
+            return AdditiveShare(self.data.expand(broadcast_shapes(self.data.shape, c.shape)).clone(), False)
         return AdditiveShare(self.data, False)  # a new value at every party (``Memo``), the same tensor here
 
     def __lshift__(self, k: int) -> AdditiveShare:
@@ -343,7 +344,7 @@ class BinaryShare(_RingShare):
         if self.holder:
             return BinaryShare(self.data ^ c, True)
         if isinstance(c, torch.Tensor) and c.shape != self.data.shape:
-            return BinaryShare(self.data.expand(torch.broadcast_shapes(self.data.shape, c.shape)).clone(), False)
+            return BinaryShare(self.data.expand(broadcast_shapes(self.data.shape, c.shape)).clone(), False)
         return BinaryShare(self.data, False)
 
     add_public = xor_public

@@ -52,6 +52,7 @@ from mpc.context import Communicator, CorrelationSource, Expect, Handle
 from mpc.errors import ProtocolError
 from mpc.prg import SEED_BYTES, Prg, widen
 from mpc.ring import logical_rshift, msb
+from mpc.shapes import broadcast_shapes
 
 from . import bitforms as bf
 
@@ -123,7 +124,7 @@ def _bilinear(op: int, a: torch.Tensor, b: torch.Tensor, extra: tuple[int, ...])
 def _bilinear_shape(op: int, sa: tuple[int, ...], sb: tuple[int, ...], extra: tuple[int, ...]) -> tuple[int, ...]:
     """The output shape of ``a op b``, computed without running it (errors say why)."""
     if op == OP_MUL:
-        return tuple(torch.broadcast_shapes(sa, sb))
+        return broadcast_shapes(sa, sb)
     if op == OP_MATMUL:
         if not sa or not sb:
             raise ValueError("matmul needs tensors of at least one dimension")
@@ -131,7 +132,7 @@ def _bilinear_shape(op: int, sa: tuple[int, ...], sb: tuple[int, ...], extra: tu
         b2 = sb if len(sb) > 1 else (*sb, 1)
         if a2[-1] != b2[-2]:
             raise ValueError(f"matmul shapes {sa} and {sb} do not match")
-        batch = tuple(torch.broadcast_shapes(a2[:-2], b2[:-2]))
+        batch = broadcast_shapes(a2[:-2], b2[:-2])
         out = (*batch, a2[-2], b2[-1])
         if len(sa) == 1:
             out = out[:-2] + out[-1:]

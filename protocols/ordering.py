@@ -34,6 +34,7 @@ import torch
 
 from mpc.context import PartyContext
 from mpc.errors import ProtocolError
+from mpc.shapes import broadcast_shapes
 from mpc.shares import Share
 
 from .correlated import OP_MUL
@@ -42,7 +43,7 @@ __all__ = ["mul_bits", "where", "clamp_public", "clamp_secret", "maximum", "max_
 
 
 def broadcast(a: Share, b: Share) -> tuple[Share, Share]:
-    shape = torch.broadcast_shapes(a.shape, b.shape)
+    shape = broadcast_shapes(a.shape, b.shape)
     return (a if a.shape == shape else a.broadcast_to(shape)), (b if b.shape == shape else b.broadcast_to(shape))
 
 
@@ -85,7 +86,7 @@ def clamp_secret(ctx: PartyContext, x: Share, lo: Share | None, hi: Share | None
         parts.append(broadcast(x - hi, x)[0] if hi.shape != x.shape else x - hi)
     if not parts:
         return x
-    shape = torch.broadcast_shapes(*(p.shape for p in parts))
+    shape = broadcast_shapes(*(p.shape for p in parts))
     r = ctx.family.relu(ctx, type(x).stack([p.broadcast_to(shape) for p in parts]), op)
     out = x if x.shape == shape else x.broadcast_to(shape)
     i = 0

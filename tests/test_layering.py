@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 CORE = {
     "ring",
     "kernels",
+    "shapes",
     "fixedpoint",
     "prg",
     "buffers",
