@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -55,7 +56,11 @@ def test_examples(shapes, want):
     assert tuple(torch.broadcast_shapes(*shapes)) == want
 
 
-@pytest.mark.parametrize("shapes", [((2,), (3,)), ((0,), (2,)), ((4, 3), (4,)), ((2, -1),)])
+def test_numpy_integers_are_dimensions():
+    assert broadcast_shapes((np.int64(3), 1), (np.int32(4),), np.int64(4)) == (3, 4)
+
+
+@pytest.mark.parametrize("shapes", [((2,), (3,)), ((0,), (2,)), ((4, 3), (4,)), ((2, -1),), ((2.0, 3),), ("ab",)])
 def test_refuses_what_does_not_broadcast(shapes):
     with pytest.raises(RuntimeError):
         broadcast_shapes(*shapes)
