@@ -172,6 +172,9 @@ def test_narrow_parts_travel_and_are_drawn_in_their_low_bytes(width):
     want = [int.from_bytes(raw[i * width : (i + 1) * width], "little", signed=width == 8) for i in range(1000)]
     assert drawn.reshape(-1).tolist() == want
     assert widen(np.frombuffer(raw, dtype=np.uint8).copy(), width).tolist() == want
+    for n in (0, 1, 2, 7):  # short draws: the last element's word reads past the data (into the padding)
+        part = np.frombuffer(raw[: n * width], dtype=np.uint8)
+        assert widen(part, width).tolist() == want[:n]
 
 
 @pytest.mark.timeout(30)
