@@ -31,6 +31,7 @@ from protocols.correlated import (
     CMP_MUL,
     CORRELATIONS,
     DealerGenerator,
+    pack_correction,
     request_seed,
     unpack_correction,
 )
@@ -175,6 +176,21 @@ def test_narrow_parts_travel_and_are_drawn_in_their_low_bytes(width):
     for n in (0, 1, 2, 7):  # short draws: the last element's word reads past the data (into the padding)
         part = np.frombuffer(raw[: n * width], dtype=np.uint8)
         assert widen(part, width).tolist() == want[:n]
+
+
+def test_narrow_parts_of_every_width_pack_at_any_offset():
+    """Parts of widths 1-8 side by side in one correction (so most start at an offset that is not a multiple
+    of their width), each read back right modulo 2^(8 w)."""
+    widths = [3, 1, 6, 2, 5, 7, 4, 8, 3]
+    parts = [_words(11 + i, 100 + i) for i in range(len(widths))]
+    buf = pack_correction(parts, widths)
+    assert buf.numel() == sum(p.numel() * w for p, w in zip(parts, widths, strict=True))
+    back = unpack_correction(buf, [tuple(p.shape) for p in parts], widths)
+    for p, b, w in zip(parts, back, widths, strict=True):
+        assert torch.equal(b, p if w == 8 else p & ((1 << (8 * w)) - 1)), w
+    raw = buf.numpy().tobytes()
+    first = parts[0].tolist()
+    assert [int.from_bytes(raw[3 * i : 3 * i + 3], "little") for i in range(11)] == [v & 0xFFFFFF for v in first]
 
 
 @pytest.mark.timeout(30)
