@@ -176,6 +176,9 @@ def test_narrow_parts_travel_and_are_drawn_in_their_low_bytes(width):
     for n in (0, 1, 2, 7):  # short draws: the last element's word reads past the data (into the padding)
         part = np.frombuffer(raw[: n * width], dtype=np.uint8)
         assert widen(part, width).tolist() == want[:n]
+    if width not in (1, 8):
+        with pytest.raises(ValueError):
+            widen(np.frombuffer(raw[: 3 * width + 1], dtype=np.uint8), width)
 
 
 def test_narrow_parts_of_every_width_pack_at_any_offset():
