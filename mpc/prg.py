@@ -44,7 +44,7 @@ def widen(raw: np.ndarray, width: int) -> np.ndarray:
     if extra:
         raise ValueError(f"widen: {raw.size} bytes are not a whole number of {width}-byte elements")
     padded = np.empty(n * width + 8, dtype=np.uint8)
-    padded[: n * width] = raw.reshape(-1)[: n * width]
+    padded[: n * width] = raw.reshape(-1)
     padded[n * width :] = 0
     words = np.ndarray((n,), dtype="<u8", buffer=padded, strides=(width,))
     return (words & np.uint64((1 << (8 * width)) - 1)).view(np.int64)

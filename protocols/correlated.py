@@ -838,7 +838,7 @@ def _put_narrow(dst: np.ndarray, words: np.ndarray, w: int) -> None:
     """The low ``w`` bytes of each of ``words``, little-endian, one element after another in ``dst``: pieces of
     4, 2 and 1 bytes written at a stride of ``w`` (each piece's cast wraps to the word's bytes at its offset;
     the pieces never overlap).  A copy of 8-byte rows cut to ``w`` took about five times as long."""
-    u = words.view(np.uint64)
+    u = words.view("<u8")  # the words' byte order, as ``words`` (little-endian int64) holds them
     off = 0
     for piece in (4, 2, 1):
         if w - off >= piece:
